@@ -1,0 +1,60 @@
+"""Combinators: layers built from layers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+
+from jdl.nn.core import Layer, Params, State, as_layer, make_layer, output_shape
+
+
+def _names(layers: Sequence[Layer]) -> list[str]:
+    """``dense_0, relu_0, dense_1, ...``: kind and index among its kind."""
+    counts: dict[str, int] = {}
+    names = []
+    for layer in layers:
+        index = counts.get(layer.name, 0)
+        counts[layer.name] = index + 1
+        names.append(f"{layer.name}_{index}")
+    return names
+
+
+def serial(*layers: Layer | Callable[[jax.Array], jax.Array]) -> Layer:
+    """Compose layers left to right: ``serial(f, g)(x) = g(f(x))``.
+
+    Plain functions of one array (``jdl.nn.relu``, ``jax.nn.gelu``) are taken
+    as layers with no parameters.  Parameters and state are dicts keyed by
+    ``<kind>_<index>`` (``'conv_0'``, ``'dense_1'``, ...); layers without
+    parameters (or state) have no entry.  One PRNG key is split among the
+    layers, at ``init`` and at ``apply``.
+    """
+    if not layers:
+        raise ValueError("serial: needs at least one layer")
+    layers = tuple(as_layer(layer) for layer in layers)
+    names = _names(layers)
+
+    def init(key: jax.Array, input_shape: Sequence[int]) -> tuple[Params, State]:
+        keys = jax.random.split(key, len(layers))
+        params: Params = {}
+        state: State = {}
+        shape = tuple(input_shape)
+        for name, layer, layer_key in zip(names, layers, keys):
+            layer_params, layer_state = layer.init(layer_key, shape)
+            if layer_params:
+                params[name] = layer_params
+            if layer_state:
+                state[name] = layer_state
+            shape = output_shape(layer, layer_params, layer_state, shape)
+        return params, state
+
+    def apply(params, state, x, key=None, train=False):
+        keys = jax.random.split(key, len(layers)) if key is not None else [None] * len(layers)
+        new_state: State = {}
+        for name, layer, layer_key in zip(names, layers, keys):
+            x, layer_state = layer.apply(params.get(name, {}), state.get(name, {}), x, key=layer_key, train=train)
+            if layer_state:
+                new_state[name] = layer_state
+        return x, new_state
+
+    return make_layer("serial", init, apply)

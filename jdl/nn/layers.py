@@ -1,0 +1,287 @@
+"""Layers with parameters or behaviour of their own.
+
+Each constructor returns a ``Layer(init, apply)`` (see ``jdl.nn.core``).
+Images are NHWC and convolution kernels HWIO, as in flax and TensorFlow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jdl.nn import init as initializers
+from jdl.nn.core import Layer, Params, State, make_layer
+
+Padding = str | int | Sequence[tuple[int, int]]
+
+
+def _tuple(value: int | Sequence[int], n: int, what: str, layer: str) -> tuple[int, ...]:
+    values = (value,) * n if isinstance(value, int) else tuple(value)
+    if len(values) != n or not all(isinstance(v, int) and v >= 1 for v in values):
+        raise ValueError(f"{layer}: {what} must be a positive int or {n} positive ints; got {value!r}")
+    return values
+
+
+def _window(value: int | Sequence[int], what: str, layer: str) -> tuple[int, ...]:
+    """An int means a square 2-D window; a sequence gives one size per spatial dim."""
+    return _tuple(value, 2 if isinstance(value, int) else len(value), what, layer)
+
+
+def _check_rank(layer: str, input_shape: Sequence[int], rank: int, layout: str) -> None:
+    if len(input_shape) != rank:
+        raise ValueError(
+            f"{layer}: expected an input of rank {rank}, shape {layout}; got shape {tuple(input_shape)}"
+        )
+
+
+def _check_features(layer: str, expected: int, x: jax.Array, what: str = "features") -> None:
+    if x.shape[-1] != expected:
+        raise ValueError(
+            f"{layer}: expected inputs with {expected} {what} in the last axis (as at init); "
+            f"got shape {tuple(x.shape)}"
+        )
+
+
+def Dense(  # noqa: N802 - layer constructors are capitalized, as in stax and flax
+    features: int,
+    *,
+    use_bias: bool = True,
+    w_init: initializers.Initializer = initializers.lecun_normal,
+    b_init: initializers.Initializer = initializers.zeros,
+) -> Layer:
+    """Fully connected layer ``y = x @ w + b`` on the last axis.
+
+    ``w`` has shape ``(in_features, features)``; ``w_init`` defaults to LeCun
+    normal and ``b_init`` to zeros (flax.linen.Dense's defaults).
+    """
+    if not isinstance(features, int) or features < 1:
+        raise ValueError(f"Dense: features must be a positive int; got {features!r}")
+
+    def init(key: jax.Array, input_shape: Sequence[int]) -> tuple[Params, State]:
+        if len(input_shape) < 2:
+            raise ValueError(
+                f"Dense: expected an input of shape (batch, ..., in_features); got shape {tuple(input_shape)}"
+            )
+        w_key, b_key = jax.random.split(key)
+        params = {"w": w_init(w_key, (input_shape[-1], features))}
+        if use_bias:
+            params["b"] = b_init(b_key, (features,))
+        return params, {}
+
+    def apply(params, state, x, key=None, train=False):
+        _check_features("Dense", params["w"].shape[0], x)
+        y = x @ params["w"]
+        if use_bias:
+            y = y + params["b"]
+        return y, state
+
+    return make_layer("dense", init, apply)
+
+
+def _spatial_layout(n: int) -> tuple[str, str]:
+    """Input and kernel layout strings for ``n`` spatial dims (NHWC, HWIO)."""
+    spatial = "HWD"[:n] if n <= 3 else None
+    if spatial is None:
+        raise ValueError(f"Conv: at most 3 spatial dimensions are supported; got {n}")
+    return "N" + spatial + "C", spatial + "IO"
+
+
+def _padding(padding: Padding, n: int, layer: str) -> str | list[tuple[int, int]]:
+    if isinstance(padding, str):
+        if padding.upper() not in ("SAME", "VALID"):
+            raise ValueError(f"{layer}: padding must be 'SAME', 'VALID', an int or pairs; got {padding!r}")
+        return padding.upper()
+    if isinstance(padding, int):
+        return [(padding, padding)] * n
+    pairs = [tuple(p) for p in padding]
+    if len(pairs) != n or any(len(p) != 2 for p in pairs):
+        raise ValueError(f"{layer}: padding needs {n} (low, high) pairs; got {padding!r}")
+    return pairs
+
+
+def _check_window_fits(layer: str, input_shape, window, padding) -> None:
+    if padding != "VALID":
+        return
+    spatial = tuple(input_shape[1:-1])
+    if any(s < w for s, w in zip(spatial, window)):
+        raise ValueError(
+            f"{layer}: window {tuple(window)} is larger than the input's spatial shape {spatial} "
+            f"(input shape {tuple(input_shape)}) with padding 'VALID'"
+        )
+
+
+def Conv(  # noqa: N802
+    features: int,
+    kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
+    padding: Padding = "SAME",
+    *,
+    use_bias: bool = True,
+    w_init: initializers.Initializer = initializers.lecun_normal,
+    b_init: initializers.Initializer = initializers.zeros,
+) -> Layer:
+    """Convolution (cross-correlation, as ``lax.conv_general_dilated``) with bias.
+
+    Inputs are ``(batch, *spatial, channels)`` (NHWC for 2-D), the kernel is
+    ``(*kernel_size, in_channels, features)`` (HWIO).  An int ``kernel_size``
+    means a square 2-D window.  Defaults follow ``flax.linen.Conv``.
+    """
+    if not isinstance(features, int) or features < 1:
+        raise ValueError(f"Conv: features must be a positive int; got {features!r}")
+    window = _window(kernel_size, "kernel_size", "Conv")
+    n = len(window)
+    stride = _tuple(strides, n, "strides", "Conv")
+    pad = _padding(padding, n, "Conv")
+    lhs_layout, rhs_layout = _spatial_layout(n)
+    dimension_numbers = (lhs_layout, rhs_layout, lhs_layout)
+
+    def init(key: jax.Array, input_shape: Sequence[int]) -> tuple[Params, State]:
+        _check_rank("Conv", input_shape, n + 2, "(batch, " + ", ".join("HWD"[:n]) + ", channels)")
+        _check_window_fits("Conv", input_shape, window, pad)
+        w_key, b_key = jax.random.split(key)
+        params = {"w": w_init(w_key, (*window, input_shape[-1], features))}
+        if use_bias:
+            params["b"] = b_init(b_key, (features,))
+        return params, {}
+
+    def apply(params, state, x, key=None, train=False):
+        _check_features("Conv", params["w"].shape[-2], x, "channels")
+        y = lax.conv_general_dilated(x, params["w"], stride, pad, dimension_numbers=dimension_numbers)
+        if use_bias:
+            y = y + params["b"]
+        return y, state
+
+    return make_layer("conv", init, apply)
+
+
+def _pool(name: str, window, strides, padding, reduce_fn, init_value, average: bool) -> Layer:
+    label = {"max_pool": "MaxPool", "avg_pool": "AvgPool"}[name]
+    window = _window(window, "window", label)
+    n = len(window)
+    stride = window if strides is None else _tuple(strides, n, "strides", label)
+    pad = _padding(padding, n, label)
+    dims, steps = (1, *window, 1), (1, *stride, 1)
+    full_pad = pad if isinstance(pad, str) else [(0, 0), *pad, (0, 0)]
+    size = math.prod(window)
+
+    def init(key: jax.Array, input_shape: Sequence[int]) -> tuple[Params, State]:
+        _check_rank(label, input_shape, n + 2, "(batch, " + ", ".join("HWD"[:n]) + ", channels)")
+        _check_window_fits(label, input_shape, window, pad)
+        return {}, {}
+
+    def apply(params, state, x, key=None, train=False):
+        if x.ndim != n + 2:
+            raise ValueError(f"{label}: expected an input of rank {n + 2}; got shape {tuple(x.shape)}")
+        y = lax.reduce_window(x, jnp.asarray(init_value, x.dtype), reduce_fn, dims, steps, full_pad)
+        return (y / size if average else y), state
+
+    return make_layer(name, init, apply)
+
+
+def MaxPool(  # noqa: N802
+    window: int | Sequence[int], strides: int | Sequence[int] | None = None, padding: Padding = "VALID"
+) -> Layer:
+    """Maximum over each window (``lax.reduce_window`` with ``lax.max``).
+
+    ``strides`` defaults to the window, so ``MaxPool((2, 2))`` halves height
+    and width (as Keras and PyTorch; stax and flax default to stride 1).
+    """
+    return _pool("max_pool", window, strides, padding, lax.max, -jnp.inf, False)
+
+
+def AvgPool(  # noqa: N802
+    window: int | Sequence[int], strides: int | Sequence[int] | None = None, padding: Padding = "VALID"
+) -> Layer:
+    """Mean over each window; padded positions count as zeros (flax's
+    ``avg_pool`` default, ``count_include_pad=True``).  ``strides`` defaults to
+    the window."""
+    return _pool("avg_pool", window, strides, padding, lax.add, 0.0, True)
+
+
+def Flatten() -> Layer:  # noqa: N802
+    """Reshape ``(batch, d1, d2, ...)`` to ``(batch, d1 * d2 * ...)``."""
+
+    def init(key: jax.Array, input_shape: Sequence[int]) -> tuple[Params, State]:
+        if len(input_shape) < 1:
+            raise ValueError(f"Flatten: expected an input with a batch dimension; got shape {tuple(input_shape)}")
+        return {}, {}
+
+    def apply(params, state, x, key=None, train=False):
+        return x.reshape(x.shape[0], -1), state
+
+    return make_layer("flatten", init, apply)
+
+
+def Dropout(rate: float) -> Layer:  # noqa: N802
+    """Zero each entry with probability ``rate`` during training and scale the
+    kept ones by ``1 / (1 - rate)`` (inverted dropout; Srivastava et al., 2014,
+    "Dropout: a simple way to prevent neural networks from overfitting").
+
+    With ``train=True`` a PRNG ``key`` is required; with ``train=False`` the
+    layer is the identity.
+    """
+    if not 0.0 <= float(rate) < 1.0:
+        raise ValueError(f"Dropout: rate is the probability of dropping and must lie in [0, 1); got {rate!r}")
+    keep = 1.0 - float(rate)
+
+    def init(key: jax.Array, input_shape: Sequence[int]) -> tuple[Params, State]:
+        return {}, {}
+
+    def apply(params, state, x, key=None, train=False):
+        if not train or rate == 0.0:
+            return x, state
+        if key is None:
+            raise ValueError(
+                "Dropout: train=True needs a PRNG key to draw the mask; "
+                "call apply(params, state, x, key=jax.random.key(...), train=True)"
+            )
+        mask = jax.random.bernoulli(key, keep, x.shape)
+        return jnp.where(mask, x / keep, jnp.zeros_like(x)), state
+
+    return make_layer("dropout", init, apply)
+
+
+def BatchNorm(momentum: float = 0.99, eps: float = 1e-5) -> Layer:  # noqa: N802
+    """Batch normalization over all axes but the last (Ioffe & Szegedy, 2015).
+
+    ``y = (x - mean) / sqrt(var + eps) * scale + bias``.  With ``train=True``
+    mean and (biased) variance are the batch's, and the returned state holds
+    ``running = momentum * running + (1 - momentum) * batch``; with
+    ``train=False`` the running statistics in ``state`` are used.  Matches
+    ``flax.linen.BatchNorm``.
+    """
+    if not 0.0 <= float(momentum) <= 1.0:
+        raise ValueError(f"BatchNorm: momentum must lie in [0, 1]; got {momentum!r}")
+    if float(eps) < 0.0:
+        raise ValueError(f"BatchNorm: eps must be >= 0; got {eps!r}")
+
+    def init(key: jax.Array, input_shape: Sequence[int]) -> tuple[Params, State]:
+        if len(input_shape) < 2:
+            raise ValueError(
+                f"BatchNorm: expected an input of shape (batch, ..., features); got shape {tuple(input_shape)}"
+            )
+        features = input_shape[-1]
+        params = {"scale": jnp.ones((features,)), "bias": jnp.zeros((features,))}
+        state = {"mean": jnp.zeros((features,)), "var": jnp.ones((features,))}
+        return params, state
+
+    def apply(params, state, x, key=None, train=False):
+        _check_features("BatchNorm", params["scale"].shape[0], x)
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x, axes)
+            var = jnp.maximum(0.0, jnp.mean(jnp.square(x), axes) - jnp.square(mean))
+            state = {
+                "mean": momentum * state["mean"] + (1.0 - momentum) * mean,
+                "var": momentum * state["var"] + (1.0 - momentum) * var,
+            }
+        else:
+            mean, var = state["mean"], state["var"]
+        y = (x - mean) * lax.rsqrt(var + eps) * params["scale"] + params["bias"]
+        return y, state
+
+    return make_layer("batch_norm", init, apply)

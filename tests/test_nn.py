@@ -1,0 +1,287 @@
+"""jdl.nn against independent references: lax, flax.linen, jax.nn.initializers,
+finite differences in float64."""
+
+from __future__ import annotations
+
+import flax.linen as fnn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from jdl import models, nn
+
+KEY = jax.random.key(0)
+
+
+def _images(shape, seed=0):
+    return jax.random.normal(jax.random.key(seed), shape)
+
+
+# --- initializers ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ours, reference",
+    [
+        (nn.init.glorot_uniform, jax.nn.initializers.glorot_uniform()),
+        (nn.init.glorot_normal, jax.nn.initializers.glorot_normal()),
+        (nn.init.xavier_uniform, jax.nn.initializers.xavier_uniform()),
+        (nn.init.he_uniform, jax.nn.initializers.he_uniform()),
+        (nn.init.he_normal, jax.nn.initializers.he_normal()),
+        (nn.init.kaiming_normal, jax.nn.initializers.kaiming_normal()),
+        (nn.init.lecun_uniform, jax.nn.initializers.lecun_uniform()),
+        (nn.init.lecun_normal, jax.nn.initializers.lecun_normal()),
+        (nn.init.zeros, jax.nn.initializers.zeros),
+        (nn.init.ones, jax.nn.initializers.ones),
+        (nn.init.normal(0.3), jax.nn.initializers.normal(0.3)),
+        (nn.init.truncated_normal(0.05), jax.nn.initializers.truncated_normal(0.05)),
+    ],
+)
+@pytest.mark.parametrize("shape", [(30, 20), (3, 3, 8, 16)])
+def test_initializers_match_jax(ours, reference, shape):
+    np.testing.assert_allclose(ours(KEY, shape), reference(KEY, shape), rtol=1e-6, atol=1e-7)
+
+
+def test_glorot_uniform_variance_matches_formula():
+    fan_in, fan_out = 3 * 3 * 64, 3 * 3 * 128
+    w = np.asarray(nn.init.glorot_uniform(KEY, (3, 3, 64, 128)), np.float64)
+    assert abs(w.var() / (2.0 / (fan_in + fan_out)) - 1.0) < 0.02
+    assert np.abs(w).max() <= np.sqrt(6.0 / (fan_in + fan_out))
+
+
+# --- layers against lax and flax -------------------------------------------
+
+
+def test_dense_matches_flax():
+    x = _images((5, 7))
+    params, state = nn.Dense(3).init(KEY, x.shape)
+    y, _ = nn.Dense(3).apply(params, state, x)
+    flax_params = {"params": {"kernel": params["w"], "bias": params["b"]}}
+    np.testing.assert_allclose(y, fnn.Dense(3).apply(flax_params, x), rtol=1e-6, atol=1e-6)
+    assert params["w"].shape == (7, 3) and params["b"].shape == (3,)
+
+
+@pytest.mark.parametrize("strides, padding", [(1, "SAME"), (2, "VALID"), ((2, 1), ((1, 2), (0, 1)))])
+def test_conv_matches_lax_and_flax(strides, padding):
+    x = _images((2, 9, 8, 3))
+    layer = nn.Conv(4, (3, 2), strides=strides, padding=padding)
+    params, state = layer.init(KEY, x.shape)
+    y, _ = layer.apply(params, state, x)
+    stride = (strides, strides) if isinstance(strides, int) else strides
+    expected = lax.conv_general_dilated(
+        x, params["w"], stride, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    ) + params["b"]
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    flax_conv = fnn.Conv(4, (3, 2), strides=stride, padding=padding)
+    flax_y = flax_conv.apply({"params": {"kernel": params["w"], "bias": params["b"]}}, x)
+    np.testing.assert_allclose(y, flax_y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+@pytest.mark.parametrize("window, strides", [((2, 2), None), ((3, 3), (2, 2)), ((2, 3), (1, 1))])
+def test_pools_match_reduce_window_and_flax(window, strides, padding):
+    x = _images((2, 7, 8, 3))
+    step = window if strides is None else strides
+    max_y, _ = nn.MaxPool(window, strides, padding).apply({}, {}, x)
+    avg_y, _ = nn.AvgPool(window, strides, padding).apply({}, {}, x)
+    dims, steps = (1, *window, 1), (1, *step, 1)
+    np.testing.assert_allclose(max_y, lax.reduce_window(x, -jnp.inf, lax.max, dims, steps, padding))
+    total = lax.reduce_window(x, 0.0, lax.add, dims, steps, padding)
+    np.testing.assert_allclose(avg_y, total / np.prod(window), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(max_y, fnn.max_pool(x, window, step, padding), rtol=1e-6)
+    np.testing.assert_allclose(avg_y, fnn.avg_pool(x, window, step, padding), rtol=1e-6, atol=1e-6)
+
+
+def test_flatten():
+    x = _images((4, 3, 2, 5))
+    y, _ = nn.Flatten().apply({}, {}, x)
+    np.testing.assert_array_equal(y, np.asarray(x).reshape(4, 30))
+
+
+def test_batchnorm_matches_flax_in_train_and_eval():
+    x = _images((16, 5, 5, 3)) * 3.0 + 1.0
+    layer = nn.BatchNorm(momentum=0.9, eps=1e-5)
+    params, state = layer.init(KEY, x.shape)
+    params = {"scale": jnp.array([1.0, 2.0, 0.5]), "bias": jnp.array([0.1, -0.2, 0.3])}
+    flax_bn = fnn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
+    variables = {"params": params, "batch_stats": {"mean": state["mean"], "var": state["var"]}}
+    flax_y, flax_updates = flax_bn.apply(variables, x, mutable=["batch_stats"])
+    y, new_state = layer.apply(params, state, x, train=True)
+    np.testing.assert_allclose(y, flax_y, rtol=1e-5, atol=1e-5)
+    for name in ("mean", "var"):
+        np.testing.assert_allclose(new_state[name], flax_updates["batch_stats"][name], rtol=1e-5, atol=1e-6)
+    # Running statistics against NumPy in float64.
+    x64 = np.asarray(x, np.float64).reshape(-1, 3)
+    np.testing.assert_allclose(new_state["mean"], 0.1 * x64.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(new_state["var"], 0.9 + 0.1 * x64.var(0), rtol=1e-5)
+    # Eval mode uses the running statistics and leaves them alone.
+    eval_y, eval_state = layer.apply(params, new_state, x, train=False)
+    flax_eval = fnn.BatchNorm(use_running_average=True, momentum=0.9, epsilon=1e-5).apply(
+        {"params": params, "batch_stats": flax_updates["batch_stats"]}, x
+    )
+    np.testing.assert_allclose(eval_y, flax_eval, rtol=1e-5, atol=1e-5)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(jnp.array_equal, eval_state, new_state))
+
+
+def test_dropout_rate_and_scaling():
+    x = jnp.ones((200, 500))
+    layer = nn.Dropout(0.3)
+    y, _ = layer.apply({}, {}, x, key=jax.random.key(1), train=True)
+    kept = np.asarray(y) != 0
+    assert abs(kept.mean() - 0.7) < 0.01
+    np.testing.assert_allclose(np.asarray(y)[kept], 1.0 / 0.7, rtol=1e-6)
+    eval_y, _ = layer.apply({}, {}, x, train=False)
+    np.testing.assert_array_equal(eval_y, x)
+    other, _ = layer.apply({}, {}, x, key=jax.random.key(2), train=True)
+    assert not np.array_equal(np.asarray(other) != 0, kept)
+
+
+def test_dropout_without_key_says_so():
+    with pytest.raises(ValueError, match="train=True needs a PRNG key"):
+        nn.Dropout(0.5).apply({}, {}, jnp.ones((2, 3)), train=True)
+
+
+def test_dropout_rate_out_of_range():
+    with pytest.raises(ValueError, match=r"\[0, 1\).*1.5"):
+        nn.Dropout(1.5)
+
+
+# --- serial, names and shapes -----------------------------------------------
+
+
+def test_serial_names_params_and_accepts_plain_functions():
+    model = nn.serial(nn.Dense(4), jax.nn.gelu, nn.Dense(3), nn.tanh, nn.BatchNorm(), nn.Dense(2))
+    params, state = model.init(KEY, (1, 6))
+    assert set(params) == {"dense_0", "dense_1", "dense_2", "batch_norm_0"}
+    assert set(state) == {"batch_norm_0"}
+    x = _images((5, 6))
+    y, _ = model.apply(params, state, x)
+    p = params
+    h = jax.nn.gelu(x @ p["dense_0"]["w"] + p["dense_0"]["b"])
+    h = jnp.tanh(h @ p["dense_1"]["w"] + p["dense_1"]["b"])
+    h = (h - 0.0) / jnp.sqrt(1.0 + 1e-5)
+    expected = h @ p["dense_2"]["w"] + p["dense_2"]["b"]
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cnn_matches_flax_mnist_example_with_copied_weights():
+    class FlaxCNN(fnn.Module):  # flax examples/mnist/train.py
+        @fnn.compact
+        def __call__(self, x):
+            x = fnn.Conv(features=32, kernel_size=(3, 3))(x)
+            x = fnn.relu(x)
+            x = fnn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
+            x = fnn.Conv(features=64, kernel_size=(3, 3))(x)
+            x = fnn.relu(x)
+            x = fnn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
+            x = x.reshape((x.shape[0], -1))
+            x = fnn.Dense(features=256)(x)
+            x = fnn.relu(x)
+            return fnn.Dense(features=10)(x)
+
+    x = _images((3, 28, 28, 1))
+    flax_params = FlaxCNN().init(KEY, x)["params"]
+    params = {
+        f"{kind}_{i}": {"w": flax_params[f"{flax_kind}_{i}"]["kernel"], "b": flax_params[f"{flax_kind}_{i}"]["bias"]}
+        for kind, flax_kind in (("conv", "Conv"), ("dense", "Dense"))
+        for i in range(2)
+    }
+    ours, _ = models.cnn().apply(params, {}, x)
+    np.testing.assert_allclose(ours, FlaxCNN().apply({"params": flax_params}, x), rtol=1e-4, atol=1e-5)
+    assert nn.count_params(params) == 824_458
+    jdl_params, _ = models.cnn().init(KEY, (1, 28, 28, 1))
+    assert jax.tree_util.tree_map(jnp.shape, jdl_params) == jax.tree_util.tree_map(jnp.shape, params)
+
+
+@pytest.mark.parametrize(
+    "name, shape, count",
+    # DeepOBS' published parameter counts for its test problems.
+    [("fmnist_2c2d", (1, 28, 28, 1), 3_274_634), ("cifar10_3c3d", (1, 32, 32, 3), 895_210)],
+)
+def test_deepobs_models_parameter_counts(name, shape, count):
+    params, _ = models.get(name).init(KEY, shape)
+    assert nn.count_params(params) == count
+    y, _ = models.get(name).apply(params, {}, jnp.zeros((2, *shape[1:])))
+    assert y.shape == (2, 10)
+
+
+def test_models_get_unknown_name_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown model 'cnnn'.*cifar10_3c3d.*Did you mean 'cnn'"):
+        models.get("cnnn")
+
+
+def test_shape_mismatch_fails_at_init_with_layer_and_shapes():
+    model = nn.serial(nn.Dense(10), nn.Conv(4, (3, 3)))
+    with pytest.raises(ValueError, match=r"Conv: expected an input of rank 4.*got shape \(1, 10\)"):
+        model.init(KEY, (1, 784))
+    with pytest.raises(ValueError, match=r"MaxPool: window \(5, 5\) is larger.*\(3, 3\)"):
+        nn.serial(nn.MaxPool((5, 5))).init(KEY, (1, 3, 3, 2))
+    params, state = nn.Dense(3).init(KEY, (1, 8))
+    with pytest.raises(ValueError, match=r"Dense: expected inputs with 8 features.*\(2, 5\)"):
+        nn.Dense(3).apply(params, state, jnp.ones((2, 5)))
+
+
+# --- transformations ---------------------------------------------------------
+
+LAYERS = {
+    "dense": (nn.Dense(4), (3, 5)),
+    "conv": (nn.Conv(4, (3, 3)), (3, 6, 6, 2)),
+    "max_pool": (nn.MaxPool((2, 2)), (3, 6, 6, 2)),
+    "avg_pool": (nn.AvgPool((2, 2)), (3, 6, 6, 2)),
+    "flatten": (nn.Flatten(), (3, 6, 6, 2)),
+    "dropout": (nn.Dropout(0.5), (3, 5)),
+    "batch_norm": (nn.BatchNorm(), (3, 5)),
+    "serial": (nn.serial(nn.Conv(2, 3), nn.relu, nn.Flatten(), nn.Dense(3)), (3, 6, 6, 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_jit_grad_vmap_on_every_layer(name):
+    layer, shape = LAYERS[name]
+    params, state = layer.init(KEY, shape)
+    x = _images(shape)
+    key = jax.random.key(3)
+
+    def run(params, x):
+        return layer.apply(params, state, x, key=key, train=True)[0]
+
+    eager = run(params, x)
+    np.testing.assert_allclose(jax.jit(run)(params, x), eager, rtol=1e-5, atol=1e-6)
+    batched = jax.vmap(run, in_axes=(None, 0))(params, jnp.stack([x, 2 * x]))
+    np.testing.assert_allclose(batched[0], eager, rtol=1e-5, atol=1e-6)
+    grads = jax.grad(lambda p, x: jnp.sum(run(p, x) ** 2), argnums=(0, 1))(params, x)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_init_vmapped_over_keys_matches_separate_inits():
+    model = models.cnn()
+    keys = jax.random.split(KEY, 3)
+    stacked, _ = jax.vmap(lambda k: model.init(k, (1, 28, 28, 1)))(keys)
+    for i, key in enumerate(keys):
+        single, _ = model.init(key, (1, 28, 28, 1))
+        jax.tree_util.tree_map(lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-6), stacked, single)
+    assert not np.allclose(stacked["dense_0"]["w"][0], stacked["dense_0"]["w"][1])
+
+
+def test_model_gradients_match_finite_differences_in_float64():
+    with jax.enable_x64(True):
+        model = nn.serial(nn.Conv(3, (3, 3)), nn.tanh, nn.AvgPool((2, 2)), nn.Flatten(), nn.Dense(4), nn.gelu,
+                          nn.BatchNorm(), nn.Dense(2))
+        params, state = model.init(KEY, (1, 6, 6, 2))
+        params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 6, 6, 2)), jnp.float64)
+
+        def loss(p):
+            return jnp.sum(jnp.sin(model.apply(p, state, x, train=True)[0]))
+
+        flat, unravel = ravel_pytree(params)
+        grad = ravel_pytree(jax.grad(loss)(params))[0]
+        rng = np.random.default_rng(1)
+        for index in rng.choice(flat.size, size=25, replace=False):
+            step = np.zeros(flat.size)
+            step[index] = 1e-6
+            numeric = (loss(unravel(flat + step)) - loss(unravel(flat - step))) / 2e-6
+            np.testing.assert_allclose(grad[index], numeric, rtol=1e-5, atol=1e-8)
