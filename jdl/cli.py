@@ -1,0 +1,135 @@
+"""The ``jdl`` command: ``jdl train`` and ``jdl compare`` (see ``jdl --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text}")
+    return value
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="tfds data folder (prepared datasets and jdl's caches)")
+    parser.add_argument("--manual-dir", help="folder holding a dataset's source files (e.g. Debian's fashion-mnist)")
+    parser.add_argument("--out", help="output folder (default: a fresh folder under jdl-runs/); must be new or empty")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jdl", description="jdl: train models and compare optimizers on JAX.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train one model with one optimizer and write results.json")
+    train.add_argument("--dataset", required=True, help="tfds name, e.g. mnist, fashion_mnist, cifar10, mnist_sample")
+    train.add_argument("--model", required=True, help="mlp, cnn, fmnist_2c2d, cifar10_3c3d, ...")
+    train.add_argument("--optimizer", required=True, help="gd, sgd, momentum, adagrad, rmsprop, adadelta, adam, adamw")
+    train.add_argument("--learning-rate", type=_positive_float, help="default: the optimizer's default rate")
+    train.add_argument("--batch-size", type=_positive_int, default=128)
+    train.add_argument("--epochs", type=_positive_int, default=1)
+    train.add_argument("--seed", type=int, default=0)
+    _data_arguments(train)
+
+    compare = commands.add_parser("compare", help="train one model with several optimizers at once and compare them")
+    compare.add_argument("--dataset", default="mnist_sample")
+    compare.add_argument("--model", default="mlp")
+    compare.add_argument("--optimizers", default="gd,sgd,minibatch,momentum,adagrad,rmsprop,adadelta,adam",
+                         help="comma-separated preset, jdl.optim or optax.<name> optimizers")
+    compare.add_argument("--seeds", type=_positive_int, default=2, help="number of seeds per optimizer")
+    compare.add_argument("--epochs", type=_positive_int, default=5)
+    compare.add_argument("--batch-size", type=_positive_int, default=128)
+    compare.add_argument("--learning-rates", help="comma-separated grid searched per optimizer (DeepOBS protocol)")
+    compare.add_argument("--target-accuracy", type=float, default=0.9)
+    _data_arguments(compare)
+    return parser
+
+
+def _out_dir(out: str | None, kind: str) -> Path:
+    from jdl.compare import check_out_dir
+
+    path = Path(out) if out else Path("jdl-runs") / _dt.datetime.now().strftime(f"{kind}-%Y%m%d-%H%M%S")
+    return check_out_dir(path)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import jdl.data
+    from jdl import losses, models, optim, train
+
+    out = _out_dir(args.out, "train")
+    hyper = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
+    optimizer = optim.get(args.optimizer, **hyper)
+    models.get(args.model)  # unknown names fail before any data is read
+    common = {"batch_size": args.batch_size, "data_dir": args.data_dir, "manual_dir": args.manual_dir}
+    train_data = jdl.data.load(args.dataset, split="train", shuffle=True, seed=args.seed, **common)
+    test_data = jdl.data.load(args.dataset, split="test", shuffle=False, **common)
+    model = models.get(args.model, num_classes=train_data.num_classes)
+    result = train.fit(model, losses.cross_entropy, optimizer, train_data, epochs=args.epochs, eval_data=test_data,
+                       seed=args.seed)  # fmt: skip
+    learning_rate = args.learning_rate if args.learning_rate is not None else optim.DEFAULT_LEARNING_RATES[
+        args.optimizer.lower()]
+    record = {"dataset": args.dataset, "model": args.model, "runs": [{
+        "optimizer": args.optimizer, "learning_rate": learning_rate, "seed": args.seed,
+        "batch_size": args.batch_size,
+        "epochs": [{k: e[k] for k in ("epoch", "train_loss", "test_loss", "test_accuracy", "time_s", "compile_s")}
+                   for e in result.history]}]}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(record, indent=1) + "\n")
+    last = result.history[-1]
+    print(f"{args.model} on {args.dataset} with {args.optimizer}: test accuracy {last['test_accuracy']:.4f} "
+          f"after {last['epoch']} epochs; results in {out / 'results.json'}")  # fmt: skip
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from jdl import compare
+
+    out = _out_dir(args.out, "compare")
+    grid = None
+    if args.learning_rates:
+        try:
+            grid = [float(x) for x in args.learning_rates.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--learning-rates must be comma-separated numbers; got {args.learning_rates!r}") from None
+        if not grid:
+            raise ValueError("--learning-rates is empty; give at least one positive rate")
+    names = [name.strip() for name in args.optimizers.split(",") if name.strip()]
+    result = compare.run(
+        args.dataset, args.model, names, seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rates=grid, target_accuracy=args.target_accuracy, data_dir=args.data_dir,
+        manual_dir=args.manual_dir,
+    )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    path = result.save(out)
+    plots = result.plot(out)
+    print(result.table())
+    print(f"\nresults: {path}\nplots:   {', '.join(str(p) for p in plots)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run_train(args) if args.command == "train" else run_compare(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"jdl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as interrupt:
+        print(f"\njdl {args.command}: {interrupt}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,234 @@
+"""Optimizer comparison: one model, one dataset, many optimizers, trained at once.
+
+>>> result = jdl.compare.run("mnist_sample", "mlp", ["sgd", "momentum", "adam"], seeds=2, epochs=5)
+>>> print(result)              # the table
+>>> result.save("out"); result.plot("out")
+
+Every run of an optimizer (seeds x learning rates) is stacked and vmapped in
+one compiled program, and the optimizers sharing a batch size are trained
+in the same program, with the data resident on the accelerator (see
+``jdl.compare.engine``).  With ``learning_rates`` the DeepOBS protocol is
+followed (Schneider et al., 2019): each optimizer's grid is trained on the
+training split minus a held-out validation split, the learning rate with the
+best final validation accuracy is kept, and that one is rerun with every
+seed on the whole training split and reported on the test split.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jdl import data as jdl_data
+from jdl import losses, models
+from jdl.compare.engine import Group, train_cluster
+from jdl.compare.presets import CLASSIC, FULL_BATCH, PRESETS, Preset, preset
+from jdl.compare.report import Comparison, format_table, plot
+
+__all__ = ["run", "Comparison", "CLASSIC", "PRESETS", "preset", "default_out_dir", "check_out_dir", "format_table",
+           "plot"]  # fmt: skip
+
+# Full-batch gradient descent accumulates its gradient over chunks of this many examples.
+FULL_BATCH_CHUNK = 1000
+
+
+def default_out_dir() -> Path:
+    """A fresh folder name: ``jdl-runs/compare-YYYYmmdd-HHMMSS``."""
+    return Path("jdl-runs") / _dt.datetime.now().strftime("compare-%Y%m%d-%H%M%S")
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """Refuse a folder that already holds results (never overwrite silently)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        held = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+        raise ValueError(f"output folder {out} already holds earlier results ({held}); "
+                         "choose a new --out folder or remove it")
+    return out
+
+
+def _grids(optimizers: Sequence[str], learning_rates) -> dict[str, list[float]] | None:
+    if learning_rates is None:
+        return None
+    if isinstance(learning_rates, Mapping):
+        grids = {name: list(learning_rates.get(name, [])) for name in optimizers}
+    else:
+        grids = {name: list(learning_rates) for name in optimizers}
+    for name, grid in grids.items():
+        if not grid:
+            raise ValueError(f"the learning-rate grid for {name!r} is empty; give at least one positive rate")
+        bad = [lr for lr in grid if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0)]
+        if bad:
+            raise ValueError(f"learning rates must be positive finite numbers; got {bad} for {name!r}")
+    return grids
+
+
+def _batch(p: Preset, batch_size: int, n: int) -> int:
+    size = n if p.batch_size == FULL_BATCH else (p.batch_size or batch_size)
+    return min(size, n)
+
+
+def _use_scan(model, image_shape) -> bool:
+    from jdl.train.engine import uses_convolution
+
+    if jax.devices()[0].platform != "cpu":
+        return True
+    params, state = jax.eval_shape(lambda k: model.init(k, (1, *image_shape)), jax.random.key(0))
+    return not uses_convolution(model, params, state, (1, *image_shape))
+
+
+def _train(model, loss_fn, configs, images, labels, eval_images, eval_labels, permutation, epochs, batch_size,
+           use_scan, bar):  # fmt: skip
+    """Train ``configs`` (name -> (preset, lrs, seeds)) clustered by batch size; returns per-run records."""
+    n = len(images)
+    clusters: dict[int, list[tuple[str, Preset, list, list]]] = {}
+    for name, (p, lrs, seeds) in configs.items():
+        clusters.setdefault(_batch(p, batch_size, n), []).append((name, p, lrs, seeds))
+    runs, info = [], {"compile_s": {}, "train_s": {}}
+    for size, members in clusters.items():
+        count = len(members)
+        groups = [Group(name, p.make, np.asarray(lrs, np.float32), np.asarray(seeds))
+                  for name, p, lrs, seeds in members]
+        out = train_cluster(
+            model, loss_fn, groups, batch_size=size, images=images, labels=labels, permutation=permutation,
+            epochs=epochs, eval_images=eval_images, eval_labels=eval_labels, use_scan=use_scan,
+            microbatch=FULL_BATCH_CHUNK if any(p.batch_size == FULL_BATCH for _, p, _, _ in members) else None,
+            on_epoch=(lambda epoch, k=count: bar.update(k)) if bar is not None else None,
+        )  # fmt: skip
+        info["compile_s"][str(size)] = out["compile_s"]
+        info["train_s"][str(size)] = float(sum(out["times"]))
+        for g_index, group in enumerate(groups):
+            for k, (lr, seed) in enumerate(zip(group.learning_rates, group.seeds)):
+                bad = int(out["first_bad"][g_index][k])
+                last = epochs if bad < 0 else bad // out["steps_per_epoch"] + 1
+                record = {"optimizer": group.name, "learning_rate": float(lr), "seed": int(seed), "batch_size": size,
+                          "epochs": [], "diverged": None}  # fmt: skip
+                for epoch in range(last):
+                    h = out["history"][epoch][g_index]
+                    record["epochs"].append({
+                        "epoch": epoch + 1, "train_loss": float(h["train_loss"][k]),
+                        "test_loss": float(h["test_loss"][k]), "test_accuracy": float(h["test_accuracy"][k]),
+                        "time_s": float(out["times"][epoch]),
+                    })  # fmt: skip
+                if bad >= 0:
+                    record["diverged"] = {"epoch": bad // out["steps_per_epoch"] + 1,
+                                          "step": bad % out["steps_per_epoch"]}  # fmt: skip
+                runs.append(record)
+    return runs, info
+
+
+def run(
+    dataset: str = "mnist_sample",
+    model: str = "mlp",
+    optimizers: Sequence[str] = CLASSIC,
+    *,
+    seeds: int | Sequence[int] = 2,
+    epochs: int = 5,
+    batch_size: int = 128,
+    learning_rates: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
+    validation_fraction: float = 0.1,
+    target_accuracy: float = 0.9,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    progress: bool = True,
+) -> Comparison:
+    """Train ``model`` on ``dataset`` with each optimizer (and seed, and
+    learning rate), all at once; returns a ``Comparison`` that prints as a
+    table, plots and saves as JSON.
+
+    ``optimizers`` are preset names (``jdl.compare.CLASSIC``: gd, sgd,
+    minibatch, momentum, adagrad, rmsprop, adadelta, adam), other
+    ``jdl.optim`` names, or ``optax.<name>``.  ``gd`` sees the whole training
+    set each step, ``sgd`` one example, the rest ``batch_size``.  Without
+    ``learning_rates`` each uses its preset's rate; with a grid (one list for
+    all, or a dict per optimizer) the DeepOBS protocol picks one per optimizer
+    on a validation split (a grid of one rate is simply used).  A run whose loss becomes NaN or infinite is
+    marked diverged and the others go on.
+    """
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ValueError(f"seeds must be a positive count or a non-empty list; got {seeds!r}")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int; got {epochs!r}")
+    if not optimizers:
+        raise ValueError("optimizers is empty; name at least one, e.g. ['sgd', 'adam']")
+    names = list(dict.fromkeys(optimizers))
+    chosen = {name: preset(name) for name in names}
+    grids = _grids(names, learning_rates)
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must lie in (0, 1); got {validation_fraction}")
+    models.get(model)  # fail fast on an unknown model name, before loading data
+
+    train = jdl_data.load(dataset, split="train", batch_size=batch_size, shuffle=True, seed=seed_list[0],
+                          data_dir=data_dir, manual_dir=manual_dir)  # fmt: skip
+    test = jdl_data.load(dataset, split="test", batch_size=batch_size, shuffle=False, data_dir=data_dir,
+                         manual_dir=manual_dir)  # fmt: skip
+    images, labels = train.arrays()["image"], train.arrays()["label"]
+    test_images, test_labels = test.arrays()["image"], test.arrays()["label"]
+    net = models.get(model, num_classes=train.num_classes)
+    use_scan = _use_scan(net, images.shape[1:])
+    loss_fn = losses.cross_entropy
+    started = time.perf_counter()
+
+    total = len(names) * epochs + sum(1 for g in (grids or {}).values() if len(g) > 1) * epochs
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="optimizer-epochs", unit="epoch")
+
+    lr_search: list[dict] = []
+    chosen_lr = {name: p.learning_rate for name, p in chosen.items()}
+    chosen_lr.update({name: grid[0] for name, grid in (grids or {}).items() if len(grid) == 1})
+    grids = {name: grid for name, grid in (grids or {}).items() if len(grid) > 1}
+    if grids:
+        order = np.random.default_rng(20190222).permutation(len(images))
+        n_val = max(1, int(round(validation_fraction * len(images))))
+        val, fit_idx = order[:n_val], np.sort(order[n_val:])
+
+        def search_permutation(seed: int, epoch: int) -> np.ndarray:
+            return np.random.default_rng([seed, epoch, 1]).permutation(len(fit_idx))
+
+        configs = {name: (chosen[name], grid, [seed_list[0]] * len(grid)) for name, grid in grids.items()}
+        runs, _ = _train(net, loss_fn, configs, images[fit_idx], labels[fit_idx], images[val], labels[val],
+                         search_permutation, epochs, batch_size, use_scan, bar)  # fmt: skip
+        for r in runs:
+            last = r["epochs"][-1] if r["epochs"] else {"test_accuracy": math.nan, "test_loss": math.nan}
+            ok = r["diverged"] is None
+            lr_search.append({"optimizer": r["optimizer"], "learning_rate": r["learning_rate"],
+                              "validation_accuracy": last["test_accuracy"] if ok else math.nan,
+                              "validation_loss": last["test_loss"] if ok else math.nan,
+                              "diverged": r["diverged"]})  # fmt: skip
+        for name in grids:
+            candidates = [e for e in lr_search if e["optimizer"] == name and e["diverged"] is None]
+            if candidates:
+                best = max(candidates, key=lambda e: (e["validation_accuracy"], -e["validation_loss"]))
+                chosen_lr[name] = best["learning_rate"]
+            else:
+                chosen_lr[name] = min(grids[name])
+
+    loaders = {}
+
+    def permutation(seed: int, epoch: int) -> np.ndarray:
+        if seed not in loaders:
+            loaders[seed] = train if seed == seed_list[0] else jdl_data.load(
+                dataset, split="train", batch_size=batch_size, shuffle=True, seed=seed, data_dir=data_dir,
+                manual_dir=manual_dir)  # fmt: skip
+        return loaders[seed].permutation(epoch)
+
+    configs = {name: (chosen[name], [chosen_lr[name]] * len(seed_list), seed_list) for name in names}
+    runs, info = _train(net, loss_fn, configs, images, labels, test_images, test_labels, permutation, epochs,
+                        batch_size, use_scan, bar)  # fmt: skip
+    if bar is not None:
+        bar.close()
+    info.update({"device": str(jax.devices()[0].device_kind), "jax_version": jax.__version__,
+                 "wall_s": time.perf_counter() - started, "engine": "scan" if use_scan else "loop"})  # fmt: skip
+    return Comparison(dataset, model, runs, target_accuracy, lr_search, info)

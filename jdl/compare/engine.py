@@ -1,0 +1,195 @@
+"""Many configurations trained at once in one compiled program.
+
+A *group* is the runs of one optimizer (over seeds and learning rates): their
+parameters, model state and optimizer state are stacked along a leading axis
+and one step is ``jax.vmap``-ed over it, with the learning rate a traced
+array.  A *cluster* is the groups that share a batch size (so the same number
+of steps per epoch): one program runs an epoch of every group in it.  The
+data lives on the device; each run gathers its own batches there by its own
+permutation, the one ``jdl.data``'s loader would give for its seed.
+
+Each run uses exactly ``jdl.train.fit``'s conventions (initialization key,
+step keys, batch order), so a vmapped run trains to the parameters of the
+same run done alone.  A run whose loss becomes non-finite freezes at its last
+good parameters (``jdl.train.step``) while the others go on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jdl.train.engine import with_device_transform
+from jdl.train.step import Carry, eval_step, train_step
+
+
+class Group(NamedTuple):
+    """The runs of one optimizer: ``make(lr)`` builds it; ``learning_rates``
+    and ``seeds`` are per run."""
+
+    name: str
+    make: Callable
+    learning_rates: np.ndarray
+    seeds: np.ndarray
+
+
+def init_group(model, make: Callable, learning_rates, seeds, image_shape) -> tuple[Carry, jax.Array]:
+    """Stacked carry and base keys: run ``k`` is initialized as
+    ``fit(seed=seeds[k])`` would be."""
+    keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(jnp.asarray(seeds))
+    base_keys, init_keys = keys[:, 0], keys[:, 1]
+    params, state = jax.vmap(lambda k: model.init(k, (1, *image_shape)))(init_keys)
+    opt_state = jax.vmap(lambda p, lr: make(lr).init(p))(params, jnp.asarray(learning_rates, jnp.float32))
+    first_bad = jnp.full((len(seeds),), -1, jnp.int32)
+    return Carry(params, state, opt_state, first_bad), base_keys
+
+
+def _group_step(model, loss_fn, make, microbatch) -> Callable:
+    def one(carry, lr, batch, base_key, epoch, index, global_step):
+        run = with_device_transform(train_step(model, loss_fn, make(lr), microbatch=microbatch), None)
+        return run(carry, batch, base_key, epoch, index, global_step)
+
+    return jax.vmap(one, in_axes=(0, 0, 0, 0, None, None, None))
+
+
+def cluster_epoch(model, loss_fn, makes: list[Callable], use_scan: bool, microbatch: int | None = None) -> Callable:
+    """A compiled function running one epoch (``use_scan``) or one step
+    (otherwise) of every group of a cluster.
+
+    ``fn(carries, lrs, images, labels, orders, base_keys, epoch, first_step)``
+    where ``orders[g]`` is ``(steps, runs, batch)`` indices (one step's worth
+    when not scanning); returns ``(carries, losses)`` with losses ``(steps,
+    runs)`` per group.
+    """
+    steps = [_group_step(model, loss_fn, make, microbatch) for make in makes]
+
+    def all_groups(carries, lrs, images, labels, indices, base_keys, epoch, index, global_step):
+        out_carries, losses = [], []
+        for step, carry, lr, idx, keys in zip(steps, carries, lrs, indices, base_keys):
+            batch = {"image": images[idx], "label": labels[idx]}
+            carry, metrics = step(carry, lr, batch, keys, epoch, index, global_step)
+            out_carries.append(carry)
+            losses.append(metrics["loss"])
+        return tuple(out_carries), tuple(losses)
+
+    if not use_scan:
+
+        def one_step(carries, lrs, images, labels, orders, base_keys, epoch, index, global_step):
+            carries, losses = all_groups(carries, lrs, images, labels, [o[0] for o in orders], base_keys,
+                                         epoch, index, global_step)
+            return carries, tuple(loss[None] for loss in losses)
+
+        return jax.jit(one_step, donate_argnums=0)
+
+    def epoch_fn(carries, lrs, images, labels, orders, base_keys, epoch, first_step):
+        count = orders[0].shape[0]
+
+        def body(carries, xs):
+            indices, index = xs
+            return all_groups(carries, lrs, images, labels, indices, base_keys, epoch, index, first_step + index)
+
+        return lax.scan(body, carries, (tuple(orders), jnp.arange(count, dtype=jnp.int32)))
+
+    return jax.jit(epoch_fn, donate_argnums=0)
+
+
+def group_evaluator(model, loss_fn) -> Callable:
+    """``fn(carry, images, labels) -> (loss sum, correct)`` per run, for one batch."""
+    single = eval_step(model, loss_fn)
+    return jax.jit(jax.vmap(lambda carry, x, y: single(carry.params, carry.state, x, y), in_axes=(0, None, None)))
+
+
+def evaluate_groups(evaluator, carries, images, labels, batch_size: int = 1000) -> list[dict[str, np.ndarray]]:
+    """Mean loss and accuracy of every run of every group on the arrays."""
+    n = len(images)
+    results = []
+    for carry in carries:
+        loss = correct = 0.0
+        for start in range(0, n, batch_size):
+            batch_loss, batch_correct = evaluator(carry, images[start : start + batch_size],
+                                                  labels[start : start + batch_size])
+            loss, correct = loss + batch_loss, correct + batch_correct
+        results.append({"loss": np.asarray(loss) / n, "accuracy": np.asarray(correct) / n})
+    return results
+
+
+def train_cluster(
+    model,
+    loss_fn,
+    groups: list[Group],
+    *,
+    batch_size: int,
+    images: np.ndarray,
+    labels: np.ndarray,
+    permutation: Callable[[int, int], np.ndarray],
+    epochs: int,
+    eval_images: np.ndarray,
+    eval_labels: np.ndarray,
+    use_scan: bool,
+    microbatch: int | None = None,
+    on_epoch: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train every run of every group for ``epochs`` epochs; returns per-group
+    per-epoch metrics, divergence steps, the carries, and the timings."""
+    n = len(images)
+    steps = n // batch_size
+    makes = [g.make for g in groups]
+    inits = [init_group(model, g.make, g.learning_rates, g.seeds, images.shape[1:]) for g in groups]
+    carries = tuple(c for c, _ in inits)
+    base_keys = tuple(k for _, k in inits)
+    lrs = tuple(jnp.asarray(g.learning_rates, jnp.float32) for g in groups)
+    device_images, device_labels = jnp.asarray(images), jnp.asarray(labels)
+    device_eval = (jnp.asarray(eval_images), jnp.asarray(eval_labels))
+    evaluator = group_evaluator(model, loss_fn)
+
+    def orders_for(epoch: int) -> tuple[np.ndarray, ...]:
+        out = []
+        for g in groups:
+            runs = [permutation(int(seed), epoch)[: steps * batch_size].reshape(steps, batch_size) for seed in g.seeds]
+            out.append(np.stack(runs, axis=1).astype(np.int32))  # (steps, runs, batch)
+        return tuple(out)
+
+    start = time.perf_counter()
+    fn = cluster_epoch(model, loss_fn, makes, use_scan, microbatch)
+    if use_scan:
+        shapes = tuple(jax.ShapeDtypeStruct((steps, len(g.seeds), batch_size), jnp.int32) for g in groups)
+        compiled = fn.lower(carries, lrs, device_images, device_labels, shapes, base_keys, 0, 0).compile()
+    else:
+        shapes = tuple(jax.ShapeDtypeStruct((1, len(g.seeds), batch_size), jnp.int32) for g in groups)
+        compiled = fn.lower(carries, lrs, device_images, device_labels, shapes, base_keys, 0, 0, 0).compile()
+    compile_s = time.perf_counter() - start
+
+    history: list[list[dict[str, np.ndarray]]] = []
+    times = []
+    for epoch in range(epochs):
+        orders = orders_for(epoch)
+        start = time.perf_counter()
+        if use_scan:
+            carries, losses = compiled(carries, lrs, device_images, device_labels, orders, base_keys, epoch,
+                                       epoch * steps)
+        else:
+            per_step = []
+            for index in range(steps):
+                step_orders = tuple(o[index : index + 1] for o in orders)
+                carries, loss = compiled(carries, lrs, device_images, device_labels, step_orders, base_keys,
+                                         epoch, index, epoch * steps + index)
+                per_step.append(loss)
+            losses = tuple(jnp.concatenate(parts) for parts in zip(*per_step))
+        jax.block_until_ready(carries)
+        times.append(time.perf_counter() - start)
+        scores = evaluate_groups(evaluator, carries, *device_eval)
+        history.append([
+            {"train_loss": np.asarray(loss).mean(axis=0), "test_loss": s["loss"], "test_accuracy": s["accuracy"]}
+            for loss, s in zip(losses, scores)
+        ])  # fmt: skip
+        if on_epoch is not None:
+            on_epoch(epoch)
+    first_bad = [np.asarray(c.first_bad) for c in carries]
+    return {"history": history, "first_bad": first_bad, "steps_per_epoch": steps, "times": times,
+            "compile_s": compile_s, "carries": carries}  # fmt: skip

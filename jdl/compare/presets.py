@@ -1,0 +1,67 @@
+"""The optimizers a comparison can name, and how each is fed.
+
+The eight classic presets differ in two things only: the update rule and
+the batch it sees.  ``gd``, ``sgd`` and ``minibatch`` are one rule (plain
+gradient descent) fed the whole training set, one example, or a mini-batch
+per step.  Any other ``jdl.optim`` name (``adamw``, ``nesterov``) and any
+optax optimizer (``optax.lion``) can be named too.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import NamedTuple
+
+from jdl import optim
+
+FULL_BATCH = -1  # "the whole training set"
+
+
+class Preset(NamedTuple):
+    """How to build one optimizer for a learning rate, and the batch it sees."""
+
+    name: str
+    make: Callable  # learning_rate -> GradientTransformation (the rate may be a traced array)
+    learning_rate: float
+    batch_size: int | None  # FULL_BATCH, a fixed size, or None for the comparison's batch size
+
+
+PRESETS: dict[str, Preset] = {
+    "gd": Preset("gd", optim.gd, 0.5, FULL_BATCH),
+    "sgd": Preset("sgd", optim.gd, 0.01, 1),
+    "minibatch": Preset("minibatch", optim.gd, 0.1, None),
+    "momentum": Preset("momentum", lambda lr: optim.momentum(lr, momentum=0.9), 0.01, None),
+    "adagrad": Preset("adagrad", optim.adagrad, 0.05, None),
+    "rmsprop": Preset("rmsprop", optim.rmsprop, 1e-3, None),
+    "adadelta": Preset("adadelta", optim.adadelta, 1.0, None),
+    "adam": Preset("adam", optim.adam, 1e-3, None),
+}
+CLASSIC = tuple(PRESETS)
+
+
+def _optax_preset(name: str) -> Preset:
+    import optax
+
+    attribute = name.split(".", 1)[1]
+    build = getattr(optax, attribute, None)
+    if not callable(build):
+        raise ValueError(f"unknown optimizer {name!r}: optax has no optimizer {attribute!r}")
+    return Preset(name, lambda lr: build(learning_rate=lr), 1e-3, None)
+
+
+def preset(name: str) -> Preset:
+    """The preset called ``name``: a classic preset, a ``jdl.optim`` name, or
+    ``optax.<name>``."""
+    if name in PRESETS:
+        return PRESETS[name]
+    if name.startswith("optax."):
+        return _optax_preset(name)
+    if name in optim.OPTIMIZERS:
+        return Preset(name, lambda lr: optim.get(name, learning_rate=lr), optim.DEFAULT_LEARNING_RATES[name], None)
+    valid = sorted(set(PRESETS) | set(optim.OPTIMIZERS))
+    close = difflib.get_close_matches(name, valid, n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ValueError(
+        f"unknown optimizer {name!r}; expected one of {', '.join(valid)}, or optax.<name> (e.g. optax.lion).{hint}"
+    )

@@ -1,0 +1,153 @@
+"""Two ways through an epoch.
+
+* **stream**: a Python loop of one compiled step per batch, batches coming
+  from the host loader (and its host transform) and prefetched to the device.
+* **scan**: the whole epoch as one compiled program: the split resident on the
+  device, each batch gathered there by an index permutation, ``lax.scan``
+  over the steps, no host round-trip per step.
+
+Both see the same batches in the same order (the loader's
+``permutation(epoch)``) and the same PRNG keys (``step_key(seed, epoch,
+step)``), so they train to the same parameters up to float rounding.
+
+On the CPU, convolutions inside ``lax.scan`` run about 25x slower than the
+same step called from a Python loop (shared/FACTS.md), so ``auto`` never takes
+the scan path for a model with convolutions on the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jdl.train.step import Carry, step_key
+
+# A device transform gets its own key, folded from the step's key.
+_AUGMENT_SALT = 0x5EED
+
+
+def with_device_transform(step: Callable, device_transform: Callable | None) -> Callable:
+    """``run(carry, batch, base_key, epoch, index, global_step)``: derive the
+    step's key, apply ``device_transform(key, batch)`` if given, take the step."""
+
+    def run(carry: Carry, batch: dict, base_key: jax.Array, epoch, index, global_step):
+        key = step_key(base_key, epoch, index)
+        if device_transform is not None:
+            batch = device_transform(jax.random.fold_in(key, _AUGMENT_SALT), batch)
+        return step(carry, batch, key, global_step)
+
+    return run
+
+
+def uses_convolution(model, params, state, input_shape) -> bool:
+    """Whether the model's forward pass contains a convolution (read off its jaxpr)."""
+    x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda p, s, x: model.apply(p, s, x)[0])(params, state, x)
+
+    def walk(jaxpr) -> bool:
+        for equation in jaxpr.eqns:
+            if equation.primitive.name == "conv_general_dilated":
+                return True
+            for param in equation.params.values():
+                inner = getattr(param, "jaxpr", param)
+                if hasattr(inner, "eqns") and walk(inner):
+                    return True
+        return False
+
+    return walk(jaxpr.jaxpr)
+
+
+def choose_mode(mode: str, *, has_conv: bool, has_host_transform: bool, data_bytes: int) -> str:
+    """``'stream'`` or ``'scan'`` for ``mode='auto'``; checks a forced mode."""
+    if mode not in ("auto", "stream", "scan"):
+        raise ValueError(f"mode must be 'auto', 'stream' or 'scan'; got {mode!r}")
+    if mode == "scan" and has_host_transform:
+        raise ValueError(
+            "mode='scan' keeps the data on the device and cannot run the loader's host transform per batch; "
+            "pass the transform as fit(..., device_transform=fn(key, batch)) or use mode='stream'"
+        )
+    if mode != "auto":
+        return mode
+    if has_host_transform:
+        return "stream"
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return "stream" if has_conv else "scan"
+    limit = (device.memory_stats() or {}).get("bytes_limit", 8 << 30)
+    return "scan" if data_bytes < limit // 4 else "stream"
+
+
+class Placement:
+    """Where arrays live: one device, or a data-parallel mesh over all local
+    devices (batch sharded along its first axis, everything else replicated)."""
+
+    def __init__(self, batch_size: int, data_parallel: bool | str = "auto"):
+        devices = jax.local_devices()
+        use_mesh = len(devices) > 1 and data_parallel is not False
+        if use_mesh and batch_size % len(devices):
+            if data_parallel is True:
+                raise ValueError(
+                    f"data-parallel training over {len(devices)} devices needs a batch size divisible by "
+                    f"{len(devices)}; got batch_size={batch_size}"
+                )
+            use_mesh = False
+        self.num_devices = len(devices) if use_mesh else 1
+        if use_mesh:
+            mesh = Mesh(np.array(devices), ("data",))
+            self.replicated = NamedSharding(mesh, PartitionSpec())
+            self.batch = NamedSharding(mesh, PartitionSpec("data"))
+        else:
+            self.replicated = self.batch = jax.sharding.SingleDeviceSharding(devices[0])
+
+    def replicate(self, tree: Any) -> Any:
+        return jax.device_put(tree, self.replicated)
+
+    def shard_batch(self, batch: dict) -> dict:
+        size = len(next(iter(batch.values())))
+        sharding = self.batch if size % self.num_devices == 0 else self.replicated
+        return jax.device_put(batch, sharding)
+
+    def constrain_batch(self, batch: dict) -> dict:
+        if self.num_devices == 1:
+            return batch
+        return jax.lax.with_sharding_constraint(batch, self.batch)
+
+
+def stream_step(run: Callable) -> Callable:
+    """One step, jitted, carry donated: for the Python loop."""
+    return jax.jit(run, donate_argnums=0)
+
+
+def scan_epoch(run: Callable, placement: Placement) -> Callable:
+    """``(carry, images, labels, order, base_key, epoch, first_global_step) ->
+    (carry, metrics per step)``: ``order`` is ``(steps, batch)`` indices."""
+
+    def epoch_fn(carry, images, labels, order, base_key, epoch, first_global_step):
+        def body(carry, xs):
+            indices, index = xs
+            batch = placement.constrain_batch({"image": images[indices], "label": labels[indices]})
+            return run(carry, batch, base_key, epoch, index, first_global_step + index)
+
+        steps = order.shape[0]
+        return lax.scan(body, carry, (order, jnp.arange(steps, dtype=jnp.int32)))
+
+    return jax.jit(epoch_fn, donate_argnums=0)
+
+
+def evaluate_arrays(batch_fn: Callable, params, state, images, labels, batch_size: int) -> dict[str, float]:
+    """Mean loss and accuracy over arrays, in batches of ``batch_size``."""
+    n = len(images)
+    if n == 0:
+        raise ValueError("evaluate: the evaluation data is empty")
+    total_loss, total_correct = 0.0, 0.0
+    for start in range(0, n, batch_size):
+        loss, correct = batch_fn(params, state, images[start : start + batch_size], labels[start : start + batch_size])
+        total_loss += loss
+        total_correct += correct
+    return {"loss": float(total_loss) / n, "accuracy": float(total_correct) / n}

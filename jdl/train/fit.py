@@ -1,0 +1,342 @@
+"""``fit`` and ``evaluate``: model + loss + optimizer + data -> trained model."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdl.nn import Layer
+from jdl.optim import GradientTransformation
+from jdl.train import checkpoint as ckpt
+from jdl.train.engine import (
+    Placement,
+    choose_mode,
+    evaluate_arrays,
+    scan_epoch,
+    stream_step,
+    uses_convolution,
+    with_device_transform,
+)
+from jdl.train.step import Carry, LossFn, eval_step, train_step
+
+
+class TrainResult(NamedTuple):
+    """What ``fit`` returns: the trained parameters, model state, optimizer
+    state, and one dict of metrics per epoch."""
+
+    params: Any
+    state: Any
+    opt_state: Any
+    history: list[dict]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss (or an update) became NaN or infinite.  ``result`` holds the
+    parameters from before the offending step."""
+
+    def __init__(self, epoch: int, step: int, steps_per_epoch: int, result: TrainResult, checkpoint=None):
+        where = f"epoch {epoch}, step {step} (of {steps_per_epoch}, counting from 0)"
+        saved = f"; saved them to {checkpoint}" if checkpoint else ""
+        super().__init__(
+            f"the loss became non-finite at {where}; kept the parameters from before that step{saved}. "
+            "Lower the learning rate or check the data."
+        )
+        self.epoch, self.step, self.result, self.checkpoint = epoch, step, result, checkpoint
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``fit``: ``result`` holds the last consistent parameters,
+    saved to ``checkpoint`` when ``fit`` had a ``checkpoint_dir``."""
+
+    def __init__(self, result: TrainResult, checkpoint=None):
+        super().__init__(
+            f"training interrupted; saved a checkpoint to {checkpoint} (resume with fit(..., resume=...))"
+            if checkpoint
+            else "training interrupted (no checkpoint_dir was given, nothing saved)"
+        )
+        self.result, self.checkpoint = result, checkpoint
+
+
+def _host_arrays(data) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of a loader (its transform applied) or a dict."""
+    if isinstance(data, dict):
+        return np.asarray(data["image"]), np.asarray(data["label"])
+    arrays = data.batch(np.arange(data.num_examples)) if data.transform is not None else data.arrays()
+    return np.asarray(arrays["image"]), np.asarray(arrays["label"])
+
+
+def _check_model_fits(model: Layer, loss_fn: LossFn, params, state, images: np.ndarray, labels: np.ndarray,
+                      classes: int) -> None:
+    """Raise a ValueError naming both shapes if the data does not fit the model
+    or the model's output does not fit the loss and labels."""
+    x = jax.ShapeDtypeStruct((2, *images.shape[1:]), jnp.float32)
+    try:
+        logits = jax.eval_shape(lambda p, s, x: model.apply(p, s, x)[0], params, state, x)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"the dataset's images of shape {images.shape[1:]} do not fit the model: {error}") from error
+    y = jax.ShapeDtypeStruct((2, *labels.shape[1:]), labels.dtype)
+    if np.issubdtype(labels.dtype, np.integer):
+        if logits.ndim != 2 or logits.shape[-1] < classes:
+            raise ValueError(
+                f"the model's output of shape {tuple(logits.shape)} (per batch of 2) does not fit integer labels "
+                f"of shape {tuple(y.shape)} with {classes} classes: expected logits of shape (batch, >= {classes})"
+            )
+    try:
+        jax.eval_shape(loss_fn, logits, y)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"the model's output of shape {tuple(logits.shape)} does not fit the labels of shape {tuple(y.shape)} "
+            f"for the loss: {error}"
+        ) from error
+
+
+def init_model(model: Layer, key: jax.Array, image_shape: tuple[int, ...]):
+    """``model.init`` for inputs of ``image_shape``, naming the data's shape on failure."""
+    try:
+        return model.init(key, (1, *image_shape))
+    except ValueError as error:
+        raise ValueError(f"the dataset's images of shape {tuple(image_shape)} do not fit the model: {error}") from error
+
+
+def evaluate(
+    model: Layer, loss_fn: LossFn, params, state, data, *, batch_size: int = 1000
+) -> dict[str, float]:
+    """Mean loss and accuracy of the model on ``data`` (a jdl loader or a dict
+    with ``image`` and ``label`` arrays), in eval mode."""
+    images, labels = _host_arrays(data)
+    fn = jax.jit(eval_step(model, loss_fn))
+    return evaluate_arrays(fn, params, state, jnp.asarray(images), jnp.asarray(labels), batch_size)
+
+
+def _timed(fn: Callable, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def fit(
+    model: Layer,
+    loss_fn: LossFn,
+    optimizer: GradientTransformation,
+    train_data,
+    *,
+    epochs: int,
+    eval_data=None,
+    seed: int = 0,
+    params=None,
+    state=None,
+    mode: str = "auto",
+    device_transform: Callable | None = None,
+    data_parallel: bool | str = "auto",
+    checkpoint_dir: str | None = None,
+    resume: str | bool | None = None,
+    progress: bool = True,
+    eval_batch_size: int = 1000,
+) -> TrainResult:
+    """Train ``model`` on ``train_data`` (a ``jdl.data`` loader) for ``epochs`` epochs.
+
+    Each epoch runs either as a Python loop of compiled steps over the
+    loader's batches (``mode='stream'``) or as one compiled ``lax.scan`` over
+    the split held on the device (``mode='scan'``); ``'auto'`` picks scan
+    unless the loader has a host transform or, on the CPU, the model has
+    convolutions.  Both see the same batches and keys.
+
+    ``history`` has one dict per epoch: ``epoch`` (from 1), ``train_loss``,
+    ``train_accuracy``, ``test_loss`` and ``test_accuracy`` (with
+    ``eval_data``), ``time_s`` (training, compilation excluded), ``eval_s``
+    and ``compile_s``.  Everything random derives from ``seed``: the same seed
+    gives the same result.
+
+    With ``checkpoint_dir`` a checkpoint (params, state, optimizer state,
+    loader position, seed, history) is written atomically after every epoch
+    and on Ctrl-C; ``resume=True`` (or a path) continues from it and ends
+    with exactly the parameters of an uninterrupted run.  A non-finite loss
+    raises ``NonFiniteLossError`` naming the epoch and step, keeping the last
+    good parameters.  With several local devices, batches are sharded over
+    them (data parallel, parameters replicated); for several hosts call
+    ``jax.distributed.initialize()`` first and give each host its shard.
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"fit: epochs must be a positive int; got {epochs!r}")
+    if eval_batch_size < 1:
+        raise ValueError(f"fit: eval_batch_size must be >= 1; got {eval_batch_size}")
+    loader = train_data
+    base_key, init_key = jax.random.split(jax.random.key(seed))
+    arrays = loader.arrays()
+    train_images, train_labels = np.asarray(arrays["image"]), np.asarray(arrays["label"])
+    sample = loader.batch(np.arange(min(2, len(train_labels))))
+    sample_images, sample_labels = np.asarray(sample["image"]), np.asarray(sample["label"])
+    if params is None:
+        params, state = init_model(model, init_key, sample_images.shape[1:])
+    state = {} if state is None else state
+    classes = getattr(loader, "num_classes", None) or int(train_labels.max()) + 1
+    _check_model_fits(model, loss_fn, params, state, sample_images, sample_labels, classes)
+    opt_state = optimizer.init(params)
+
+    history: list[dict] = []
+    start_epoch, start_step, partial = 0, 0, {"loss": [], "accuracy": [], "size": []}
+    resume_dir = checkpoint_dir if resume is True else resume
+    if resume:
+        if resume_dir is None:
+            raise ValueError("fit: resume=True needs checkpoint_dir")
+        target = {"params": params, "state": state, "opt_state": opt_state}
+        restored = ckpt.load(resume_dir, target)
+        raw = ckpt.load_raw(resume_dir)
+        params, state, opt_state = restored["params"], restored["state"], restored["opt_state"]
+        if int(raw["seed"]) != seed:
+            raise ValueError(f"fit: the checkpoint in {resume_dir} was made with seed {int(raw['seed'])}, not {seed}")
+        start_epoch, start_step = int(raw["epoch"]), int(raw["step"])
+        history = json.loads(bytes(raw["history"]).decode())
+        partial = json.loads(bytes(raw["partial"]).decode())
+
+    placement = Placement(loader.batch_size, data_parallel)
+    run = with_device_transform(train_step(model, loss_fn, optimizer), device_transform)
+    has_conv = uses_convolution(model, params, state, (1, *train_images.shape[1:]))
+    mode = choose_mode(
+        mode, has_conv=has_conv, has_host_transform=loader.transform is not None, data_bytes=train_images.nbytes
+    )
+    carry = placement.replicate(Carry(params, state, opt_state, jnp.int32(-1)))
+    base_key = placement.replicate(base_key)
+    steps_per_epoch = len(loader)
+    batch_size = loader.batch_size
+
+    eval_fn = jax.jit(eval_step(model, loss_fn))
+    if eval_data is not None:
+        eval_images, eval_labels = (placement.replicate(jnp.asarray(a)) for a in _host_arrays(eval_data))
+
+    step_fns: dict[tuple, Any] = {}
+    compile_s = 0.0
+
+    def compiled_step(batch) -> Callable:
+        nonlocal compile_s
+        signature = tuple((k, v.shape) for k, v in batch.items())
+        if signature not in step_fns:
+            fn, seconds = _timed(lambda: stream_step(run).lower(carry, batch, base_key, 0, 0, 0).compile())
+            step_fns[signature], compile_s = fn, compile_s + seconds
+        return step_fns[signature]
+
+    if mode == "scan":
+        device_images, device_labels = placement.replicate(jnp.asarray(train_images)), placement.replicate(
+            jnp.asarray(train_labels))
+        full_steps = len(train_images) // batch_size
+        order_shape = jax.ShapeDtypeStruct((full_steps, batch_size), jnp.int32, sharding=placement.replicated)
+        epoch_fn, compile_s = _timed(lambda: scan_epoch(run, placement).lower(
+            carry, device_images, device_labels, order_shape, base_key, 0, 0).compile())
+
+    def save(epoch: int, step: int, carry: Carry, partial: dict):
+        if checkpoint_dir is None:
+            return None
+        payload = {
+            "params": carry.params, "state": carry.state, "opt_state": carry.opt_state,
+            "epoch": np.int64(epoch), "step": np.int64(step), "seed": np.int64(seed),
+            "rng": jax.random.key_data(jax.random.key(seed)),
+            "loader": {k: np.int64(v) for k, v in {"epoch": epoch, "step": step, "seed": loader.seed}.items()},
+            "history": np.frombuffer(json.dumps(history).encode(), np.uint8),
+            "partial": np.frombuffer(json.dumps(partial).encode(), np.uint8),
+        }  # fmt: skip
+        return ckpt.save(checkpoint_dir, payload)
+
+    def result(carry: Carry) -> TrainResult:
+        return TrainResult(carry.params, carry.state, carry.opt_state, history)
+
+    bar = _progress(range(start_epoch, epochs), progress, epochs, start_epoch)
+    epoch, done, pending = start_epoch, start_step, []
+    try:
+        for epoch in bar:
+            first_step = start_step if epoch == start_epoch else 0
+            if epoch != start_epoch:
+                partial = {"loss": [], "accuracy": [], "size": []}
+            done, pending, compile_before = first_step, [], compile_s
+            epoch_start = time.perf_counter()
+            if mode == "scan" and first_step == 0:
+                order = loader.permutation(epoch)
+                full = order[: full_steps * batch_size].reshape(full_steps, batch_size)
+                carry, metrics = epoch_fn(
+                    carry, device_images, device_labels, placement.replicate(jnp.asarray(full, jnp.int32)),
+                    base_key, epoch, epoch * steps_per_epoch)
+                sizes = [batch_size] * full_steps
+                batches = []
+                rest = order[full_steps * batch_size:]
+                if len(rest) and not loader.drop_remainder:
+                    batches = [(full_steps, {"image": device_images[rest], "label": device_labels[rest]})]
+                partial = _extend(partial, metrics, sizes)
+                done = full_steps
+            else:
+                loader.load_state_dict({"epoch": epoch, "step": first_step, "seed": loader.seed})
+                batches = ((first_step + i, placement.shard_batch(b)) for i, b in enumerate(loader))
+            for index, batch in batches:
+                fn = compiled_step(batch)
+                carry, metrics = fn(carry, batch, base_key, epoch, index, epoch * steps_per_epoch + index)
+                pending.append((metrics, len(batch["label"])))
+                done = index + 1
+            partial, pending = _flush(partial, pending), []
+            first_bad = int(carry.first_bad)
+            time_s = time.perf_counter() - epoch_start - (compile_s - compile_before)
+            if first_bad >= 0:
+                bad_epoch, bad_step = divmod(first_bad, steps_per_epoch)
+                path = save(bad_epoch, bad_step, carry, {"loss": [], "accuracy": [], "size": []})
+                raise NonFiniteLossError(bad_epoch + 1, bad_step, steps_per_epoch, result(carry), path)
+            record = _epoch_record(epoch, partial, time_s, compile_s)
+            if eval_data is not None:
+                scores, record["eval_s"] = _timed(evaluate_arrays, eval_fn, carry.params, carry.state,
+                                                  eval_images, eval_labels, eval_batch_size)
+                record["test_loss"], record["test_accuracy"] = scores["loss"], scores["accuracy"]
+            history.append(record)
+            partial, done = {"loss": [], "accuracy": [], "size": []}, 0
+            save(epoch + 1, 0, carry, partial)
+            _show(bar, record)
+    except KeyboardInterrupt as interrupt:
+        alive = not any(getattr(leaf, "is_deleted", lambda: False)() for leaf in jax.tree_util.tree_leaves(carry))
+        path = save(epoch, done, carry, _flush(partial, pending)) if alive else None
+        raise TrainingInterrupted(result(carry) if alive else TrainResult(None, None, None, history), path) \
+            from interrupt
+    return result(carry)
+
+
+def _extend(partial: dict, metrics: dict, sizes: list[int]) -> dict:
+    host = jax.device_get(metrics)
+    return {
+        "loss": partial["loss"] + [float(v) for v in np.asarray(host["loss"]).ravel()],
+        "accuracy": partial["accuracy"] + [float(v) for v in np.asarray(host["accuracy"]).ravel()],
+        "size": partial["size"] + list(sizes),
+    }
+
+
+def _flush(partial: dict, pending: list) -> dict:
+    """Fetch the per-step metrics of a Python-loop epoch in one transfer."""
+    if not pending:
+        return partial
+    metrics = jax.tree_util.tree_map(lambda *m: jnp.stack(m), *[m for m, _ in pending])
+    return _extend(partial, metrics, [size for _, size in pending])
+
+
+def _epoch_record(epoch: int, partial: dict, time_s: float, compile_s: float) -> dict:
+    sizes = np.asarray(partial["size"], np.float64)
+    total = sizes.sum()
+
+    def mean(values):
+        return float(np.dot(np.asarray(values, np.float64), sizes) / total) if total else math.nan
+
+    return {"epoch": epoch + 1, "train_loss": mean(partial["loss"]), "train_accuracy": mean(partial["accuracy"]),
+            "time_s": time_s, "compile_s": compile_s}  # fmt: skip
+
+
+def _progress(epochs_range, enabled: bool, total: int, initial: int):
+    if not enabled:
+        return epochs_range
+    from tqdm.auto import tqdm
+
+    return tqdm(epochs_range, total=total, initial=initial, desc="epochs", unit="epoch")
+
+
+def _show(bar, record: dict) -> None:
+    if hasattr(bar, "set_postfix"):
+        shown = {k: f"{v:.4f}" for k, v in record.items() if k in ("train_loss", "test_loss", "test_accuracy")}
+        bar.set_postfix(shown)

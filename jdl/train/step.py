@@ -1,0 +1,147 @@
+"""The training step: one pure function from (carry, batch, key) to (carry, metrics).
+
+The carry is ``(params, state, opt_state, first_bad)``.  ``first_bad`` is the
+global step index of the first non-finite loss, or -1.  A step whose loss or
+gradient is not finite, or that comes after one, leaves params, state and
+optimizer state untouched, so a run that diverges keeps its last good
+parameters without a host round-trip per step, and vmapped configurations
+diverge independently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jdl.nn import Layer
+from jdl.optim import GradientTransformation, apply_updates
+
+Batch = dict[str, jax.Array]
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class Carry(NamedTuple):
+    """What a step changes: parameters, model state, optimizer state, and the
+    global step of the first non-finite loss (-1 while there is none)."""
+
+    params: Any
+    state: Any
+    opt_state: Any
+    first_bad: jax.Array
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Fraction of examples whose largest logit is the label; ``labels`` are
+    integer classes or one-hot / probability rows."""
+    predicted = jnp.argmax(logits, axis=-1)
+    if labels.ndim == logits.ndim:
+        labels = jnp.argmax(labels, axis=-1)
+    return jnp.mean(predicted == labels)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def step_key(base_key: jax.Array, epoch: int | jax.Array, step: int | jax.Array) -> jax.Array:
+    """The PRNG key of (epoch, step): the same however a run is split or resumed."""
+    return jax.random.fold_in(jax.random.fold_in(base_key, epoch), step)
+
+
+def _accumulated(value_and_grad: Callable, microbatch: int) -> Callable:
+    """The same ``(loss, (accuracy, state)), grads`` averaged over equal
+    chunks of ``microbatch`` examples, computed one chunk at a time (for
+    full-batch gradient descent on a large training set)."""
+
+    def run(params, state, batch, key):
+        size = batch["label"].shape[0]
+        chunks = jax.tree_util.tree_map(lambda a: a.reshape(size // microbatch, microbatch, *a.shape[1:]), batch)
+
+        def body(carry, xs):
+            chunk, index = xs
+            (loss, (acc, new_state)), grads = value_and_grad(params, carry[0], chunk, jax.random.fold_in(key, index))
+            total_loss, total_acc, total_grads = carry[1:]
+            total_grads = jax.tree_util.tree_map(jnp.add, total_grads, grads)
+            return (new_state, total_loss + loss, total_acc + acc, total_grads), None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        init = (state, jnp.float32(0.0), jnp.float32(0.0), zeros)
+        count = size // microbatch
+        (new_state, loss, acc, grads), _ = lax.scan(body, init, (chunks, jnp.arange(count)))
+        grads = jax.tree_util.tree_map(lambda g: g / count, grads)
+        return (loss / count, (acc / count, new_state)), grads
+
+    return run
+
+
+def train_step(
+    model: Layer, loss_fn: LossFn, optimizer: GradientTransformation, *, microbatch: int | None = None
+) -> Callable:
+    """``step(carry, batch, key, global_step) -> (carry, metrics)``, pure and unjitted.
+
+    ``metrics`` holds ``loss`` and ``accuracy`` of the batch before the update.
+    With ``microbatch``, a batch larger than that (and a multiple of it) has
+    its gradient accumulated over chunks of ``microbatch`` examples, which
+    keeps full-batch gradient descent within memory; the update is the same
+    (up to rounding) for models without batch statistics.
+    """
+
+    def objective(params, state, batch, key):
+        logits, new_state = model.apply(params, state, batch["image"], key=key, train=True)
+        return loss_fn(logits, batch["label"]), (accuracy(logits, batch["label"]), new_state)
+
+    def step(carry: Carry, batch: Batch, key: jax.Array, global_step: jax.Array) -> tuple[Carry, dict]:
+        value_and_grad = jax.value_and_grad(objective, has_aux=True)
+        size = batch["label"].shape[0]
+        if microbatch is not None and size > microbatch and size % microbatch == 0:
+            value_and_grad = _accumulated(value_and_grad, microbatch)
+        (loss, (batch_accuracy, new_state)), grads = value_and_grad(carry.params, carry.state, batch, key)
+        updates, new_opt_state = optimizer.update(grads, carry.opt_state, carry.params)
+        new_params = apply_updates(carry.params, updates)
+        healthy = jnp.isfinite(loss) & _all_finite(updates)
+        keep_going = healthy & (carry.first_bad < 0)
+
+        def select(new, old):
+            return jax.tree_util.tree_map(lambda n, o: jnp.where(keep_going, n, o), new, old)
+
+        first_bad = jnp.where((carry.first_bad < 0) & ~healthy, global_step, carry.first_bad)
+        new_carry = Carry(
+            select(new_params, carry.params),
+            select(new_state, carry.state),
+            select(new_opt_state, carry.opt_state),
+            first_bad.astype(jnp.int32),
+        )
+        return new_carry, {"loss": loss, "accuracy": batch_accuracy}
+
+    return step
+
+
+def make_train_step(model: Layer, loss_fn: LossFn, optimizer: GradientTransformation) -> Callable:
+    """A jitted step ``(params, state, opt_state, batch, key) -> (params, state,
+    opt_state, metrics)`` with donated buffers; ``metrics`` has ``loss`` and
+    ``accuracy`` of the batch.  A non-finite loss leaves everything unchanged
+    and sets ``metrics['finite']`` to False."""
+    step = train_step(model, loss_fn, optimizer)
+
+    def plain_step(params, state, opt_state, batch, key):
+        carry, metrics = step(Carry(params, state, opt_state, jnp.int32(-1)), batch, key, jnp.int32(0))
+        metrics["finite"] = carry.first_bad < 0
+        return carry.params, carry.state, carry.opt_state, metrics
+
+    return jax.jit(plain_step, donate_argnums=(0, 1, 2))
+
+
+def eval_step(model: Layer, loss_fn: LossFn) -> Callable:
+    """``(params, state, images, labels) -> (summed loss, number correct)`` for one batch."""
+
+    def evaluate_batch(params, state, images, labels):
+        logits, _ = model.apply(params, state, images, train=False)
+        n = images.shape[0]
+        return loss_fn(logits, labels) * n, accuracy(logits, labels) * n
+
+    return evaluate_batch

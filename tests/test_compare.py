@@ -1,0 +1,112 @@
+"""jdl.compare: vmapped groups against separate jdl.train.fit runs, divergence,
+the report, the command line and its errors.  Data: the real mnist_sample."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import jdl.compare
+import jdl.data
+from jdl import cli, losses, models, train
+from jdl.compare import preset
+
+
+def test_vmapped_group_gives_the_same_curves_as_separate_runs():
+    result = jdl.compare.run("mnist_sample", "mlp", ["minibatch", "adam"], seeds=[0, 1], epochs=2, batch_size=100,
+                             progress=False)
+    test = jdl.data.load("mnist_sample", split="test", batch_size=500)
+    assert len(result.runs) == 4
+    for run in result.runs:
+        p = preset(run["optimizer"])
+        loader = jdl.data.load("mnist_sample", split="train", batch_size=100, shuffle=True, seed=run["seed"],
+                               drop_remainder=True)
+        alone = train.fit(models.mlp(), losses.cross_entropy, p.make(run["learning_rate"]), loader, epochs=2,
+                          eval_data=test, seed=run["seed"], mode="scan", progress=False)
+        for ours, theirs in zip(run["epochs"], alone.history, strict=True):
+            assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=2e-4)
+            assert ours["test_loss"] == pytest.approx(theirs["test_loss"], rel=2e-4)
+            assert ours["test_accuracy"] == pytest.approx(theirs["test_accuracy"], abs=2e-3)
+    seeds = {(r["optimizer"], r["seed"]): r["epochs"][-1]["test_loss"] for r in result.runs}
+    assert seeds[("adam", 0)] != seeds[("adam", 1)]
+
+
+def test_a_diverged_run_is_reported_and_the_others_finish():
+    result = jdl.compare.run("mnist_sample", "mlp", ["minibatch", "adam"], seeds=1, epochs=2,
+                             learning_rates={"minibatch": [1e12], "adam": [1e-3]}, progress=False)
+    runs = {r["optimizer"]: r for r in result.runs}
+    assert runs["minibatch"]["diverged"] is not None and runs["minibatch"]["diverged"]["epoch"] == 1
+    assert runs["adam"]["diverged"] is None and len(runs["adam"]["epochs"]) == 2
+    assert runs["adam"]["epochs"][-1]["test_accuracy"] > 0.8
+    assert "1/1 diverged" in result.table()
+
+
+def test_learning_rate_search_picks_a_rate_from_the_grid_on_validation_data():
+    grid = [1e-5, 1e-3, 1e4]
+    result = jdl.compare.run("mnist_sample", "mlp", ["adam"], seeds=2, epochs=1, learning_rates=grid, progress=False)
+    searched = [e for e in result.lr_search if e["optimizer"] == "adam"]
+    assert sorted(e["learning_rate"] for e in searched) == pytest.approx(grid)
+    best = max((e for e in searched if e["diverged"] is None), key=lambda e: e["validation_accuracy"])
+    assert all(r["learning_rate"] == pytest.approx(best["learning_rate"]) for r in result.runs)
+    assert best["learning_rate"] == pytest.approx(1e-3)
+    assert len(result.runs) == 2
+
+
+def test_cli_compare_writes_table_json_and_plots(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code = cli.main(["compare", "--optimizers", "gd,sgd,adam", "--epochs", "1", "--seeds", "1", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for name in ("gd", "sgd", "adam", "test acc"):
+        assert name in printed
+    data = json.loads((out / "results.json").read_text())
+    assert data["dataset"] == "mnist_sample" and data["model"] == "mlp"
+    batch = {r["optimizer"]: r["batch_size"] for r in data["runs"]}
+    assert batch == {"gd": 4000, "sgd": 1, "adam": 128}
+    for run in data["runs"]:
+        assert set(run) >= {"optimizer", "learning_rate", "seed", "batch_size", "epochs"}
+        assert set(run["epochs"][0]) >= {"epoch", "train_loss", "test_loss", "test_accuracy", "time_s"}
+    for png in ("training_loss.png", "test_accuracy.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_train_writes_results(tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "adam", "--epochs", "1",
+                     "--out", str(out)]) == 0
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["optimizer"] == "adam" and run["epochs"][0]["test_accuracy"] > 0.8
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["compare", "--optimizers", "adam,adamm"], r"unknown optimizer 'adamm'.*Did you mean 'adam'"),
+        (["compare", "--model", "resnet"], r"unknown model 'resnet'; expected one of cifar100_3c3d"),
+        (["compare", "--learning-rates", "0.1,-1"], r"learning rates must be positive.*-1"),
+        (["compare", "--learning-rates", ","], r"--learning-rates is empty"),
+        (["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "adamx"], r"unknown optimizer"),
+    ],
+)
+def test_cli_bad_input_gives_a_clear_error(argv, message, tmp_path, capsys):
+    assert cli.main([*argv, "--out", str(tmp_path / "new")]) == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+    assert not (tmp_path / "new").exists()
+
+
+def test_cli_refuses_an_output_folder_with_earlier_results(tmp_path, capsys):
+    (tmp_path / "results.json").write_text("{}")
+    assert cli.main(["compare", "--epochs", "1", "--out", str(tmp_path)]) == 2
+    assert "already holds earlier results" in capsys.readouterr().err
+    assert (tmp_path / "results.json").read_text() == "{}"
+
+
+def test_table_reports_mean_and_std_over_seeds():
+    runs = [{"optimizer": "adam", "learning_rate": 1e-3, "seed": s, "batch_size": 128, "diverged": None,
+             "epochs": [{"epoch": 1, "train_loss": 1.0, "test_loss": 1.0, "test_accuracy": acc, "time_s": 1.0}]}
+            for s, acc in enumerate([0.80, 0.90])]  # fmt: skip
+    table = jdl.compare.Comparison("d", "m", runs, target_accuracy=0.85).table()
+    assert f"{np.mean([0.8, 0.9]):.4f} ± {np.std([0.8, 0.9]):.4f}" in table
+    assert "1/2 runs" in table

@@ -1,0 +1,222 @@
+"""jdl.train: steps, the two epoch engines, resume, checkpoints, NaN, devices, shapes.
+
+The data is the real mnist_sample shipped with jdl; references are optax and
+jax.grad computed independently, and runs of the same training done another way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jdl.data
+from jdl import losses, models, nn, optim, train
+from jdl.train import checkpoint
+
+
+def _loader(batch_size=100, seed=0, **kwargs):
+    return jdl.data.load("mnist_sample", split="train", batch_size=batch_size, shuffle=True, seed=seed, **kwargs)
+
+
+def _test_data():
+    return jdl.data.load("mnist_sample", split="test", batch_size=500)
+
+
+def _small_mlp():
+    return models.mlp(hidden=(32,))
+
+
+def _assert_trees_equal(a, b):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def test_make_train_step_matches_grad_and_optax():
+    model = _small_mlp()
+    batch = next(iter(_loader(batch_size=64)))
+    params, state = model.init(jax.random.key(0), (1, 28, 28, 1))
+
+    def objective(p):
+        return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, state, batch["image"])[0],
+                                                               batch["label"]).mean()
+
+    reference = optax.adam(1e-2)
+    ref_params, ref_state = params, reference.init(params)
+    for _ in range(3):
+        updates, ref_state = reference.update(jax.grad(objective)(ref_params), ref_state, ref_params)
+        ref_params = optax.apply_updates(ref_params, updates)
+
+    step = train.make_train_step(model, losses.cross_entropy, optim.adam(1e-2))
+    ours, opt_state = jax.tree_util.tree_map(jnp.copy, params), optim.adam(1e-2).init(params)
+    losses_seen = []
+    for _ in range(3):
+        ours, state, opt_state, metrics = step(ours, state, opt_state, batch, jax.random.key(1))
+        losses_seen.append(float(metrics["loss"]))
+        assert bool(metrics["finite"])
+    _assert_trees_close(ours, ref_params, rtol=1e-5, atol=1e-6)
+    assert losses_seen[0] == pytest.approx(float(objective(params)), rel=1e-5)
+    assert losses_seen[2] < losses_seen[0]
+
+
+def test_fit_learns_mnist_sample():
+    result = train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), _loader(), epochs=3,
+                       eval_data=_test_data(), progress=False)
+    history = result.history
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["test_accuracy"] > 0.85
+    score = train.evaluate(_small_mlp(), losses.cross_entropy, result.params, result.state, _test_data())
+    assert score["accuracy"] == pytest.approx(history[-1]["test_accuracy"], abs=1e-6)
+    assert all(h["time_s"] > 0 and h["compile_s"] > 0 for h in history)
+
+
+def test_stream_and_scan_engines_agree():
+    runs = {
+        mode: train.fit(_small_mlp(), losses.cross_entropy, optim.momentum(0.05), _loader(batch_size=96), epochs=2,
+                        mode=mode, progress=False)
+        for mode in ("stream", "scan")
+    }
+    _assert_trees_close(runs["stream"].params, runs["scan"].params, rtol=1e-4, atol=1e-5)
+    for a, b in zip(runs["stream"].history, runs["scan"].history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+
+
+def test_same_seed_same_result_and_other_seed_differs():
+    def run(seed):
+        return train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(seed=seed), epochs=1,
+                         seed=seed, progress=False).params
+
+    _assert_trees_equal(run(3), run(3))
+    assert not np.allclose(run(3)["dense_0"]["w"], run(4)["dense_0"]["w"])
+
+
+def test_dropout_and_batchnorm_model_trains_with_state():
+    model = nn.serial(nn.Flatten(), nn.Dense(64), nn.BatchNorm(momentum=0.9), nn.relu, nn.Dropout(0.2), nn.Dense(10))
+    result = train.fit(model, losses.cross_entropy, optim.adam(1e-3), _loader(), epochs=2, eval_data=_test_data(),
+                       progress=False)
+    running_mean = np.asarray(result.state["batch_norm_0"]["mean"])
+    assert np.abs(running_mean).max() > 0.01
+    assert result.history[-1]["test_accuracy"] > 0.8
+
+
+def test_resume_after_an_epoch_is_exact(tmp_path):
+    def fit(epochs, **kwargs):
+        return train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), _loader(), epochs=epochs, seed=5,
+                         progress=False, **kwargs)
+
+    uninterrupted = fit(3)
+    fit(1, checkpoint_dir=str(tmp_path))
+    resumed = fit(3, checkpoint_dir=str(tmp_path), resume=True)
+    _assert_trees_equal(resumed.params, uninterrupted.params)
+    _assert_trees_equal(resumed.opt_state, uninterrupted.opt_state)
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in uninterrupted.history]
+
+
+def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path):
+    calls = {"n": 0}
+
+    def identity(batch):
+        return batch
+
+    def interrupt_at_seventh(batch):
+        calls["n"] += len(batch["label"]) == 100  # count training batches, not fit's 2-example shape check
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return batch
+
+    def fit(transform, **kwargs):
+        return train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), _loader(transform=transform),
+                         epochs=2, seed=1, progress=False, **kwargs)
+
+    uninterrupted = fit(identity)
+    with pytest.raises(train.TrainingInterrupted) as caught:
+        fit(interrupt_at_seventh, checkpoint_dir=str(tmp_path))
+    assert caught.value.checkpoint is not None
+    saved = checkpoint.load_raw(tmp_path)
+    assert (int(saved["epoch"]), int(saved["step"])) == (0, 6)
+    resumed = fit(identity, checkpoint_dir=str(tmp_path), resume=True)
+    _assert_trees_equal(resumed.params, uninterrupted.params)
+    assert resumed.history[0]["train_loss"] == pytest.approx(uninterrupted.history[0]["train_loss"], rel=1e-12)
+
+
+def test_checkpoint_interrupted_mid_write_leaves_previous_readable(tmp_path, monkeypatch):
+    target = {"params": {"w": np.zeros(3, np.float32)}}
+    checkpoint.save(tmp_path, {"params": {"w": np.arange(3, dtype=np.float32)}})
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="simulated"):
+        checkpoint.save(tmp_path, {"params": {"w": np.full(3, 9.0, np.float32)}})
+    monkeypatch.undo()
+    np.testing.assert_array_equal(checkpoint.load(tmp_path, target)["params"]["w"], [0.0, 1.0, 2.0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.msgpack"]
+
+
+def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_good_params(tmp_path):
+    poisoned_batch = 4
+
+    calls = {"n": 0}
+
+    def poison(batch):
+        calls["n"] += len(batch["label"]) == 100  # count training batches, not fit's 2-example shape check
+        if calls["n"] == poisoned_batch + 1:
+            batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+        return batch
+
+    with pytest.raises(train.NonFiniteLossError, match=rf"epoch 1, step {poisoned_batch} \(of 40") as caught:
+        train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(transform=poison), epochs=2,
+                  progress=False, checkpoint_dir=str(tmp_path))
+    good = caught.value.result.params
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree_util.tree_leaves(good))
+    clean = train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(transform=lambda b: b), epochs=1,
+                      progress=False)
+    assert not np.allclose(good["dense_0"]["w"], clean.params["dense_0"]["w"])  # stopped early, not at the end
+    assert int(checkpoint.load_raw(tmp_path)["step"]) == poisoned_batch
+
+
+def test_shape_mismatches_fail_before_the_first_step():
+    with pytest.raises(ValueError, match=r"images of shape \(28, 28, 1\) do not fit the model.*Conv"):
+        train.fit(nn.serial(nn.Flatten(), nn.Conv(4, 3)), losses.cross_entropy, optim.sgd(0.1), _loader(),
+                  epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"output of shape \(2, 5\).*labels of shape \(2,\) with 10 classes"):
+        train.fit(models.mlp(num_classes=5), losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=1,
+                  progress=False)
+
+
+def test_eight_cpu_devices_train_to_the_same_parameters_as_one():
+    script = textwrap.dedent("""
+        import json, sys, jax, numpy as np
+        import jdl.data
+        from jdl import losses, models, optim, train
+        assert len(jax.devices()) == int(sys.argv[1]), jax.devices()
+        loader = jdl.data.load("mnist_sample", split="train", batch_size=64, shuffle=True, seed=0)
+        result = train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
+                           mode="stream", progress=False)
+        print(json.dumps({k: np.asarray(v).tolist() for k, v in result.params["dense_1"].items()}))
+    """)
+
+    def run(devices):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+        out = subprocess.run([sys.executable, "-c", script, str(devices)], env=env, capture_output=True, text=True,
+                             check=True, timeout=300)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    one, eight = run(1), run(8)
+    for name in one:
+        np.testing.assert_allclose(eight[name], one[name], rtol=1e-4, atol=1e-5)
