@@ -1,0 +1,482 @@
+"""Loss functions: pure, differentiable with ``jax.grad``, compilable with ``jax.jit``.
+
+Every loss has the signature ``fn(predictions, targets, *, reduction='mean',
+weights=None, ...)``.
+
+``reduction``
+    ``'none'`` returns the per-element losses: the input shape for the elementwise
+    losses (`log_loss`, `exponential_loss`, `hinge_loss`, `mse`, `mae`, `huber`)
+    and the input shape minus the last (class) axis for the distribution losses
+    (`cross_entropy`, `multiclass_hinge_loss`, `kl_divergence`). ``'sum'`` and
+    ``'mean'`` reduce those to a scalar.
+``weights``
+    Optional array that broadcasts to the per-element loss shape; each loss
+    element is multiplied by its weight. ``'mean'`` is then the mean of
+    ``weights * loss`` over all elements (Keras' ``sum_over_batch_size``, i.e.
+    ``jnp.mean(weights * loss)``), not a weighted average. For a weighted
+    average, e.g. with a padding mask, use
+    ``fn(..., reduction='sum', weights=w) / w.sum()``.
+
+Bad input. Shapes, ``reduction`` and hyper-parameters are static, so a wrong one
+raises ``ValueError`` (naming what was expected and what came) even under
+``jax.jit``. Label *values* (integer labels outside ``[0, num_classes)``,
+labels outside ``{-1, +1}`` for the margin losses, labels or probabilities
+outside ``[0, 1]`` for `log_loss`) are checked whenever they are concrete, i.e.
+in eager calls, including under ``jax.grad`` of the predictions. Under
+``jax.jit``/``vmap`` they are tracers and cannot be inspected, so the check is
+skipped and every loss element with an invalid label becomes NaN, in value
+and in gradient, instead of a silently wrong number. (Eager calls copy the
+labels to the host for the check; jit the training step to avoid that.) To find the offending
+batch, use the checked mode: `checked` wraps a loss (or any function that
+calls jdl losses) so that its label checks become
+``jax.experimental.checkify`` checks::
+
+    from jax.experimental import checkify
+    loss = jdl.losses.checked(jdl.losses.cross_entropy)
+    err, value = checkify.checkify(jax.jit(loss))(logits, labels)
+    err.throw()  # raises: cross_entropy: integer labels must lie in [0, 10) ...
+
+A checked function must be called under ``checkify.checkify`` when traced
+(otherwise JAX refuses to stage the check). ``jax.grad`` may sit inside or
+outside ``checked``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+from collections.abc import Callable
+from typing import Literal, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
+
+__all__ = [
+    "checked",
+    "cross_entropy",
+    "exponential_loss",
+    "hinge_loss",
+    "huber",
+    "kl_divergence",
+    "log_loss",
+    "mae",
+    "mse",
+    "multiclass_hinge_loss",
+]
+
+Reduction = Literal["mean", "sum", "none"]
+F = TypeVar("F", bound=Callable)
+
+_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("jdl_losses_checked", default=False)
+
+
+def checked(loss_fn: F) -> F:
+    """Return ``loss_fn`` with its label-value checks staged as ``checkify`` checks.
+
+    Works for the losses here and for any function that calls them (e.g. a
+    user's ``loss(params, batch)``). The checks are added while the returned
+    function is traced, so jit the *returned* function (a function jitted
+    before wrapping keeps its old, unchecked trace). Run it under
+    ``jax.experimental.checkify.checkify``; ``err.throw()`` then raises with
+    the same message that the eager ``ValueError`` gives.
+    """
+
+    @functools.wraps(loss_fn)
+    def wrapper(*args, **kwargs):
+        token = _CHECKED.set(True)
+        try:
+            return loss_fn(*args, **kwargs)
+        finally:
+            _CHECKED.reset(token)
+
+    return wrapper  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _concrete(x) -> np.ndarray | None:
+    """``x`` as a NumPy array, or ``None`` when it is a tracer."""
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def _is_traced(x) -> bool:
+    return _concrete(x) is None
+
+
+def _check_values(x, is_valid: Callable, message: str) -> jax.Array:
+    """Validate the values of ``x``; return the elementwise validity mask.
+
+    ``is_valid`` maps an array (NumPy or jax) to a boolean array. ``message``
+    says what was expected. Concrete values raise ``ValueError``; traced ones
+    are checked with ``checkify`` in checked mode and skipped otherwise.
+    """
+    x_np = _concrete(x)
+    if x_np is not None:
+        bad = ~np.asarray(is_valid(x_np), dtype=bool)
+        if bad.any():
+            index = np.argwhere(bad)[0]
+            raise ValueError(
+                f"{message}; got {int(bad.sum())} of {bad.size} outside, "
+                f"the first {x_np[tuple(index)]!s} at index {index}"
+            )
+    x = jnp.asarray(x)
+    valid = is_valid(x)
+    if x_np is None and _CHECKED.get():
+        first = jnp.argmin(valid.ravel())  # index of the first False
+        checkify.check(
+            jnp.all(valid),
+            message + "; got {} of {} outside, the first {} at index {}",
+            jnp.sum(~valid),
+            jnp.asarray(valid.size),
+            x.ravel()[first],
+            jnp.stack([*jnp.unravel_index(first, x.shape), first])[:-1],
+        )
+    return valid
+
+
+def _nan_where_invalid(loss: jax.Array, valid: jax.Array) -> jax.Array:
+    """NaN (in value and gradient) where ``valid`` is False."""
+    return loss * jnp.where(valid, 1.0, jnp.nan).astype(loss.dtype)
+
+
+def _float(x) -> jax.Array:
+    x = jnp.asarray(x)
+    return x if jnp.issubdtype(x.dtype, jnp.inexact) else x.astype(jnp.result_type(float))
+
+
+def _check_reduction(name: str, reduction: str) -> None:
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{name}: reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
+
+
+def _same_shape(name: str, a, b, what_a: str, what_b: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name}: {what_b} must have the shape of {what_a} {a.shape}; got {b.shape}"
+        )
+
+
+def _class_axis(name: str, x, what: str) -> int:
+    if x.ndim < 1:
+        raise ValueError(f"{name}: {what} need a class axis (ndim >= 1); got shape {x.shape}")
+    return x.shape[-1]
+
+
+def _integer_labels(name: str, scores, labels, num_classes: int, what: str) -> jax.Array:
+    """Check integer class labels of shape ``scores.shape[:-1]``; return their validity mask."""
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"{name}: integer labels need an integer dtype; got {labels.dtype}")
+    if labels.shape != scores.shape[:-1]:
+        raise ValueError(
+            f"{name}: integer labels must have shape {scores.shape[:-1]} "
+            f"({what} shape {scores.shape} minus the class axis); got {labels.shape}"
+        )
+    return _check_values(
+        labels,
+        lambda y: (y >= 0) & (y < num_classes),
+        f"{name}: integer labels must lie in [0, {num_classes}) for {what} with "
+        f"{num_classes} classes",
+    )
+
+
+def _sign_labels(name: str, scores, labels) -> jax.Array:
+    _same_shape(name, scores, labels, "scores", "labels")
+    return _check_values(labels, lambda y: (y == 1) | (y == -1), f"{name}: labels must be -1 or +1")
+
+
+def _reduce(name: str, loss: jax.Array, reduction: str, weights) -> jax.Array:
+    if weights is not None:
+        weights = jnp.asarray(weights, dtype=loss.dtype)
+        try:
+            fits = np.broadcast_shapes(weights.shape, loss.shape) == loss.shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"{name}: weights must broadcast to the per-element loss shape "
+                f"{loss.shape}; got {weights.shape}"
+            )
+        loss = loss * weights
+    if reduction == "mean":
+        return jnp.mean(loss)
+    if reduction == "sum":
+        return jnp.sum(loss)
+    return loss
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def cross_entropy(
+    logits: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    label_smoothing: float = 0.0,
+    reduction: Reduction = "mean",
+    weights: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+    """Softmax cross-entropy between logits and class labels.
+
+    ``loss = -sum_k t_k * log_softmax(logits)_k`` over the last axis, computed
+    as ``logsumexp(logits) - logits`` (stable for logits of any magnitude).
+
+    Labels: integer class indices of shape ``logits.shape[:-1]`` in
+    ``[0, K)`` (integer dtype; ``t`` is then one-hot), or probability targets
+    ``t`` of the same shape as ``logits`` (floating dtype).
+    ``label_smoothing`` ``a`` replaces ``t`` by ``(1 - a) * t + a / K``, as
+    ``optax.smooth_labels`` does.
+
+    Source: Goodfellow, Bengio & Courville, *Deep Learning* (2016), §6.2.2.3;
+    label smoothing: Szegedy et al., *Rethinking the Inception Architecture*
+    (CVPR 2016), §7.
+    """
+    name = "cross_entropy"
+    _check_reduction(name, reduction)
+    logits, labels = _float(logits), jnp.asarray(labels)
+    num_classes = _class_axis(name, logits, "logits")
+    if not _is_traced(label_smoothing) and not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{name}: label_smoothing must lie in [0, 1]; got {label_smoothing}")
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    a = label_smoothing
+    if not jnp.issubdtype(labels.dtype, jnp.integer) and labels.shape != logits.shape:
+        raise ValueError(
+            f"{name}: labels must be integer class labels of shape {logits.shape[:-1]} or "
+            f"probability targets of shape {logits.shape} (logits shape); "
+            f"got {labels.dtype} labels of shape {labels.shape}"
+        )
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        valid = _integer_labels(name, logits, labels, num_classes, "logits")
+        safe = jnp.where(valid, labels, 0)
+        log_p_label = jnp.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
+        loss = -(1.0 - a) * log_p_label - a * jnp.mean(log_p, axis=-1)
+        loss = _nan_where_invalid(loss, valid)
+    else:
+        targets = (1.0 - a) * labels.astype(log_p.dtype) + a / num_classes
+        loss = -jnp.sum(targets * log_p, axis=-1)
+    return _reduce(name, loss, reduction, weights)
+
+
+def log_loss(
+    logits: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    from_logits: bool = True,
+    eps: float = 1e-7,
+    reduction: Reduction = "mean",
+    weights: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+    """Binary cross-entropy (logistic loss), elementwise.
+
+    ``loss = -y * log(p) - (1 - y) * log(1 - p)`` with labels ``y`` in
+    ``[0, 1]`` (hard 0/1 labels or soft ones). With ``from_logits=True``
+    (default) ``p = sigmoid(logits)`` and the loss is computed as
+    ``y * softplus(-x) + (1 - y) * softplus(x)``, stable for any logit. With
+    ``from_logits=False`` the first argument holds probabilities ``p`` in
+    ``[0, 1]``; ``p`` and ``1 - p`` are clipped below at ``eps`` so that the
+    loss stays finite (at most ``-log(eps)``; the gradient is zero where the
+    clip applies).
+
+    Source: Bishop, *Pattern Recognition and Machine Learning* (2006),
+    §4.3.2, eq. (4.90).
+    """
+    name = "log_loss"
+    _check_reduction(name, reduction)
+    x, y = _float(logits), jnp.asarray(labels)
+    _same_shape(name, x, y, "logits" if from_logits else "probabilities", "labels")
+    valid = _check_values(y, lambda v: (v >= 0) & (v <= 1), f"{name}: labels must lie in [0, 1]")
+    y = y.astype(x.dtype)
+    if from_logits:
+        loss = y * jax.nn.softplus(-x) + (1.0 - y) * jax.nn.softplus(x)
+    else:
+        valid = valid & _check_values(
+            x, lambda v: (v >= 0) & (v <= 1), f"{name}: probabilities must lie in [0, 1]"
+        )
+        log_p = jnp.log(jnp.clip(x, eps, 1.0))
+        log_not_p = jnp.log(jnp.clip(1.0 - x, eps, 1.0))
+        loss = -y * log_p - (1.0 - y) * log_not_p
+    return _reduce(name, _nan_where_invalid(loss, valid), reduction, weights)
+
+
+def exponential_loss(
+    scores: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    reduction: Reduction = "mean",
+    weights: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+    """Exponential loss, elementwise: ``loss = exp(-y * f)``, labels ``y`` in ``{-1, +1}``.
+
+    The loss AdaBoost minimises. It grows exponentially in the negative
+    margin, so by nature it overflows to ``inf`` for margins ``y * f`` below
+    about -88 in float32 (-709 in float64); it is not clipped.
+
+    Source: Hastie, Tibshirani & Friedman, *The Elements of Statistical
+    Learning* (2nd ed., 2009), §10.4; Freund & Schapire (1997).
+    """
+    name = "exponential_loss"
+    _check_reduction(name, reduction)
+    f, y = _float(scores), jnp.asarray(labels)
+    valid = _sign_labels(name, f, y)
+    loss = jnp.exp(-y.astype(f.dtype) * f)
+    return _reduce(name, _nan_where_invalid(loss, valid), reduction, weights)
+
+
+def hinge_loss(
+    scores: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    reduction: Reduction = "mean",
+    weights: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+    """Hinge loss, elementwise: ``loss = max(0, 1 - y * f)``, labels ``y`` in ``{-1, +1}``.
+
+    Source: Cortes & Vapnik, *Support-Vector Networks* (1995); Hastie,
+    Tibshirani & Friedman, *The Elements of Statistical Learning* (2009), §12.3.2.
+    """
+    name = "hinge_loss"
+    _check_reduction(name, reduction)
+    f, y = _float(scores), jnp.asarray(labels)
+    valid = _sign_labels(name, f, y)
+    loss = jnp.maximum(0.0, 1.0 - y.astype(f.dtype) * f)
+    return _reduce(name, _nan_where_invalid(loss, valid), reduction, weights)
+
+
+def multiclass_hinge_loss(
+    scores: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    reduction: Reduction = "mean",
+    weights: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+    """Crammer-Singer multiclass hinge loss over the last axis.
+
+    ``loss = max(0, max_{j != y} (1 + s_j - s_y))``, computed as
+    ``max_j (s_j - s_y + 1 - [j == y])`` (what ``optax.multiclass_hinge_loss``
+    computes, arranged so that rounding cannot make it negative). Labels:
+    integer class indices of shape ``scores.shape[:-1]`` in ``[0, K)``.
+
+    Source: Crammer & Singer, *On the Algorithmic Implementation of Multiclass
+    Kernel-based Vector Machines*, JMLR 2 (2001), eq. (7).
+    """
+    name = "multiclass_hinge_loss"
+    _check_reduction(name, reduction)
+    s, y = _float(scores), jnp.asarray(labels)
+    num_classes = _class_axis(name, s, "scores")
+    valid = _integer_labels(name, s, y, num_classes, "scores")
+    safe = jnp.where(valid, y, 0)
+    one_hot = jax.nn.one_hot(safe, num_classes, dtype=s.dtype)
+    s_label = jnp.take_along_axis(s, safe[..., None], axis=-1)[..., 0]
+    # The j == y term is exactly 0, so the loss is >= 0 even after rounding.
+    loss = jnp.max(s - s_label[..., None] + (1.0 - one_hot), axis=-1)
+    return _reduce(name, _nan_where_invalid(loss, valid), reduction, weights)
+
+
+def kl_divergence(
+    log_predictions: jax.typing.ArrayLike,
+    targets: jax.typing.ArrayLike,
+    *,
+    reduction: Reduction = "mean",
+    weights: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+    """Kullback-Leibler divergence ``KL(targets || predictions)`` over the last axis.
+
+    ``loss = sum_k t_k * (log t_k - log q_k)`` with ``log_predictions = log q``
+    (e.g. ``jax.nn.log_softmax(logits)``) and target probabilities ``t``
+    (same shape). ``0 * log 0 = 0``; the ``t log t`` term uses a safe log
+    (double ``where``), so gradients with respect to ``log_predictions`` and
+    ``targets`` stay finite where ``t == 0`` (there the ``t log t`` term
+    contributes a zero gradient). Targets are not value-checked. KL is
+    non-negative for distributions; in floating point it can come out
+    negative by a rounding error near its minimum (it is not clamped).
+
+    Source: Kullback & Leibler, *On Information and Sufficiency*, Ann. Math.
+    Statist. 22 (1951); Cover & Thomas, *Elements of Information Theory*
+    (2006), §2.3.
+    """
+    name = "kl_divergence"
+    _check_reduction(name, reduction)
+    log_q, t = _float(log_predictions), _float(targets)
+    _class_axis(name, log_q, "log_predictions")
+    _same_shape(name, log_q, t, "log_predictions", "targets")
+    positive = t > 0
+    t_log_t = jnp.where(positive, t * jnp.log(jnp.where(positive, t, 1.0)), 0.0)
+    loss = jnp.sum(t_log_t - t * log_q, axis=-1)
+    return _reduce(name, loss, reduction, weights)
+
+
+# --------------------------------------------------------------------------- regression
+
+
+def _errors(name: str, predictions, targets) -> jax.Array:
+    p, t = _float(predictions), _float(targets)
+    _same_shape(name, p, t, "predictions", "targets")
+    return p - t
+
+
+def mse(
+    predictions: jax.typing.ArrayLike,
+    targets: jax.typing.ArrayLike,
+    *,
+    reduction: Reduction = "mean",
+    weights: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+    """Mean squared error; elementwise ``loss = (p - t)**2`` (no factor 1/2).
+
+    Targets ``t``: real values of the same shape as the predictions ``p``.
+    Equals ``optax.squared_error``. Source: Hastie, Tibshirani & Friedman,
+    *The Elements of Statistical Learning* (2009), §2.4.
+    """
+    _check_reduction("mse", reduction)
+    return _reduce("mse", jnp.square(_errors("mse", predictions, targets)), reduction, weights)
+
+
+def mae(
+    predictions: jax.typing.ArrayLike,
+    targets: jax.typing.ArrayLike,
+    *,
+    reduction: Reduction = "mean",
+    weights: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+    """Mean absolute error; elementwise ``loss = |p - t|`` (gradient 0 at ``p == t``).
+
+    Targets ``t``: real values of the same shape as the predictions ``p``.
+
+    Source: Hastie, Tibshirani & Friedman, *The Elements of Statistical
+    Learning* (2009), §2.4 and §10.6.
+    """
+    _check_reduction("mae", reduction)
+    return _reduce("mae", jnp.abs(_errors("mae", predictions, targets)), reduction, weights)
+
+
+def huber(
+    predictions: jax.typing.ArrayLike,
+    targets: jax.typing.ArrayLike,
+    *,
+    delta: float = 1.0,
+    reduction: Reduction = "mean",
+    weights: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+    """Huber loss, elementwise, with ``e = p - t``.
+
+    ``loss = e**2 / 2`` if ``|e| <= delta``, else ``delta * (|e| - delta / 2)``
+    (quadratic near zero, linear beyond ``delta``; equals
+    ``optax.huber_loss``). ``delta`` must be positive. Targets ``t``: real
+    values of the same shape as the predictions ``p``.
+
+    Source: Huber, *Robust Estimation of a Location Parameter*, Ann. Math.
+    Statist. 35 (1964).
+    """
+    name = "huber"
+    _check_reduction(name, reduction)
+    if not _is_traced(delta) and not delta > 0:
+        raise ValueError(f"{name}: delta must be positive; got {delta}")
+    abs_e = jnp.abs(_errors(name, predictions, targets))
+    quadratic = jnp.minimum(abs_e, delta)
+    loss = 0.5 * quadratic**2 + delta * (abs_e - quadratic)
+    return _reduce(name, loss, reduction, weights)
