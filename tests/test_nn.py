@@ -252,8 +252,11 @@ def test_jit_grad_vmap_on_every_layer(name):
     np.testing.assert_allclose(jax.jit(run)(params, x), eager, rtol=1e-5, atol=1e-6)
     batched = jax.vmap(run, in_axes=(None, 0))(params, jnp.stack([x, 2 * x]))
     np.testing.assert_allclose(batched[0], eager, rtol=1e-5, atol=1e-6)
-    grads = jax.grad(lambda p, x: jnp.sum(run(p, x) ** 2), argnums=(0, 1))(params, x)
+    grad_fn = jax.grad(lambda p, x: jnp.sum(run(p, x) ** 2), argnums=(0, 1))
+    grads = grad_fn(params, x)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+    _ = jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                               jax.jit(grad_fn)(params, x), grads)
 
 
 def test_init_vmapped_over_keys_matches_separate_inits():

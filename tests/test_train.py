@@ -169,25 +169,19 @@ def test_checkpoint_interrupted_mid_write_leaves_previous_readable(tmp_path, mon
 
 
 def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_good_params(tmp_path):
-    poisoned_batch = 4
-
-    calls = {"n": 0}
-
-    def poison(batch):
-        calls["n"] += len(batch["label"]) == 100  # count training batches, not fit's 2-example shape check
-        if calls["n"] == poisoned_batch + 1:
-            batch = dict(batch, image=np.full_like(batch["image"], np.nan))
-        return batch
-
-    with pytest.raises(train.NonFiniteLossError, match=rf"epoch 1, step {poisoned_batch} \(of 40") as caught:
-        train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(transform=poison), epochs=2,
-                  progress=False, checkpoint_dir=str(tmp_path))
+    images, labels = jdl.data.mnist_sample.read_split("train")
+    images = images.astype(np.float32) / 255.0
+    images[450] = np.nan  # shuffle=False, batch 100: batch 4 of epoch 1 holds it
+    loader = jdl.data.Loader(images, labels, batch_size=100, shuffle=False)
+    with pytest.raises(train.NonFiniteLossError, match=r"epoch 1, step 4 \(of 40") as caught:
+        train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), loader, epochs=2, progress=False,
+                  checkpoint_dir=str(tmp_path))
     good = caught.value.result.params
-    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree_util.tree_leaves(good))
-    clean = train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(transform=lambda b: b), epochs=1,
-                      progress=False)
-    assert not np.allclose(good["dense_0"]["w"], clean.params["dense_0"]["w"])  # stopped early, not at the end
-    assert int(checkpoint.load_raw(tmp_path)["step"]) == poisoned_batch
+    # The last good parameters are those after exactly the 4 clean batches.
+    clean = jdl.data.Loader(images[:400], labels[:400], batch_size=100, shuffle=False)
+    four_steps = train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), clean, epochs=1, progress=False)
+    _assert_trees_close(good, four_steps.params, rtol=1e-6, atol=1e-7)
+    assert int(checkpoint.load_raw(tmp_path)["step"]) == 4
 
 
 def test_shape_mismatches_fail_before_the_first_step():

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jdl.nn import init as initializers
@@ -176,7 +177,9 @@ def _pool(name: str, window, strides, padding, reduce_fn, init_value, average: b
     def apply(params, state, x, key=None, train=False):
         if x.ndim != n + 2:
             raise ValueError(f"{label}: expected an input of rank {n + 2}; got shape {tuple(x.shape)}")
-        y = lax.reduce_window(x, jnp.asarray(init_value, x.dtype), reduce_fn, dims, steps, full_pad)
+        # A concrete NumPy init value lets lax recognize the max / add monoid,
+        # which is what makes the pool differentiable under jit.
+        y = lax.reduce_window(x, np.asarray(init_value, x.dtype), reduce_fn, dims, steps, full_pad)
         return (y / size if average else y), state
 
     return make_layer(name, init, apply)
@@ -190,7 +193,7 @@ def MaxPool(  # noqa: N802
     ``strides`` defaults to the window, so ``MaxPool((2, 2))`` halves height
     and width (as Keras and PyTorch; stax and flax default to stride 1).
     """
-    return _pool("max_pool", window, strides, padding, lax.max, -jnp.inf, False)
+    return _pool("max_pool", window, strides, padding, lax.max, -np.inf, False)
 
 
 def AvgPool(  # noqa: N802

@@ -24,7 +24,7 @@ from jdl.train.engine import (
     uses_convolution,
     with_device_transform,
 )
-from jdl.train.step import Carry, LossFn, eval_step, train_step
+from jdl.train.step import Carry, LossFn, all_finite, eval_step, train_step
 
 
 class TrainResult(NamedTuple):
@@ -197,7 +197,9 @@ def fit(
         partial = json.loads(bytes(raw["partial"]).decode())
 
     placement = Placement(loader.batch_size, data_parallel)
-    run = with_device_transform(train_step(model, loss_fn, optimizer), device_transform)
+    run = with_device_transform(train_step(model, loss_fn, optimizer, guard=False), device_transform)
+    guarded_step = jax.jit(with_device_transform(train_step(model, loss_fn, optimizer), device_transform))
+    params_finite = jax.jit(all_finite)
     has_conv = uses_convolution(model, params, state, (1, *train_images.shape[1:]))
     mode = choose_mode(
         mode, has_conv=has_conv, has_host_transform=loader.transform is not None, data_bytes=train_images.nbytes
@@ -255,6 +257,7 @@ def fit(
                 partial = {"loss": [], "accuracy": [], "size": []}
             done, pending, compile_before = first_step, [], compile_s
             epoch_start = time.perf_counter()
+            start_carry = jax.tree_util.tree_map(jnp.copy, carry)  # for a replay if the epoch goes bad
             if mode == "scan" and first_step == 0:
                 order = loader.permutation(epoch)
                 full = order[: full_steps * batch_size].reshape(full_steps, batch_size)
@@ -279,7 +282,9 @@ def fit(
             partial, pending = _flush(partial, pending), []
             first_bad = int(carry.first_bad)
             time_s = time.perf_counter() - epoch_start - (compile_s - compile_before)
-            if first_bad >= 0:
+            if first_bad >= 0 or not bool(params_finite(carry.params)):
+                carry, first_bad = _replay_guarded(guarded_step, start_carry, loader, placement, base_key, epoch,
+                                                   first_step, steps_per_epoch, first_bad)  # fmt: skip
                 bad_epoch, bad_step = divmod(first_bad, steps_per_epoch)
                 path = save(bad_epoch, bad_step, carry, {"loss": [], "accuracy": [], "size": []})
                 raise NonFiniteLossError(bad_epoch + 1, bad_step, steps_per_epoch, result(carry), path)
@@ -307,6 +312,24 @@ def _extend(partial: dict, metrics: dict, sizes: list[int]) -> dict:
         "accuracy": partial["accuracy"] + [float(v) for v in np.asarray(host["accuracy"]).ravel()],
         "size": partial["size"] + list(sizes),
     }
+
+
+def _replay_guarded(step, carry, loader, placement, base_key, epoch, first_step, steps_per_epoch, fast_first_bad):
+    """Rerun an epoch that went non-finite from its start with the guarded step,
+    which stops updating at the first bad step: returns that carry (the last
+    good parameters) and the global index of the bad step.  If the replay
+    meets no bad step (a transform that is not reproducible), the epoch's
+    starting carry and the fast path's step are returned."""
+    order = loader.permutation(epoch)
+    size = loader.batch_size
+    start = carry
+    for index in range(first_step, steps_per_epoch):
+        batch = placement.shard_batch(loader.batch(order[index * size : (index + 1) * size], epoch=epoch, step=index))
+        carry, _ = step(carry, batch, base_key, epoch, index, epoch * steps_per_epoch + index)
+        if int(carry.first_bad) >= 0:
+            return carry, int(carry.first_bad)
+    fallback = fast_first_bad if fast_first_bad >= 0 else epoch * steps_per_epoch + first_step
+    return start, fallback
 
 
 def _flush(partial: dict, pending: list) -> dict:

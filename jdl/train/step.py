@@ -43,7 +43,7 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(predicted == labels)
 
 
-def _all_finite(tree) -> jax.Array:
+def all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
@@ -80,11 +80,22 @@ def _accumulated(value_and_grad: Callable, microbatch: int) -> Callable:
 
 
 def train_step(
-    model: Layer, loss_fn: LossFn, optimizer: GradientTransformation, *, microbatch: int | None = None
+    model: Layer,
+    loss_fn: LossFn,
+    optimizer: GradientTransformation,
+    *,
+    microbatch: int | None = None,
+    guard: bool = True,
 ) -> Callable:
     """``step(carry, batch, key, global_step) -> (carry, metrics)``, pure and unjitted.
 
     ``metrics`` holds ``loss`` and ``accuracy`` of the batch before the update.
+    With ``guard`` (the default) a step whose loss or update is not finite, or
+    any step after it, leaves the carry unchanged.  Without it the step only
+    records the first non-finite loss in ``first_bad`` and applies the update
+    regardless: no pass over the parameters to check them, which on small
+    models is a large part of a step; ``fit`` uses that fast step and, if an
+    epoch went bad, replays it with the guarded one.
     With ``microbatch``, a batch larger than that (and a multiple of it) has
     its gradient accumulated over chunks of ``microbatch`` examples, which
     keeps full-batch gradient descent within memory; the update is the same
@@ -103,7 +114,11 @@ def train_step(
         (loss, (batch_accuracy, new_state)), grads = value_and_grad(carry.params, carry.state, batch, key)
         updates, new_opt_state = optimizer.update(grads, carry.opt_state, carry.params)
         new_params = apply_updates(carry.params, updates)
-        healthy = jnp.isfinite(loss) & _all_finite(updates)
+        if not guard:
+            first_bad = jnp.where((carry.first_bad < 0) & ~jnp.isfinite(loss), global_step, carry.first_bad)
+            new_carry = Carry(new_params, new_state, new_opt_state, first_bad.astype(jnp.int32))
+            return new_carry, {"loss": loss, "accuracy": batch_accuracy}
+        healthy = jnp.isfinite(loss) & all_finite(updates)
         keep_going = healthy & (carry.first_bad < 0)
 
         def select(new, old):

@@ -1,0 +1,174 @@
+"""Benchmark: one training epoch of jdl against flax.linen + optax, same model, batch and data.
+
+Models: ``mlp`` (784-128-10), ``cnn`` (the flax examples/mnist CNN) and
+``fmnist_2c2d`` (DeepOBS), Adam 1e-3, cross-entropy, fp32.  Two ways each:
+
+* ``loop``: the flax example's way, a Python loop of jitted steps fed host
+  NumPy batches; jdl's ``fit(mode='stream')``.
+* ``scan``: one epoch in ``lax.scan`` with the data on the device; jdl's
+  ``fit(mode='scan')``.
+
+Times are medians of whole epochs after a warm-up epoch, compile apart; jdl's
+come from ``fit``'s own history (what a user gets).  The line also gives the
+test accuracy both reach, to show the same model was trained.  On the CPU
+convolutions in scan are about 25x slower (shared/FACTS.md), so the CPU run
+skips scan for convolutional models, as jdl's ``auto`` mode does.
+
+Usage: python benchmarks/train_epoch.py [--quick] [--models cnn,mlp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import flax.linen as fnn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+if __package__ in (None, ""):
+    import common  # type: ignore[no-redef]
+else:
+    from benchmarks import common
+
+from jdl import losses, models, optim, train
+from jdl.data.loader import Loader
+
+
+class FlaxMLP(fnn.Module):
+    @fnn.compact
+    def __call__(self, x):
+        x = x.reshape((x.shape[0], -1))
+        return fnn.Dense(10)(fnn.relu(fnn.Dense(128)(x)))
+
+
+class FlaxCNN(fnn.Module):
+    """flax examples/mnist/train.py."""
+
+    @fnn.compact
+    def __call__(self, x):
+        x = fnn.avg_pool(fnn.relu(fnn.Conv(32, (3, 3))(x)), (2, 2), strides=(2, 2))
+        x = fnn.avg_pool(fnn.relu(fnn.Conv(64, (3, 3))(x)), (2, 2), strides=(2, 2))
+        x = x.reshape((x.shape[0], -1))
+        return fnn.Dense(10)(fnn.relu(fnn.Dense(256)(x)))
+
+
+class Flax2c2d(fnn.Module):
+    """DeepOBS fmnist_2c2d."""
+
+    @fnn.compact
+    def __call__(self, x):
+        w, b = fnn.initializers.truncated_normal(0.05), fnn.initializers.constant(0.05)
+        x = fnn.max_pool(fnn.relu(fnn.Conv(32, (5, 5), kernel_init=w, bias_init=b)(x)), (2, 2), (2, 2), "SAME")
+        x = fnn.max_pool(fnn.relu(fnn.Conv(64, (5, 5), kernel_init=w, bias_init=b)(x)), (2, 2), (2, 2), "SAME")
+        x = x.reshape((x.shape[0], -1))
+        x = fnn.relu(fnn.Dense(1024, kernel_init=w, bias_init=b)(x))
+        return fnn.Dense(10, kernel_init=w, bias_init=b)(x)
+
+
+FLAX = {"mlp": FlaxMLP, "cnn": FlaxCNN, "fmnist_2c2d": Flax2c2d}
+JDL = {"mlp": lambda: models.mlp(hidden=(128,)), "cnn": models.cnn, "fmnist_2c2d": models.fmnist_2c2d}
+
+
+def _flax_state(name: str, shape) -> train_state.TrainState:
+    module = FLAX[name]()
+    params = module.init(jax.random.key(0), jnp.zeros((1, *shape)))["params"]
+    return train_state.TrainState.create(apply_fn=module.apply, params=params, tx=optax.adam(1e-3))
+
+
+def _flax_loss(state, params, images, labels):
+    logits = state.apply_fn({"params": params}, images)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+@jax.jit
+def flax_step(state, images, labels):
+    grads = jax.grad(lambda p: _flax_loss(state, p, images, labels))(state.params)
+    return state.apply_gradients(grads=grads)
+
+
+def _flax_scan(state, images, labels, order):
+    def body(state, idx):
+        return flax_step(state, images[idx], labels[idx]), None
+
+    return jax.lax.scan(body, state, order)[0]
+
+
+flax_scan = jax.jit(_flax_scan, donate_argnums=0)
+
+
+@jax.jit
+def flax_accuracy(state, images, labels):
+    return jnp.mean(jnp.argmax(state.apply_fn({"params": state.params}, images), -1) == labels)
+
+
+def time_flax(name: str, way: str, data: dict, test: dict, batch: int, epochs: int) -> tuple[float, float, float]:
+    """(median seconds per epoch, compile seconds, final test accuracy)."""
+    state = _flax_state(name, data["image"].shape[1:])
+    n = len(data["label"]) // batch * batch
+    rng = np.random.default_rng(0)
+    device_images, device_labels = jnp.asarray(data["image"]), jnp.asarray(data["label"])
+    start = time.perf_counter()
+    if way == "scan":
+        order0 = jnp.asarray(rng.permutation(n).reshape(-1, batch))
+        compiled = flax_scan.lower(state, device_images, device_labels, order0).compile()
+    else:
+        compiled = flax_step.lower(state, data["image"][:batch], data["label"][:batch]).compile()
+    compile_s = time.perf_counter() - start
+    times = []
+    for _ in range(epochs):
+        order = rng.permutation(len(data["label"]))[:n].reshape(-1, batch)
+        start = time.perf_counter()
+        if way == "scan":
+            state = compiled(state, device_images, device_labels, jnp.asarray(order))
+        else:
+            for idx in order:
+                state = compiled(state, data["image"][idx], data["label"][idx])
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - start)
+    accuracy = float(flax_accuracy(state, jnp.asarray(test["image"]), jnp.asarray(test["label"])))
+    return common.median(times[1:]), compile_s, accuracy
+
+
+def time_jdl(name: str, way: str, data: dict, test: dict, batch: int, epochs: int) -> tuple[float, float, float]:
+    loader = Loader(data["image"], data["label"], batch_size=batch, shuffle=True, seed=0, drop_remainder=True)
+    mode = "scan" if way == "scan" else "stream"
+    result = train.fit(JDL[name](), losses.cross_entropy, optim.adam(1e-3), loader, epochs=epochs, mode=mode,
+                       progress=False)
+    history = result.history
+    score = train.evaluate(JDL[name](), losses.cross_entropy, result.params, result.state, test)
+    return common.median([h["time_s"] for h in history[1:]]), history[0]["compile_s"], score["accuracy"]
+
+
+def run(quick: bool = False, names=("mlp", "cnn", "fmnist_2c2d"), batch: int = 128) -> list[dict]:
+    on_cpu = jax.devices()[0].platform == "cpu"
+    n_train = 4096 if quick else (12800 if on_cpu else 60000)
+    data, test, source = common.mnist_shaped(n_train)
+    test = {k: v[:2000] for k, v in test.items()}
+    epochs = 3 if quick else 4
+    records = []
+    for name in names:
+        for way in ("loop", "scan"):
+            if on_cpu and way == "scan" and name != "mlp":
+                continue  # convolutions in scan are ~25x slower on the CPU (FACTS); nobody would run them so
+            jdl_s, jdl_compile, jdl_acc = time_jdl(name, way, data, test, batch, epochs)
+            ref_s, ref_compile, ref_acc = time_flax(name, way, data, test, batch, epochs)
+            records.append(common.line(
+                f"train_epoch/{name}/{way}", jdl_s, f"flax+optax {way}", ref_s, batch_size=batch,
+                examples=len(data["label"]), data=source, jdl_compile_s=jdl_compile, reference_compile_s=ref_compile,
+                jdl_test_accuracy=jdl_acc, reference_test_accuracy=ref_acc, epochs=epochs))  # fmt: skip
+    if not on_cpu or not quick:
+        # The fastest flax+optax way on this device, for the "no slower than flax+optax's faster way" goal.
+        pass
+    return records
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--models", default="mlp,cnn,fmnist_2c2d")
+    args = parser.parse_args()
+    run(args.quick, tuple(args.models.split(",")))
