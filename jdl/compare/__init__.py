@@ -27,9 +27,10 @@ import numpy as np
 
 from jdl import data as jdl_data
 from jdl import losses, models
-from jdl.compare.engine import Group, train_cluster
+from jdl.compare.engine import Group, choose_strategy, train_cluster
 from jdl.compare.presets import CLASSIC, FULL_BATCH, PRESETS, Preset, preset
 from jdl.compare.report import Comparison, format_table, plot
+from jdl.train.engine import uses_convolution
 
 __all__ = ["run", "Comparison", "CLASSIC", "PRESETS", "preset", "default_out_dir", "check_out_dir", "format_table",
            "plot"]  # fmt: skip
@@ -76,17 +77,13 @@ def _batch(p: Preset, batch_size: int, n: int) -> int:
     return min(size, n)
 
 
-def _use_scan(model, image_shape) -> bool:
-    from jdl.train.engine import uses_convolution
-
-    if jax.devices()[0].platform != "cpu":
-        return True
+def _has_convolution(model, image_shape) -> bool:
     params, state = jax.eval_shape(lambda k: model.init(k, (1, *image_shape)), jax.random.key(0))
-    return not uses_convolution(model, params, state, (1, *image_shape))
+    return uses_convolution(model, params, state, (1, *image_shape))
 
 
 def _train(model, loss_fn, configs, images, labels, eval_images, eval_labels, permutation, epochs, batch_size,
-           use_scan, bar):  # fmt: skip
+           use_scan, strategy, bar):  # fmt: skip
     """Train ``configs`` (name -> (preset, lrs, seeds)) clustered by batch size; returns per-run records."""
     n = len(images)
     clusters: dict[int, list[tuple[str, Preset, list, list]]] = {}
@@ -99,7 +96,7 @@ def _train(model, loss_fn, configs, images, labels, eval_images, eval_labels, pe
                   for name, p, lrs, seeds in members]
         out = train_cluster(
             model, loss_fn, groups, batch_size=size, images=images, labels=labels, permutation=permutation,
-            epochs=epochs, eval_images=eval_images, eval_labels=eval_labels, use_scan=use_scan,
+            epochs=epochs, eval_images=eval_images, eval_labels=eval_labels, use_scan=use_scan, strategy=strategy,
             microbatch=FULL_BATCH_CHUNK if any(p.batch_size == FULL_BATCH for _, p, _, _ in members) else None,
             on_epoch=(lambda epoch, k=count: bar.update(k)) if bar is not None else None,
         )  # fmt: skip
@@ -174,7 +171,9 @@ def run(
     images, labels = train.arrays()["image"], train.arrays()["label"]
     test_images, test_labels = test.arrays()["image"], test.arrays()["label"]
     net = models.get(model, num_classes=train.num_classes)
-    use_scan = _use_scan(net, images.shape[1:])
+    has_conv = _has_convolution(net, images.shape[1:])
+    use_scan = not (has_conv and jax.devices()[0].platform == "cpu")  # convolutions in scan: slow on the CPU
+    strategy = choose_strategy(has_conv)
     loss_fn = losses.cross_entropy
     started = time.perf_counter()
 
@@ -199,7 +198,7 @@ def run(
 
         configs = {name: (chosen[name], grid, [seed_list[0]] * len(grid)) for name, grid in grids.items()}
         runs, _ = _train(net, loss_fn, configs, images[fit_idx], labels[fit_idx], images[val], labels[val],
-                         search_permutation, epochs, batch_size, use_scan, bar)  # fmt: skip
+                         search_permutation, epochs, batch_size, use_scan, strategy, bar)  # fmt: skip
         for r in runs:
             last = r["epochs"][-1] if r["epochs"] else {"test_accuracy": math.nan, "test_loss": math.nan}
             ok = r["diverged"] is None
@@ -226,9 +225,10 @@ def run(
 
     configs = {name: (chosen[name], [chosen_lr[name]] * len(seed_list), seed_list) for name in names}
     runs, info = _train(net, loss_fn, configs, images, labels, test_images, test_labels, permutation, epochs,
-                        batch_size, use_scan, bar)  # fmt: skip
+                        batch_size, use_scan, strategy, bar)  # fmt: skip
     if bar is not None:
         bar.close()
     info.update({"device": str(jax.devices()[0].device_kind), "jax_version": jax.__version__,
-                 "wall_s": time.perf_counter() - started, "engine": "scan" if use_scan else "loop"})  # fmt: skip
+                 "wall_s": time.perf_counter() - started, "engine": "scan" if use_scan else "loop",
+                 "strategy": strategy})  # fmt: skip
     return Comparison(dataset, model, runs, target_accuracy, lr_search, info)

@@ -3,7 +3,9 @@
 A *group* is the runs of one optimizer (over seeds and learning rates): their
 parameters, model state and optimizer state are stacked along a leading axis
 and one step is ``jax.vmap``-ed over it, with the learning rate a traced
-array.  A *cluster* is the groups that share a batch size (so the same number
+array.  (On the CPU a convolutional model's runs are unrolled in the program
+instead: vmapped convolutions become grouped convolutions, several times
+slower there than one convolution per run.)  A *cluster* is the groups that share a batch size (so the same number
 of steps per epoch): one program runs an epoch of every group in it.  The
 data lives on the device; each run gathers its own batches there by its own
 permutation, the one ``jdl.data``'s loader would give for its seed.
@@ -50,15 +52,39 @@ def init_group(model, make: Callable, learning_rates, seeds, image_shape) -> tup
     return Carry(params, state, opt_state, first_bad), base_keys
 
 
-def _group_step(model, loss_fn, make, microbatch) -> Callable:
+def _unrolled(one: Callable) -> Callable:
+    """``one`` applied run by run (a Python loop inside the compiled program)
+    and the results stacked: what ``vmap`` computes, without turning each
+    convolution into a grouped convolution over runs, which is several times
+    slower on the CPU."""
+
+    def run(carry, lr, batch, base_key, epoch, index, global_step):
+        outs = []
+        for k in range(lr.shape[0]):
+            pick = lambda tree, k=k: jax.tree_util.tree_map(lambda a: a[k], tree)  # noqa: E731
+            outs.append(one(pick(carry), lr[k], pick(batch), base_key[k], epoch, index, global_step))
+        return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
+
+    return run
+
+
+def _group_step(model, loss_fn, make, microbatch, strategy: str) -> Callable:
     def one(carry, lr, batch, base_key, epoch, index, global_step):
         run = with_device_transform(train_step(model, loss_fn, make(lr), microbatch=microbatch), None)
         return run(carry, batch, base_key, epoch, index, global_step)
 
+    if strategy == "unroll":
+        return _unrolled(one)
     return jax.vmap(one, in_axes=(0, 0, 0, 0, None, None, None))
 
 
-def cluster_epoch(model, loss_fn, makes: list[Callable], use_scan: bool, microbatch: int | None = None) -> Callable:
+def choose_strategy(uses_convolution: bool) -> str:
+    """``'vmap'``, except ``'unroll'`` for convolutional models on the CPU."""
+    return "unroll" if uses_convolution and jax.devices()[0].platform == "cpu" else "vmap"
+
+
+def cluster_epoch(model, loss_fn, makes: list[Callable], use_scan: bool, microbatch: int | None = None,
+                  strategy: str = "vmap") -> Callable:
     """A compiled function running one epoch (``use_scan``) or one step
     (otherwise) of every group of a cluster.
 
@@ -67,7 +93,7 @@ def cluster_epoch(model, loss_fn, makes: list[Callable], use_scan: bool, microba
     when not scanning); returns ``(carries, losses)`` with losses ``(steps,
     runs)`` per group.
     """
-    steps = [_group_step(model, loss_fn, make, microbatch) for make in makes]
+    steps = [_group_step(model, loss_fn, make, microbatch, strategy) for make in makes]
 
     def all_groups(carries, lrs, images, labels, indices, base_keys, epoch, index, global_step):
         out_carries, losses = [], []
@@ -133,6 +159,7 @@ def train_cluster(
     eval_labels: np.ndarray,
     use_scan: bool,
     microbatch: int | None = None,
+    strategy: str = "vmap",
     on_epoch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Train every run of every group for ``epochs`` epochs; returns per-group
@@ -156,7 +183,7 @@ def train_cluster(
         return tuple(out)
 
     start = time.perf_counter()
-    fn = cluster_epoch(model, loss_fn, makes, use_scan, microbatch)
+    fn = cluster_epoch(model, loss_fn, makes, use_scan, microbatch, strategy)
     if use_scan:
         shapes = tuple(jax.ShapeDtypeStruct((steps, len(g.seeds), batch_size), jnp.int32) for g in groups)
         compiled = fn.lower(carries, lrs, device_images, device_labels, shapes, base_keys, 0, 0).compile()

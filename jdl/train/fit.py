@@ -139,6 +139,7 @@ def fit(
     resume: str | bool | None = None,
     progress: bool = True,
     eval_batch_size: int = 1000,
+    stop_when: Callable[[dict], bool] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_data`` (a ``jdl.data`` loader) for ``epochs`` epochs.
 
@@ -162,6 +163,8 @@ def fit(
     good parameters.  With several local devices, batches are sharded over
     them (data parallel, parameters replicated); for several hosts call
     ``jax.distributed.initialize()`` first and give each host its shard.
+    ``stop_when(record)`` is asked after each epoch's record (e.g.
+    ``lambda r: r['test_accuracy'] >= 0.92``) and ends training early when true.
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int; got {epochs!r}")
@@ -297,6 +300,8 @@ def fit(
             partial, done = {"loss": [], "accuracy": [], "size": []}, 0
             save(epoch + 1, 0, carry, partial)
             _show(bar, record)
+            if stop_when is not None and stop_when(record):
+                break
     except KeyboardInterrupt as interrupt:
         alive = not any(getattr(leaf, "is_deleted", lambda: False)() for leaf in jax.tree_util.tree_leaves(carry))
         path = save(epoch, done, carry, _flush(partial, pending)) if alive else None
