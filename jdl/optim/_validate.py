@@ -1,0 +1,95 @@
+"""Checks of hyperparameters at construction time.
+
+Only concrete values are checked: a hyperparameter that is a JAX tracer (for
+instance a learning rate under `jax.vmap` or `jax.jit`) is accepted as it is,
+so one compiled program can run many hyperparameter settings.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def is_traced(value: Any) -> bool:
+    """Whether `value` is an abstract JAX value (under `jit`, `vmap`, `grad`)."""
+    if not isinstance(value, jax.Array):
+        return False
+    try:
+        np.asarray(value)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return True
+    return False
+
+
+def _concrete_scalar(name: str, value: Any) -> float | None:
+    """`value` as a float, None when traced; ValueError unless a real scalar."""
+    if is_traced(value):
+        return None
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    if isinstance(value, numbers.Real):
+        number = float(value)
+    else:
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{name} must be a real number, got {value!r}") from error
+        if array.shape != () or array.dtype.kind not in "iuf":
+            raise ValueError(f"{name} must be a real scalar, got {value!r}")
+        number = float(array)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def check_number(name: str, value: Any) -> Any:
+    """Check that `value` is a finite real scalar (or traced); return it."""
+    _concrete_scalar(name, value)
+    return value
+
+
+def check_range(
+    name: str,
+    value: Any,
+    low: float,
+    high: float = math.inf,
+    *,
+    include_low: bool = True,
+    include_high: bool = True,
+) -> Any:
+    """Check `low <= value <= high` (open ends unless `include_*`); return it."""
+    number = _concrete_scalar(name, value)
+    if number is None:
+        return value
+    above = low <= number if include_low else low < number
+    below = number <= high if include_high else number < high
+    if not (above and below):
+        lower, upper = "[" if include_low else "(", "]" if include_high else ")"
+        if math.isfinite(high):
+            interval = f"{lower}{low:g}, {high:g}{upper}"
+        else:
+            interval = f"{'>=' if include_low else '>'} {low:g}"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return value
+
+
+def check_beta(name: str, value: Any) -> Any:
+    """An exponential-averaging rate of Adam: in [0, 1)."""
+    return check_range(name, value, 0.0, 1.0, include_high=False)
+
+
+def check_learning_rate(learning_rate: Any, name: str = "learning_rate") -> Any:
+    """A learning rate is a finite real number, a (traced) scalar or a callable."""
+    if callable(learning_rate):
+        return learning_rate
+    if learning_rate is None:
+        raise ValueError(f"{name} must be a number or a schedule (step -> value), got None")
+    try:
+        return check_number(name, learning_rate)
+    except ValueError as error:
+        raise ValueError(f"{name} must be a number or a schedule (step -> value), got {learning_rate!r}") from error

@@ -1,0 +1,296 @@
+"""The optimizers of the course, as chains of `jdl.optim.transforms`.
+
+Every optimizer returns a `GradientTransformation`; a training step is
+
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = jdl.optim.apply_updates(params, updates)
+
+Full-batch, stochastic and mini-batch gradient descent are *one* update rule,
+`params <- params - lr * grad`: they differ only in the data the gradient is
+computed on, N examples (the whole training set), 1 example, or a batch of
+B.  So `gd`, `sgd` (without momentum) and `minibatch` build the same
+transformation; pick the batch size in the data loader
+(`jdl.data.load(..., batch_size=B)`).
+
+Keyword names and defaults are optax's where optax has the optimizer, and
+so are the numbers (to float32 rounding).  `learning_rate` may be a float, a
+(possibly traced) scalar array, so one compiled program can `jax.vmap` over
+learning rates, or a schedule `step -> lr` (`jdl.optim.schedules`).  `g` is
+the gradient, `t` counts steps from 1 and `lr` is the learning rate.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import Any
+
+import jax
+
+from jdl.optim import transforms
+from jdl.optim.base import GradientTransformation, ScalarOrSchedule, chain
+
+Float = jax.typing.ArrayLike
+
+
+def gd(learning_rate: ScalarOrSchedule) -> GradientTransformation:
+    """Gradient descent: `params <- params - lr * g`.
+
+    The batch decides the name: the gradient of the whole training set gives
+    full-batch gradient descent (Cauchy, 1847), the gradient of one random
+    example stochastic gradient descent (Robbins and Monro, "A Stochastic
+    Approximation Method", 1951), and of a random batch of B examples
+    mini-batch gradient descent.  `sgd(lr)` and `minibatch(lr)` are this
+    optimizer.
+    """
+    return transforms.scale_by_learning_rate(learning_rate)
+
+
+def minibatch(learning_rate: ScalarOrSchedule) -> GradientTransformation:
+    """Mini-batch gradient descent: `gd` fed batches of B examples (see `gd`)."""
+    return gd(learning_rate)
+
+
+def sgd(
+    learning_rate: ScalarOrSchedule, momentum: Float | None = None, nesterov: bool = False
+) -> GradientTransformation:
+    """Stochastic gradient descent, optionally with (Nesterov) momentum.
+
+    Without momentum this is `gd`.  With momentum `mu`:
+
+        m_t = g_t + mu * m_{t-1},   m_0 = 0
+        params <- params - lr * m_t                  (heavy ball)
+        params <- params - lr * (g_t + mu * m_t)     (nesterov=True)
+
+    `nesterov=True` without a momentum raises `ValueError` (optax ignores
+    it).  Robbins and Monro, 1951; Polyak, "Some methods of speeding up the
+    convergence of iteration methods", 1964; Sutskever et al., "On the
+    importance of initialization and momentum in deep learning", ICML 2013.
+    """
+    if momentum is None:
+        if nesterov:
+            raise ValueError("nesterov=True needs a momentum, e.g. sgd(lr, momentum=0.9)")
+        return gd(learning_rate)
+    return chain(
+        transforms.trace(decay=momentum, nesterov=nesterov),
+        transforms.scale_by_learning_rate(learning_rate),
+    )
+
+
+def momentum(learning_rate: ScalarOrSchedule, momentum: Float = 0.9, nesterov: bool = False) -> GradientTransformation:
+    """Gradient descent with momentum: `sgd(learning_rate, momentum, nesterov)`.
+
+        m_t = g_t + momentum * m_{t-1},   params <- params - lr * m_t
+
+    (Nesterov: `params <- params - lr * (g_t + momentum * m_t)`.)  Polyak,
+    1964; Sutskever et al., ICML 2013.
+    """
+    return sgd(learning_rate, momentum=momentum, nesterov=nesterov)
+
+
+def _nesterov(learning_rate: ScalarOrSchedule, momentum: Float = 0.9) -> GradientTransformation:
+    """Nesterov momentum: `sgd(learning_rate, momentum, nesterov=True)`."""
+    return sgd(learning_rate, momentum=momentum, nesterov=True)
+
+
+def adagrad(
+    learning_rate: ScalarOrSchedule,
+    initial_accumulator_value: Float = 0.1,
+    eps: Float = 1e-7,
+) -> GradientTransformation:
+    """Adagrad: per-coordinate steps shrinking with the gradients seen so far.
+
+        s_t = s_{t-1} + g_t^2,    s_0 = initial_accumulator_value
+        params <- params - lr * g_t / sqrt(s_t + eps)
+
+    Duchi, Hazan and Singer, "Adaptive Subgradient Methods for Online
+    Learning and Stochastic Optimization", JMLR 12, 2011.
+    """
+    return chain(
+        transforms.scale_by_rss(initial_accumulator_value=initial_accumulator_value, eps=eps),
+        transforms.scale_by_learning_rate(learning_rate),
+    )
+
+
+def rmsprop(
+    learning_rate: ScalarOrSchedule,
+    decay: Float = 0.9,
+    eps: Float = 1e-8,
+    initial_scale: Float = 0.0,
+    centered: bool = False,
+    momentum: Float | None = None,
+    nesterov: bool = False,
+) -> GradientTransformation:
+    """RMSProp: steps divided by a moving root mean square of the gradients.
+
+        v_t = decay * v_{t-1} + (1 - decay) * g_t^2,     v_0 = initial_scale
+        u_t = -lr * g_t / sqrt(v_t + eps)
+
+    `centered=True` (Graves 2013) divides by the moving standard deviation
+    instead, `sqrt(v_t - m_t^2 + eps)` with `m_t = decay * m_{t-1} + (1 -
+    decay) * g_t`.  With `momentum`, `u_t` is then accumulated as in `trace`
+    (after the learning rate, as in optax and TensorFlow):
+    `b_t = u_t + momentum * b_{t-1}`, `params <- params + b_t`.
+
+    Tieleman and Hinton, "Lecture 6.5 - RMSProp", COURSERA: Neural Networks
+    for Machine Learning, 2012; Graves, "Generating Sequences With Recurrent
+    Neural Networks", arXiv:1308.0850, 2013.
+    """
+    steps = [
+        transforms.scale_by_rms(decay=decay, eps=eps, initial_scale=initial_scale, centered=centered),
+        transforms.scale_by_learning_rate(learning_rate),
+    ]
+    if momentum is not None:
+        steps.append(transforms.trace(decay=momentum, nesterov=nesterov))
+    elif nesterov:
+        raise ValueError("nesterov=True needs a momentum, e.g. rmsprop(lr, momentum=0.9)")
+    return chain(*steps)
+
+
+def adadelta(learning_rate: ScalarOrSchedule = 1.0, rho: Float = 0.9, eps: Float = 1e-6) -> GradientTransformation:
+    """AdaDelta: steps in the units of the parameters, no tuning of lr needed.
+
+        E[g^2]_t  = rho * E[g^2]_{t-1} + (1 - rho) * g_t^2
+        d_t       = sqrt(E[dx^2]_{t-1} + eps) / sqrt(E[g^2]_t + eps) * g_t
+        E[dx^2]_t = rho * E[dx^2]_{t-1} + (1 - rho) * d_t^2
+        params   <- params - lr * d_t
+
+    The paper's rule is `lr = 1`, the default here.  It is optax's
+    `adadelta(learning_rate=lr)`; note that optax's `adadelta()` without a
+    learning rate adds `+d_t` and so climbs the loss, while this one descends.
+    Zeiler, "ADADELTA: An Adaptive Learning Rate Method", arXiv:1212.5701, 2012.
+    """
+    return chain(
+        transforms.scale_by_adadelta(rho=rho, eps=eps),
+        transforms.scale_by_learning_rate(learning_rate),
+    )
+
+
+def adam(
+    learning_rate: ScalarOrSchedule,
+    b1: Float = 0.9,
+    b2: Float = 0.999,
+    eps: Float = 1e-8,
+    eps_root: Float = 0.0,
+) -> GradientTransformation:
+    """Adam: momentum divided by a moving RMS, both corrected for their zero start.
+
+        m_t = b1 * m_{t-1} + (1 - b1) * g_t
+        v_t = b2 * v_{t-1} + (1 - b2) * g_t^2
+        params <- params - lr * (m_t / (1 - b1^t)) / (sqrt(v_t / (1 - b2^t) + eps_root) + eps)
+
+    Kingma and Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015
+    (Algorithm 1).
+    """
+    return chain(
+        transforms.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root),
+        transforms.scale_by_learning_rate(learning_rate),
+    )
+
+
+def adamw(
+    learning_rate: ScalarOrSchedule,
+    b1: Float = 0.9,
+    b2: Float = 0.999,
+    eps: Float = 1e-8,
+    eps_root: Float = 0.0,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: Any = None,
+) -> GradientTransformation:
+    """AdamW: Adam with weight decay decoupled from the gradient's moments.
+
+        u_t = (m_t / (1 - b1^t)) / (sqrt(v_t / (1 - b2^t) + eps_root) + eps)
+        params <- params - lr * (u_t + weight_decay * params)
+
+    with `m_t`, `v_t` as in `adam`.  `mask` (a tree of booleans or a function
+    `params -> tree`) selects the leaves that decay.  Loshchilov and Hutter,
+    "Decoupled Weight Decay Regularization", ICLR 2019.
+    """
+    return chain(
+        transforms.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root),
+        transforms.add_decayed_weights(weight_decay, mask),
+        transforms.scale_by_learning_rate(learning_rate),
+    )
+
+
+OPTIMIZERS: MappingProxyType[str, Callable[..., GradientTransformation]] = MappingProxyType(
+    {
+        "gd": gd,
+        "sgd": sgd,
+        "minibatch": minibatch,
+        "momentum": momentum,
+        "nesterov": _nesterov,
+        "adagrad": adagrad,
+        "rmsprop": rmsprop,
+        "adadelta": adadelta,
+        "adam": adam,
+        "adamw": adamw,
+    }
+)
+"""The optimizers `get` knows, by name."""
+
+DEFAULT_LEARNING_RATES: MappingProxyType[str, float] = MappingProxyType(
+    {
+        "gd": 0.1,
+        "sgd": 0.01,
+        "minibatch": 0.1,
+        "momentum": 0.01,
+        "nesterov": 0.01,
+        "adagrad": 0.01,
+        "rmsprop": 0.001,
+        "adadelta": 1.0,
+        "adam": 0.001,
+        "adamw": 0.001,
+    }
+)
+"""The learning rate `get` uses when none is given: common starting points."""
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)
+    if word in ("lr", "step_size") and "learning_rate" in choices:
+        close = ["learning_rate"]
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def get(name: str, **hyperparameters: Any) -> GradientTransformation:
+    """Build an optimizer by name, e.g. `get('adam', learning_rate=1e-3, b1=0.8)`.
+
+    Names (case-insensitive): gd, sgd, minibatch, momentum, nesterov
+    (momentum with `nesterov=True`), adagrad, rmsprop, adadelta, adam,
+    adamw.  Without `learning_rate`, `DEFAULT_LEARNING_RATES[name]` is used.
+    An unknown name or hyperparameter raises `ValueError` listing the valid
+    ones.
+    """
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in OPTIMIZERS:
+        raise ValueError(
+            f"unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}." + _suggest(key, OPTIMIZERS)
+        )
+    build = OPTIMIZERS[key]
+    valid = list(inspect.signature(build).parameters)
+    for keyword in hyperparameters:
+        if keyword not in valid:
+            raise ValueError(
+                f"{key} has no hyperparameter {keyword!r}; valid: {', '.join(valid)}." + _suggest(keyword, valid)
+            )
+    hyperparameters.setdefault("learning_rate", DEFAULT_LEARNING_RATES[key])
+    return build(**hyperparameters)
+
+
+__all__ = [
+    "DEFAULT_LEARNING_RATES",
+    "OPTIMIZERS",
+    "adadelta",
+    "adagrad",
+    "adam",
+    "adamw",
+    "gd",
+    "get",
+    "minibatch",
+    "momentum",
+    "rmsprop",
+    "sgd",
+]
