@@ -37,14 +37,17 @@ def _epoch_seconds(model, data, test, lrs, seeds, batch, epochs, use_scan, strat
     return common.median(out["times"][1:]), out["compile_s"], out["history"][-1][0]["test_accuracy"]
 
 
-def run(quick: bool = False, k: int = 8, batch: int = 128) -> list[dict]:
+def run(quick: bool = False, k: int = 8, batch: int = 128, strategies=("unroll", "vmap")) -> list[dict]:
     on_cpu = jax.devices()[0].platform == "cpu"
     n_train = 1024 if quick else (4096 if on_cpu else 60000)
     data, test, source = common.mnist_shaped(n_train)
     test = {key: value[:1000] for key, value in test.items()}
     epochs = 2 if quick else 3
     use_scan = not on_cpu  # convolutions in scan are slow on the CPU (FACTS)
-    model = models.cnn()
+    model, model_name = models.cnn(), "cnn"
+    if quick:  # the smoke run: a small MLP, fewer configurations
+        model, model_name, k, n_train, use_scan = models.mlp(hidden=(32,)), "mlp", 4, 512, True
+        data = {key: value[:n_train] for key, value in data.items()}
     lrs = list(np.geomspace(1e-4, 3e-3, k))
     alone, alone_compile, accs_alone = 0.0, 0.0, []
     for lr in lrs:
@@ -52,12 +55,12 @@ def run(quick: bool = False, k: int = 8, batch: int = 128) -> list[dict]:
         alone, alone_compile = alone + seconds, alone_compile + compile_s
         accs_alone.append(float(acc[0]))
     records = []
-    for strategy in ("unroll", "vmap") if on_cpu or not quick else ("vmap", "unroll"):
+    for strategy in strategies:
         together, compile_s, accs = _epoch_seconds(model, data, test, lrs, [0] * k, batch, epochs, use_scan, strategy)
         records.append(common.line(
-            f"comparison/cnn/{k}_configs/{strategy}", together, f"{k} sequential runs (same engine)", alone,
+            f"comparison/{model_name}/{k}_configs/{strategy}", together, f"{k} sequential runs (same engine)", alone,
             batch_size=batch, examples=n_train, data=source, engine="scan" if use_scan else "loop",
-            strategy=strategy, chosen=strategy == choose_strategy(True), jdl_compile_s=compile_s,
+            strategy=strategy, chosen=strategy == choose_strategy(model_name == "cnn"), jdl_compile_s=compile_s,
             reference_compile_s=alone_compile, speedup=alone / together,
             max_accuracy_difference=float(np.max(np.abs(np.asarray(accs) - np.asarray(accs_alone)))),
         ))  # fmt: skip

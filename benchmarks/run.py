@@ -1,0 +1,69 @@
+"""Run jdl's benchmarks and write ``benchmarks/results/<device>.json``.
+
+    python benchmarks/run.py [--quick] [--only NAME[,NAME...]]
+
+Each benchmark prints one JSON line per measurement: ``{"benchmark", "jdl_s",
+"reference", "reference_s", "ratio", "device", "jax_version", ...}`` with
+``ratio = jdl / reference`` (lower is better), timed side by side in this one
+process after a warm-up, compile time apart.  ``--quick`` is the smoke test
+the test suite runs (well under a minute on the CPU; its numbers are not the
+ones to report).  Goals and the latest tables: benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+BENCHMARKS = {
+    "train_epoch": "train_epoch",  # (1) epochs against flax+optax, loop and scan
+    "optimizers": "optim_update",  # (2) optimizer updates against optax
+    "loader": "loader",  # (3) the loader against tf.data
+    "comparison": "comparison",  # (4) K vmapped configurations against K sequential runs
+    "time_to_accuracy": "time_to_accuracy",  # (5) Fashion-MNIST to 92%
+    "scaling": "scaling",  # (6) batch size and width
+}
+QUICK_ARGS = {
+    "train_epoch": {"names": ("mlp",)},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: small sizes, few repeats")
+    parser.add_argument("--only", help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
+    parser.add_argument("--out", help="results file (default benchmarks/results/<device>.json)")
+    args = parser.parse_args(argv)
+    names = list(BENCHMARKS) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
+    if args.quick and not args.only:
+        names = [n for n in names if n not in ("time_to_accuracy",)]
+
+    import common
+
+    records, started = [], time.perf_counter()
+    for name in names:
+        module = importlib.import_module(BENCHMARKS[name])
+        extra = QUICK_ARGS.get(name, {}) if args.quick else {}
+        records += module.run(args.quick, **extra)
+    device = common.device_name().replace(":", "_")
+    suffix = "-quick" if args.quick else ""
+    out = Path(args.out) if args.out else HERE / "results" / f"{device}{suffix}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": common.device_name(), "seconds": time.perf_counter() - started,
+                               "results": records}, indent=1) + "\n")  # fmt: skip
+    print(f"wrote {len(records)} results to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

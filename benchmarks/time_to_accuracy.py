@@ -1,0 +1,98 @@
+"""Benchmark: time to 92% test accuracy on real Fashion-MNIST, jdl against flax+optax.
+
+Adam 1e-3, batch 128, the data on the device, test accuracy after every
+epoch, until 92% (at most ``max_epochs``).  For each of the flax CNN and
+DeepOBS fmnist_2c2d: seconds of training until the epoch that reaches it,
+compilation seconds, and wall seconds from the call to the result.  jdl runs
+``fit`` (its automatic engine); flax+optax runs one epoch per ``lax.scan`` as
+in shared/FACTS.md.  Needs the real data (Debian's dataset-fashion-mnist or
+``JDL_FASHION_MNIST_DIR``); without it the lines say so and give no times.
+Skipped on the CPU unless ``--cpu`` (many minutes there).
+
+Usage: python benchmarks/time_to_accuracy.py [--quick] [--cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+if __package__ in (None, ""):
+    import common  # type: ignore[no-redef]
+    import train_epoch  # type: ignore[no-redef]
+else:
+    from benchmarks import common, train_epoch
+
+from jdl import losses, models, optim, train
+from jdl.data.loader import Loader
+
+TARGET = 0.92
+
+
+def jdl_time(name: str, data: dict, test: dict, max_epochs: int) -> dict:
+    start = time.perf_counter()
+    loader = Loader(data["image"], data["label"], batch_size=128, shuffle=True, seed=0, drop_remainder=True)
+    model = {"cnn": models.cnn, "fmnist_2c2d": models.fmnist_2c2d}[name]()
+    result = train.fit(model, losses.cross_entropy, optim.adam(1e-3), loader, epochs=max_epochs, eval_data=test,
+                       progress=False, stop_when=lambda r: r["test_accuracy"] >= TARGET)  # fmt: skip
+    wall = time.perf_counter() - start
+    history = result.history
+    reached = history[-1]["test_accuracy"] >= TARGET
+    return {"train_s": sum(h["time_s"] for h in history), "compile_s": history[0]["compile_s"], "wall_s": wall,
+            "epochs": len(history), "reached": reached, "accuracy": history[-1]["test_accuracy"]}  # fmt: skip
+
+
+def flax_time(name: str, data: dict, test: dict, max_epochs: int) -> dict:
+    start = time.perf_counter()
+    state = train_epoch._flax_state(name, data["image"].shape[1:])
+    rng = np.random.default_rng(0)
+    n = len(data["label"]) // 128 * 128
+    images, labels = jnp.asarray(data["image"]), jnp.asarray(data["label"])
+    test_images, test_labels = jnp.asarray(test["image"]), jnp.asarray(test["label"])
+    compile_start = time.perf_counter()
+    compiled = train_epoch.flax_scan.lower(state, images, labels, jnp.zeros((n // 128, 128), jnp.int32)).compile()
+    accuracy_fn = train_epoch.flax_accuracy.lower(state, test_images, test_labels).compile()
+    compile_s = time.perf_counter() - compile_start
+    train_s, accuracy, epochs = 0.0, 0.0, 0
+    while epochs < max_epochs and accuracy < TARGET:
+        order = jnp.asarray(rng.permutation(len(data["label"]))[:n].reshape(-1, 128))
+        t = time.perf_counter()
+        state = jax.block_until_ready(compiled(state, images, labels, order))
+        train_s += time.perf_counter() - t
+        accuracy, epochs = float(accuracy_fn(state, test_images, test_labels)), epochs + 1
+    return {"train_s": train_s, "compile_s": compile_s, "wall_s": time.perf_counter() - start, "epochs": epochs,
+            "reached": accuracy >= TARGET, "accuracy": accuracy}  # fmt: skip
+
+
+def run(quick: bool = False, cpu: bool = False, names=("cnn", "fmnist_2c2d")) -> list[dict]:
+    if jax.devices()[0].platform == "cpu" and not cpu:
+        return [common.line(f"time_to_92/{name}", float("nan"), "flax+optax scan", float("nan"),
+                            skipped="CPU: run with --cpu (many minutes)") for name in names]  # fmt: skip
+    real = common.fashion_mnist()
+    if real is None:
+        return [common.line(f"time_to_92/{name}", float("nan"), "flax+optax scan", float("nan"),
+                            skipped="real Fashion-MNIST not found") for name in names]  # fmt: skip
+    data, test, source = real
+    max_epochs = 3 if quick else 20
+    records = []
+    for name in names:
+        ours, ref = jdl_time(name, data, test, max_epochs), flax_time(name, data, test, max_epochs)
+        records.append(common.line(
+            f"time_to_92/{name}", ours["train_s"], "flax+optax scan", ref["train_s"], data=source,
+            jdl_compile_s=ours["compile_s"], reference_compile_s=ref["compile_s"], jdl_wall_s=ours["wall_s"],
+            reference_wall_s=ref["wall_s"], jdl_epochs=ours["epochs"], reference_epochs=ref["epochs"],
+            jdl_reached=ours["reached"], reference_reached=ref["reached"], jdl_accuracy=ours["accuracy"],
+            reference_accuracy=ref["accuracy"]))  # fmt: skip
+    return records
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--cpu", action="store_true")
+    args = parser.parse_args()
+    run(args.quick, args.cpu)

@@ -1,0 +1,132 @@
+"""jdl.data.prefetch_to_device: background device transfer, sharding over several devices."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import jdl.data as jd
+
+
+def test_prefetched_batches_equal_host_batches_and_live_on_device():
+    host = list(jd.load("mnist_sample", split="test", batch_size=100, shuffle=True, seed=2))
+    loader = jd.load("mnist_sample", split="test", batch_size=100, shuffle=True, seed=2)
+    device = list(jd.prefetch_to_device(loader, size=2))
+    assert len(device) == len(host) == 10
+    for d, h in zip(device, host, strict=True):
+        assert isinstance(d["image"], jax.Array) and isinstance(d["label"], jax.Array)
+        assert np.array_equal(np.asarray(d["image"]), h["image"])
+        assert np.array_equal(np.asarray(d["label"]), h["label"])
+    assert loader.state_dict()["epoch"] == 1  # the whole epoch was consumed
+
+
+@pytest.mark.parametrize("chunk", [2, 3, 8])
+def test_chunked_transfers_give_the_same_batches_in_order(chunk):
+    kwargs = dict(split="test[:999]", batch_size=64, shuffle=True, seed=4, drop_remainder=False)
+    host = list(jd.load("mnist_sample", **kwargs))
+    device = list(jd.prefetch_to_device(jd.load("mnist_sample", **kwargs), chunk=chunk))
+    assert [len(d["label"]) for d in device] == [64] * 15 + [39]  # the ragged one on its own
+    for d, h in zip(device, host, strict=True):
+        assert np.array_equal(np.asarray(d["image"]), h["image"])
+        assert np.array_equal(np.asarray(d["label"]), h["label"])
+        assert d["image"].dtype == np.float32 and d["label"].dtype == np.int32
+
+
+def test_loader_with_a_transform_goes_batch_by_batch():
+    augment = jd.compose(jd.random_flip(), jd.one_hot(10))
+    kwargs = dict(split="test", batch_size=100, seed=2, transform=augment)
+    host = list(jd.load("mnist_sample", **kwargs))
+    device = list(jd.prefetch_to_device(jd.load("mnist_sample", **kwargs), chunk=4))
+    for d, h in zip(device, host, strict=True):
+        assert np.array_equal(np.asarray(d["image"]), h["image"])
+        assert np.array_equal(np.asarray(d["label"]), h["label"])
+
+
+def test_prefetch_runs_ahead_by_at_most_size():
+    pulled = []
+
+    def source():
+        for i in range(20):
+            pulled.append(i)
+            yield {"x": np.full(4, i)}
+
+    it = jd.prefetch_to_device(source(), size=2, chunk=1)
+    first = next(it)
+    time.sleep(0.3)
+    assert int(first["x"][0]) == 0
+    assert len(pulled) <= 1 + 2 + 1  # the one handed over, two queued, one being placed
+    it.close()
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_errors_in_the_host_iterator_reach_the_consumer(chunk):
+    def source():
+        yield {"x": np.zeros(2)}
+        raise RuntimeError("bad batch")
+
+    it = jd.prefetch_to_device(source(), chunk=chunk)
+    assert np.array_equal(np.asarray(next(it)["x"]), np.zeros(2))  # the batch before the error
+    with pytest.raises(RuntimeError, match="bad batch"):
+        next(it)
+
+
+def test_close_stops_the_thread():
+    def endless():
+        while True:
+            yield {"x": np.zeros(8)}
+
+    before = threading.active_count()
+    with jd.prefetch_to_device(endless(), size=2) as it:
+        next(it)
+    time.sleep(0.2)
+    assert threading.active_count() <= before
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_size_must_be_positive():
+    with pytest.raises(ValueError, match="size"):
+        jd.prefetch_to_device([], size=0)
+
+
+def test_batches_are_sharded_over_several_devices():
+    code = textwrap.dedent("""
+        import numpy as np, jax
+        import jdl.data as jd
+        assert jax.device_count() == 4, jax.devices()
+        host = list(jd.load('mnist_sample', split='test', batch_size=128, seed=0, shuffle=True,
+                            drop_remainder=True))
+        loader = jd.load('mnist_sample', split='test', batch_size=128, seed=0, shuffle=True,
+                         drop_remainder=True)
+        n = 0
+        for d, h in zip(jd.prefetch_to_device(loader, chunk=3), host, strict=True):
+            for key in ('image', 'label'):
+                x = d[key]
+                assert len(x.sharding.device_set) == 4, x.sharding
+                assert [s.data.shape[0] for s in x.addressable_shards] == [32] * 4
+                assert np.array_equal(np.asarray(x), h[key])
+            n += 1
+        assert n == 7
+        # a last batch that does not split evenly is refused with a clear message
+        ragged = jd.load('mnist_sample', split='test[:998]', batch_size=128, drop_remainder=False)
+        try:
+            list(jd.prefetch_to_device(ragged, chunk=2))
+        except ValueError as e:
+            assert 'drop_remainder=True' in str(e), e
+        else:
+            raise AssertionError('ragged batch was not refused')
+        print('ok')
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

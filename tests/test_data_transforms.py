@@ -1,0 +1,140 @@
+"""jdl.data.transforms: host and on-device versions."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jdl.data as jd
+from jdl.data import transforms as T
+
+
+def batch_of(b=6, h=5, w=7, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": rng.random((b, h, w, c), dtype=np.float32),
+            "label": rng.integers(0, 10, b).astype(np.int32)}
+
+
+def windows(image, padding):
+    """All crops of the zero-padded image, keyed by offset."""
+    h, w = image.shape[:2]
+    padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+    return {(y, x): padded[y:y + h, x:x + w]
+            for y in range(2 * padding + 1) for x in range(2 * padding + 1)}
+
+
+def test_normalize_per_channel():
+    batch = batch_of()
+    out = T.normalize((0.1, 0.2, 0.3), (0.5, 0.25, 2.0))(batch)
+    expected = (batch["image"] - np.array([0.1, 0.2, 0.3])) / np.array([0.5, 0.25, 2.0])
+    np.testing.assert_allclose(out["image"], expected, rtol=1e-6, atol=1e-6)
+    assert out["image"].dtype == np.float32 and out["label"] is batch["label"]
+    with pytest.raises(ValueError, match="channel"):
+        T.normalize((0.1, 0.2), (1.0, 1.0))(batch)
+    with pytest.raises(ValueError, match="positive"):
+        T.normalize(0.0, 0.0)
+
+
+def test_normalize_constants_match_the_data():
+    images = jd.load("mnist_sample", split="train", batch_size=10).arrays()["image"]
+    mean, std = T.channel_mean_std(images)
+    np.testing.assert_allclose(mean, T.MEAN_STD["mnist_sample"][0], atol=1e-4)
+    np.testing.assert_allclose(std, T.MEAN_STD["mnist_sample"][1], atol=1e-4)
+    np.testing.assert_allclose(mean, T.MNIST_MEAN_STD[0], atol=2e-3)
+
+
+def test_one_hot():
+    out = T.one_hot(10)(batch_of())
+    assert out["label"].shape == (6, 10) and out["label"].dtype == np.float32
+    assert np.array_equal(out["label"].argmax(1), batch_of()["label"])
+    assert np.array_equal(out["label"].sum(1), np.ones(6))
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        T.one_hot(3)(batch_of())
+
+
+@pytest.mark.parametrize("padding", [0, 1, 4])
+def test_random_crop_host_gives_windows_of_the_padded_image(padding):
+    batch = batch_of(b=40)
+    out = T.random_crop(padding)(batch, np.random.default_rng(0))
+    assert out["image"].shape == batch["image"].shape
+    seen = set()
+    for image, cropped in zip(batch["image"], out["image"], strict=True):
+        matches = [k for k, v in windows(image, padding).items() if np.array_equal(v, cropped)]
+        assert matches
+        seen.update(matches)
+    if padding:
+        assert len(seen) > 5  # offsets vary between images
+    again = T.random_crop(padding)(batch, np.random.default_rng(0))
+    assert np.array_equal(out["image"], again["image"])  # same generator, same crops
+
+
+def test_random_flip_host():
+    batch = batch_of(b=64)
+    out = T.random_flip()(batch, np.random.default_rng(1))["image"]
+    flipped = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, batch["image"], strict=True)]
+    kept = [np.array_equal(o, i) for o, i in zip(out, batch["image"], strict=True)]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True))
+    assert 10 < sum(flipped) < 54
+    with pytest.raises(ValueError, match="Generator"):
+        T.random_flip()(batch)
+
+
+def test_compose_passes_rng_and_plain_functions():
+    tag = lambda batch: {**batch, "tagged": True}  # noqa: E731 - a user's one-argument transform
+    fn = T.compose(T.random_flip(), tag, T.normalize(0.5, 0.5), T.one_hot(10))
+    out = fn(batch_of(), np.random.default_rng(0))
+    assert out["tagged"] and out["label"].shape == (6, 10)
+    assert T.wants_rng(fn) and not T.wants_rng(tag)
+
+
+def test_loader_applies_augmentation_reproducibly():
+    augment = T.compose(T.random_crop(2), T.random_flip(),
+                        T.normalize(*T.MEAN_STD["mnist_sample"]))
+    a = jd.load("mnist_sample", split="test", batch_size=100, transform=augment, seed=5)
+    b = jd.load("mnist_sample", split="test", batch_size=100, transform=augment, seed=5)
+    plain = jd.load("mnist_sample", split="test", batch_size=100, seed=5)
+    for x, y, p in zip(a, b, plain, strict=True):
+        assert np.array_equal(x["image"], y["image"])
+        assert not np.array_equal(x["image"], p["image"])
+        assert x["image"].shape == (100, 28, 28, 1)
+
+
+@pytest.mark.parametrize("padding", [0, 2, 4])
+def test_random_crop_device_is_jittable_and_correct(padding):
+    images = batch_of(b=32, h=8, w=8, c=3)["image"]
+    crop = jax.jit(T.random_crop_device, static_argnums=2)
+    out = np.asarray(crop(jax.random.key(0), jnp.asarray(images), padding))
+    assert out.shape == images.shape
+    seen = set()
+    for image, cropped in zip(images, out, strict=True):
+        matches = [k for k, v in windows(image, padding).items() if np.array_equal(v, cropped)]
+        assert matches
+        seen.update(matches)
+    if padding:
+        assert len(seen) > 5
+    same = np.asarray(crop(jax.random.key(0), jnp.asarray(images), padding))
+    other = np.asarray(crop(jax.random.key(1), jnp.asarray(images), padding))
+    assert np.array_equal(out, same)
+    assert padding == 0 or not np.array_equal(out, other)
+
+
+def test_random_flip_device_is_jittable_and_correct():
+    images = batch_of(b=64)["image"]
+    out = np.asarray(jax.jit(T.random_flip_device)(jax.random.key(3), jnp.asarray(images)))
+    flipped = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images, strict=True)]
+    kept = [np.array_equal(o, i) for o, i in zip(out, images, strict=True)]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True))
+    assert 10 < sum(flipped) < 54
+
+
+def test_device_augmentation_inside_a_step():
+    @jax.jit
+    def step(key, images):
+        k1, k2 = jax.random.split(key)
+        images = T.random_flip_device(k1, T.random_crop_device(k2, images, 4))
+        return images.mean()
+
+    images = jnp.asarray(batch_of(b=8, h=32, w=32)["image"])
+    assert np.isfinite(float(step(jax.random.key(0), images)))
