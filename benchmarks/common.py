@@ -31,12 +31,18 @@ def device_name() -> str:
 
 
 def line(benchmark: str, jdl_s: float, reference: str, reference_s: float, **extra) -> dict:
-    """One result, printed as a JSON line."""
+    """One result (``ratio = jdl_s / reference_s``, lower is better)."""
     record = {"benchmark": benchmark, "jdl_s": jdl_s, "reference": reference, "reference_s": reference_s,
               "ratio": jdl_s / reference_s if reference_s else None, "device": device_name(),
               "jax_version": jax.__version__, **extra}  # fmt: skip
-    print(json.dumps(record), flush=True)
     return record
+
+
+def print_lines(records: list[dict]) -> list[dict]:
+    """Print each record as one JSON line."""
+    for record in records:
+        print(json.dumps(record), flush=True)
+    return records
 
 
 def median(values) -> float:

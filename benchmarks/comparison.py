@@ -70,4 +70,4 @@ def run(quick: bool = False, k: int = 8, batch: int = 128, strategies=("unroll",
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    run(parser.parse_args().quick)
+    common.print_lines(run(parser.parse_args().quick))

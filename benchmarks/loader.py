@@ -131,7 +131,7 @@ def _tfdata_epoch(name: str, data_dir: Path, cache: bool, n: int):
 def _line(benchmark, jdl_s, reference, reference_s, examples, note, **extra):
     return {
         "benchmark": benchmark, "jdl_s": round(jdl_s, 6), "reference": reference,
-        "reference_s": round(reference_s, 6), "ratio": round(reference_s / jdl_s, 3),
+        "reference_s": round(reference_s, 6), "ratio": round(jdl_s / reference_s, 4),
         "device": _device(), "jax_version": jax.__version__,
         "examples_per_s_jdl": round(examples / jdl_s),
         "examples_per_s_ref": round(examples / reference_s),

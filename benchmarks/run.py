@@ -32,6 +32,7 @@ BENCHMARKS = {
 }
 QUICK_ARGS = {
     "train_epoch": {"names": ("mlp",)},
+    "optimizers": {"names": ["sgd_momentum", "adam"]},
 }
 
 
@@ -54,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         module = importlib.import_module(BENCHMARKS[name])
         extra = QUICK_ARGS.get(name, {}) if args.quick else {}
-        records += module.run(args.quick, **extra)
+        begun = time.perf_counter()
+        records += common.print_lines(module.run(args.quick, **extra))
+        print(f"{name}: {time.perf_counter() - begun:.1f} s", file=sys.stderr)
     device = common.device_name().replace(":", "_")
     suffix = "-quick" if args.quick else ""
     out = Path(args.out) if args.out else HERE / "results" / f"{device}{suffix}.json"

@@ -109,4 +109,4 @@ def _plot(records: list[dict], path: Path) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    run(parser.parse_args().quick)
+    common.print_lines(run(parser.parse_args().quick))

@@ -95,4 +95,4 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args()
-    run(args.quick, args.cpu)
+    common.print_lines(run(args.quick, args.cpu))

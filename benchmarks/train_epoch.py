@@ -171,4 +171,4 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--models", default="mlp,cnn,fmnist_2c2d")
     args = parser.parse_args()
-    run(args.quick, tuple(args.models.split(",")))
+    common.print_lines(run(args.quick, tuple(args.models.split(","))))
