@@ -2,8 +2,8 @@
 
 Times `update` + `apply_updates`, compiled ahead of time with `jax.jit`
 (parameters and optimizer state donated, as in a training loop), on a
-float32 pytree of 100 leaves and about 10M parameters (`--quick`: 100
-leaves, about 1M).  jdl and optax runs alternate (each goes first half the
+float32 pytree of 100 leaves and about 10M parameters (`--quick`: 20
+leaves, about 0.1M, a smoke run).  jdl and optax runs alternate (each goes first half the
 time), each timing is the median of its repeats after a warm-up, and every
 timing waits with `block_until_ready`.  Prints one JSON
 line per optimizer:
@@ -52,8 +52,9 @@ OPTIMIZERS = {
 
 
 def make_tree(quick: bool) -> dict:
-    """50 layers of a square weight matrix and a bias: 100 float32 leaves."""
-    sizes = [96 + 2 * i for i in range(50)] if quick else [300 + 6 * i for i in range(50)]
+    """50 layers of a square weight matrix and a bias: 100 float32 leaves
+    (quick: 10 layers, 20 leaves, for the smoke run)."""
+    sizes = [96 + 2 * i for i in range(10)] if quick else [300 + 6 * i for i in range(50)]
     key = jax.random.PRNGKey(0)
     tree = {}
     for i, d in enumerate(sizes):
