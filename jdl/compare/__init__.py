@@ -105,7 +105,7 @@ def _train(model, loss_fn, configs, images, labels, eval_images, eval_labels, pe
         for g_index, group in enumerate(groups):
             for k, (lr, seed) in enumerate(zip(group.learning_rates, group.seeds)):
                 bad = int(out["first_bad"][g_index][k])
-                last = epochs if bad < 0 else bad // out["steps_per_epoch"] + 1
+                last = epochs if bad < 0 else bad // out["steps_per_epoch"]  # complete epochs before it
                 record = {"optimizer": group.name, "learning_rate": float(lr), "seed": int(seed), "batch_size": size,
                           "epochs": [], "diverged": None}  # fmt: skip
                 for epoch in range(last):

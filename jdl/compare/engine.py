@@ -12,8 +12,10 @@ permutation, the one ``jdl.data``'s loader would give for its seed.
 
 Each run uses exactly ``jdl.train.fit``'s conventions (initialization key,
 step keys, batch order), so a vmapped run trains to the parameters of the
-same run done alone.  A run whose loss becomes non-finite freezes at its last
-good parameters (``jdl.train.step``) while the others go on.
+same run done alone.  A run whose loss becomes non-finite is recorded as
+diverged at that step (``first_bad``); its numbers go NaN while the others,
+which share no arithmetic with it, go on.  (No per-step guard: its pass over
+every parameter would cost every run for the sake of the diverged ones.)
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ def _unrolled(one: Callable) -> Callable:
 
 def _group_step(model, loss_fn, make, microbatch, strategy: str) -> Callable:
     def one(carry, lr, batch, base_key, epoch, index, global_step):
-        run = with_device_transform(train_step(model, loss_fn, make(lr), microbatch=microbatch), None)
+        step = train_step(model, loss_fn, make(lr), microbatch=microbatch, guard=False)
+        run = with_device_transform(step, None)
         return run(carry, batch, base_key, epoch, index, global_step)
 
     if strategy == "unroll":

@@ -73,7 +73,7 @@ def _to_target(run: dict, target: float) -> tuple[int | None, float | None]:
 
 
 def format_table(result: Comparison) -> str:
-    """Final test accuracy (mean ± std over seeds), learning rate (best of the
+    """Final test accuracy (mean ± std over the seeds that did not diverge), learning rate (best of the
     grid where one was searched), epochs and seconds to the target accuracy,
     training time, and diverged runs."""
     target = result.target_accuracy
@@ -82,7 +82,7 @@ def format_table(result: Comparison) -> str:
               "train s", "status"]  # fmt: skip
     rows = []
     for name, runs in by_optimizer(result.runs).items():
-        finals = np.array([r["epochs"][-1]["test_accuracy"] for r in runs if r["epochs"]])
+        finals = np.array([r["epochs"][-1]["test_accuracy"] for r in runs if r["epochs"] and not r.get("diverged")])
         reached = [_to_target(r, target) for r in runs]
         epochs_to = [e for e, _ in reached if e is not None]
         secs_to = [s for _, s in reached if s is not None]

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdl.data.prefetch import prefetch_to_device
 from jdl.nn import Layer
 from jdl.optim import GradientTransformation
 from jdl.train import checkpoint as ckpt
@@ -251,6 +252,15 @@ def fit(
     def result(carry: Carry) -> TrainResult:
         return TrainResult(carry.params, carry.state, carry.opt_state, history)
 
+    orders: dict[int, np.ndarray] = {}
+    on_accelerator = jax.devices()[0].platform != "cpu"
+
+    def feed(loader):
+        """Host batches; on an accelerator put on the device ahead by a background thread."""
+        if on_accelerator and (placement.num_devices == 1 or loader.drop_remainder):
+            return prefetch_to_device(loader, size=2, sharding=placement.batch)
+        return (placement.shard_batch(batch) for batch in loader)
+
     bar = _progress(range(start_epoch, epochs), progress, epochs, start_epoch)
     epoch, done, pending = start_epoch, start_step, []
     try:
@@ -262,30 +272,32 @@ def fit(
             epoch_start = time.perf_counter()
             start_carry = jax.tree_util.tree_map(jnp.copy, carry)  # for a replay if the epoch goes bad
             if mode == "scan" and first_step == 0:
-                order = loader.permutation(epoch)
+                order = orders.pop(epoch) if epoch in orders else loader.permutation(epoch)
                 full = order[: full_steps * batch_size].reshape(full_steps, batch_size)
                 carry, metrics = epoch_fn(
                     carry, device_images, device_labels, placement.replicate(jnp.asarray(full, jnp.int32)),
                     base_key, epoch, epoch * steps_per_epoch)
-                sizes = [batch_size] * full_steps
+                pending.append((metrics, [batch_size] * full_steps))
+                orders[epoch + 1] = loader.permutation(epoch + 1)  # on the host while the device trains
                 batches = []
                 rest = order[full_steps * batch_size:]
                 if len(rest) and not loader.drop_remainder:
                     batches = [(full_steps, {"image": device_images[rest], "label": device_labels[rest]})]
-                partial = _extend(partial, metrics, sizes)
                 done = full_steps
             else:
                 loader.load_state_dict({"epoch": epoch, "step": first_step, "seed": loader.seed})
-                batches = ((first_step + i, placement.shard_batch(b)) for i, b in enumerate(loader))
+                batches = ((first_step + i, b) for i, b in enumerate(feed(loader)))
             for index, batch in batches:
                 fn = compiled_step(batch)
                 carry, metrics = fn(carry, batch, base_key, epoch, index, epoch * steps_per_epoch + index)
-                pending.append((metrics, len(batch["label"])))
+                pending.append((metrics, [len(batch["label"])]))
                 done = index + 1
-            partial, pending = _flush(partial, pending), []
-            first_bad = int(carry.first_bad)
+            # One host sync per epoch: the step metrics, the first bad step, whether the parameters are finite.
+            host, first_bad, finite = jax.device_get((_stack(pending), carry.first_bad, params_finite(carry.params)))
+            partial, pending = _append(partial, host, [n for _, sizes in pending for n in sizes]), []
+            first_bad = int(first_bad)
             time_s = time.perf_counter() - epoch_start - (compile_s - compile_before)
-            if first_bad >= 0 or not bool(params_finite(carry.params)):
+            if first_bad >= 0 or not bool(finite):
                 carry, first_bad = _replay_guarded(guarded_step, start_carry, loader, placement, base_key, epoch,
                                                    first_step, steps_per_epoch, first_bad)  # fmt: skip
                 bad_epoch, bad_step = divmod(first_bad, steps_per_epoch)
@@ -310,8 +322,16 @@ def fit(
     return result(carry)
 
 
-def _extend(partial: dict, metrics: dict, sizes: list[int]) -> dict:
-    host = jax.device_get(metrics)
+def _stack(pending: list) -> dict | None:
+    """The per-step metrics gathered so far as two device vectors."""
+    if not pending:
+        return None
+    return {key: jnp.concatenate([jnp.ravel(m[key]) for m, _ in pending]) for key in ("loss", "accuracy")}
+
+
+def _append(partial: dict, host: dict | None, sizes: list[int]) -> dict:
+    if host is None:
+        return partial
     return {
         "loss": partial["loss"] + [float(v) for v in np.asarray(host["loss"]).ravel()],
         "accuracy": partial["accuracy"] + [float(v) for v in np.asarray(host["accuracy"]).ravel()],
@@ -338,11 +358,8 @@ def _replay_guarded(step, carry, loader, placement, base_key, epoch, first_step,
 
 
 def _flush(partial: dict, pending: list) -> dict:
-    """Fetch the per-step metrics of a Python-loop epoch in one transfer."""
-    if not pending:
-        return partial
-    metrics = jax.tree_util.tree_map(lambda *m: jnp.stack(m), *[m for m, _ in pending])
-    return _extend(partial, metrics, [size for _, size in pending])
+    """Fetch the per-step metrics gathered so far in one transfer."""
+    return _append(partial, jax.device_get(_stack(pending)), [n for _, sizes in pending for n in sizes])
 
 
 def _epoch_record(epoch: int, partial: dict, time_s: float, compile_s: float) -> dict:
