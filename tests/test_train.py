@@ -199,10 +199,15 @@ def test_eight_cpu_devices_train_to_the_same_parameters_as_one():
         import jdl.data
         from jdl import losses, models, optim, train
         assert len(jax.devices()) == int(sys.argv[1]), jax.devices()
-        loader = jdl.data.load("mnist_sample", split="train", batch_size=64, shuffle=True, seed=0)
-        result = train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
-                           mode="stream", progress=False)
-        print(json.dumps({k: np.asarray(v).tolist() for k, v in result.params["dense_1"].items()}))
+        out = {}
+        for mode in ("stream", "scan"):
+            loader = jdl.data.load("mnist_sample", split="train", batch_size=64, shuffle=True, seed=0)
+            test = jdl.data.load("mnist_sample", split="test", batch_size=100)
+            result = train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
+                               mode=mode, eval_data=test, progress=False)
+            out[mode] = {k: np.asarray(v).tolist() for k, v in result.params["dense_1"].items()}
+            out[mode]["test_loss"] = result.history[-1]["test_loss"]
+        print(json.dumps(out))
     """)
 
     def run(devices):
@@ -212,5 +217,6 @@ def test_eight_cpu_devices_train_to_the_same_parameters_as_one():
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     one, eight = run(1), run(8)
-    for name in one:
-        np.testing.assert_allclose(eight[name], one[name], rtol=1e-4, atol=1e-5)
+    for mode in ("stream", "scan"):
+        for name in one[mode]:
+            np.testing.assert_allclose(eight[mode][name], one[mode][name], rtol=1e-4, atol=1e-5)

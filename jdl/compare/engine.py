@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jdl.train.engine import with_device_transform
+from jdl.train.engine import windows, with_device_transform
 from jdl.train.step import Carry, eval_step, train_step
 
 
@@ -128,23 +128,23 @@ def cluster_epoch(model, loss_fn, makes: list[Callable], use_scan: bool, microba
     return jax.jit(epoch_fn, donate_argnums=0)
 
 
-def group_evaluator(model, loss_fn) -> Callable:
-    """``fn(carry, images, labels) -> (loss sum, correct)`` per run, for one batch."""
-    single = eval_step(model, loss_fn)
-    return jax.jit(jax.vmap(lambda carry, x, y: single(carry.params, carry.state, x, y), in_axes=(0, None, None)))
+def group_evaluator(model, loss_fn, batch_size: int) -> Callable:
+    """``fn(carry, images, labels, start, skip) -> (loss sum, correct)`` per
+    run, for one evaluation window (``jdl.train.step.eval_step``)."""
+    single = eval_step(model, loss_fn, batch_size)
+    return jax.jit(jax.vmap(lambda carry, x, y, start, skip: single(carry.params, carry.state, x, y, start, skip),
+                            in_axes=(0, None, None, None, None)))
 
 
-def evaluate_groups(evaluator, carries, images, labels, batch_size: int = 1000) -> list[dict[str, np.ndarray]]:
+def evaluate_groups(evaluator, carries, images, labels, batch_size: int) -> list[dict[str, np.ndarray]]:
     """Mean loss and accuracy of every run of every group on the arrays."""
     n = len(images)
     results = []
     for carry in carries:
-        loss = correct = 0.0
-        for start in range(0, n, batch_size):
-            batch_loss, batch_correct = evaluator(carry, images[start : start + batch_size],
-                                                  labels[start : start + batch_size])
-            loss, correct = loss + batch_loss, correct + batch_correct
-        results.append({"loss": np.asarray(loss) / n, "accuracy": np.asarray(correct) / n})
+        sums = jax.device_get([evaluator(carry, images, labels, start, skip) for start, skip in windows(n, batch_size)])
+        loss = np.sum([np.asarray(s[0], np.float64) for s in sums], axis=0)
+        correct = np.sum([np.asarray(s[1], np.float64) for s in sums], axis=0)
+        results.append({"loss": loss / n, "accuracy": correct / n})
     return results
 
 
@@ -176,7 +176,8 @@ def train_cluster(
     lrs = tuple(jnp.asarray(g.learning_rates, jnp.float32) for g in groups)
     device_images, device_labels = jnp.asarray(images), jnp.asarray(labels)
     device_eval = (jnp.asarray(eval_images), jnp.asarray(eval_labels))
-    evaluator = group_evaluator(model, loss_fn)
+    eval_size = min(1000, len(eval_images))
+    evaluator = group_evaluator(model, loss_fn, eval_size)
 
     def orders_for(epoch: int) -> tuple[np.ndarray, ...]:
         out = []
@@ -213,7 +214,7 @@ def train_cluster(
             losses = tuple(jnp.concatenate(parts) for parts in zip(*per_step))
         jax.block_until_ready(carries)
         times.append(time.perf_counter() - start)
-        scores = evaluate_groups(evaluator, carries, *device_eval)
+        scores = evaluate_groups(evaluator, carries, *device_eval, eval_size)
         history.append([
             {"train_loss": np.asarray(loss).mean(axis=0), "test_loss": s["loss"], "test_accuracy": s["accuracy"]}
             for loss, s in zip(losses, scores)

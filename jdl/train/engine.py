@@ -140,14 +140,21 @@ def scan_epoch(run: Callable, placement: Placement) -> Callable:
     return jax.jit(epoch_fn, donate_argnums=0)
 
 
-def evaluate_arrays(batch_fn: Callable, params, state, images, labels, batch_size: int) -> dict[str, float]:
-    """Mean loss and accuracy over arrays, in batches of ``batch_size``."""
+def windows(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``(start, skip)`` of each evaluation window over ``n`` examples: windows
+    of ``min(batch_size, n)``, the last moved back to fit and told to skip
+    what the one before it counted."""
+    size = min(batch_size, n)
+    return [(min(begin, n - size), begin - min(begin, n - size)) for begin in range(0, n, size)]
+
+
+def evaluate_arrays(window_fn: Callable, params, state, images, labels, batch_size: int) -> dict[str, float]:
+    """Mean loss and accuracy over arrays, one compiled window at a time,
+    fetched together and summed on the host (no eager device ops in between:
+    on a CPU mesh those interleave with collectives and can deadlock them)."""
     n = len(images)
     if n == 0:
         raise ValueError("evaluate: the evaluation data is empty")
-    total_loss, total_correct = 0.0, 0.0
-    for start in range(0, n, batch_size):
-        loss, correct = batch_fn(params, state, images[start : start + batch_size], labels[start : start + batch_size])
-        total_loss += loss
-        total_correct += correct
-    return {"loss": float(total_loss) / n, "accuracy": float(total_correct) / n}
+    outputs = [window_fn(params, state, images, labels, start, skip) for start, skip in windows(n, batch_size)]
+    sums = jax.device_get(outputs)
+    return {"loss": float(sum(loss for loss, _ in sums)) / n, "accuracy": float(sum(c for _, c in sums)) / n}

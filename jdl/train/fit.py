@@ -101,7 +101,9 @@ def _check_model_fits(model: Layer, loss_fn: LossFn, params, state, images: np.n
 def init_model(model: Layer, key: jax.Array, image_shape: tuple[int, ...]):
     """``model.init`` for inputs of ``image_shape``, naming the data's shape on failure."""
     try:
-        return model.init(key, (1, *image_shape))
+        # Compiled, not run op by op: eager initialization compiles every
+        # primitive separately, seconds on an accelerator.
+        return jax.jit(model.init, static_argnums=1)(key, (1, *tuple(image_shape)))
     except ValueError as error:
         raise ValueError(f"the dataset's images of shape {tuple(image_shape)} do not fit the model: {error}") from error
 
@@ -112,8 +114,18 @@ def evaluate(
     """Mean loss and accuracy of the model on ``data`` (a jdl loader or a dict
     with ``image`` and ``label`` arrays), in eval mode."""
     images, labels = _host_arrays(data)
-    fn = jax.jit(eval_step(model, loss_fn))
-    return evaluate_arrays(fn, params, state, jnp.asarray(images), jnp.asarray(labels), batch_size)
+    size = min(batch_size, len(images))
+    fn = jax.jit(eval_step(model, loss_fn, size))
+    return evaluate_arrays(fn, params, state, jnp.asarray(images), jnp.asarray(labels), size)
+
+
+def _compiled_evaluation(model, loss_fn, carry, images, labels, batch_size: int):
+    """The evaluation window compiled ahead (one program for the whole split),
+    and the seconds that took."""
+    size = min(batch_size, len(images))
+    start = time.perf_counter()
+    compiled = jax.jit(eval_step(model, loss_fn, size)).lower(carry.params, carry.state, images, labels, 0, 0).compile()
+    return compiled, time.perf_counter() - start
 
 
 def _timed(fn: Callable, *args):
@@ -204,6 +216,7 @@ def fit(
     run = with_device_transform(train_step(model, loss_fn, optimizer, guard=False), device_transform)
     guarded_step = jax.jit(with_device_transform(train_step(model, loss_fn, optimizer), device_transform))
     params_finite = jax.jit(all_finite)
+    copy_tree = jax.jit(lambda tree: jax.tree_util.tree_map(jnp.copy, tree))
     has_conv = uses_convolution(model, params, state, (1, *train_images.shape[1:]))
     mode = choose_mode(
         mode, has_conv=has_conv, has_host_transform=loader.transform is not None, data_bytes=train_images.nbytes
@@ -213,12 +226,12 @@ def fit(
     steps_per_epoch = len(loader)
     batch_size = loader.batch_size
 
-    eval_fn = jax.jit(eval_step(model, loss_fn))
+    compile_s = 0.0
     if eval_data is not None:
         eval_images, eval_labels = (placement.replicate(jnp.asarray(a)) for a in _host_arrays(eval_data))
+        eval_fn, compile_s = _compiled_evaluation(model, loss_fn, carry, eval_images, eval_labels, eval_batch_size)
 
     step_fns: dict[tuple, Any] = {}
-    compile_s = 0.0
 
     def compiled_step(batch) -> Callable:
         nonlocal compile_s
@@ -233,8 +246,9 @@ def fit(
             jnp.asarray(train_labels))
         full_steps = len(train_images) // batch_size
         order_shape = jax.ShapeDtypeStruct((full_steps, batch_size), jnp.int32, sharding=placement.replicated)
-        epoch_fn, compile_s = _timed(lambda: scan_epoch(run, placement).lower(
+        epoch_fn, seconds = _timed(lambda: scan_epoch(run, placement).lower(
             carry, device_images, device_labels, order_shape, base_key, 0, 0).compile())
+        compile_s += seconds
 
     def save(epoch: int, step: int, carry: Carry, partial: dict):
         if checkpoint_dir is None:
@@ -270,7 +284,7 @@ def fit(
                 partial = {"loss": [], "accuracy": [], "size": []}
             done, pending, compile_before = first_step, [], compile_s
             epoch_start = time.perf_counter()
-            start_carry = jax.tree_util.tree_map(jnp.copy, carry)  # for a replay if the epoch goes bad
+            start_carry = copy_tree(carry)  # for a replay if the epoch goes bad
             if mode == "scan" and first_step == 0:
                 order = orders.pop(epoch) if epoch in orders else loader.permutation(epoch)
                 full = order[: full_steps * batch_size].reshape(full_steps, batch_size)
@@ -322,21 +336,17 @@ def fit(
     return result(carry)
 
 
-def _stack(pending: list) -> dict | None:
-    """The per-step metrics gathered so far as two device vectors."""
-    if not pending:
-        return None
-    return {key: jnp.concatenate([jnp.ravel(m[key]) for m, _ in pending]) for key in ("loss", "accuracy")}
+def _stack(pending: list) -> list | None:
+    """The per-step metrics gathered so far (device arrays; fetched together)."""
+    return [m for m, _ in pending] or None
 
 
-def _append(partial: dict, host: dict | None, sizes: list[int]) -> dict:
+def _append(partial: dict, host: list | None, sizes: list[int]) -> dict:
     if host is None:
         return partial
     return {
-        "loss": partial["loss"] + [float(v) for v in np.asarray(host["loss"]).ravel()],
-        "accuracy": partial["accuracy"] + [float(v) for v in np.asarray(host["accuracy"]).ravel()],
-        "size": partial["size"] + list(sizes),
-    }
+        key: partial[key] + [float(v) for m in host for v in np.ravel(m[key])] for key in ("loss", "accuracy")
+    } | {"size": partial["size"] + list(sizes)}
 
 
 def _replay_guarded(step, carry, loader, placement, base_key, epoch, first_step, steps_per_epoch, fast_first_bad):

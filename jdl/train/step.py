@@ -151,12 +151,22 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: GradientTransforma
     return jax.jit(plain_step, donate_argnums=(0, 1, 2))
 
 
-def eval_step(model: Layer, loss_fn: LossFn) -> Callable:
-    """``(params, state, images, labels) -> (summed loss, number correct)`` for one batch."""
+def eval_step(model: Layer, loss_fn: LossFn, batch_size: int) -> Callable:
+    """``(params, state, images, labels, start, skip) -> (summed loss, number
+    correct)`` over the window ``images[start:start + batch_size]``, leaving
+    out its first ``skip`` examples (so the last, overlapping window of a split
+    counts each example once).  ``start`` and ``skip`` are traced: one
+    compiled program serves the whole split.  The per-example loss is
+    ``loss_fn`` applied to each example alone."""
 
-    def evaluate_batch(params, state, images, labels):
-        logits, _ = model.apply(params, state, images, train=False)
-        n = images.shape[0]
-        return loss_fn(logits, labels) * n, accuracy(logits, labels) * n
+    def evaluate_window(params, state, images, labels, start, skip):
+        x = lax.dynamic_slice_in_dim(images, start, batch_size)
+        y = lax.dynamic_slice_in_dim(labels, start, batch_size)
+        logits, _ = model.apply(params, state, x, train=False)
+        per_example = jax.vmap(lambda logit, label: loss_fn(logit[None], label[None]))(logits, y)
+        targets = jnp.argmax(y, axis=-1) if y.ndim == logits.ndim else y
+        correct = jnp.argmax(logits, axis=-1) == targets
+        keep = jnp.arange(batch_size) >= skip
+        return jnp.sum(jnp.where(keep, per_example, 0.0)), jnp.sum(jnp.where(keep, correct, 0))
 
-    return evaluate_batch
+    return evaluate_window
