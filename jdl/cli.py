@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--optimizers", default="gd,sgd,minibatch,momentum,adagrad,rmsprop,adadelta,adam",
                          help="comma-separated preset, jdl.optim or optax.<name> optimizers")
     compare.add_argument("--seeds", type=_positive_int, default=2, help="number of seeds per optimizer")
-    compare.add_argument("--epochs", type=_positive_int, default=5)
+    compare.add_argument("--epochs", type=_positive_int, default=10)
     compare.add_argument("--batch-size", type=_positive_int, default=128)
     compare.add_argument("--learning-rates", help="comma-separated grid searched per optimizer (DeepOBS protocol)")
     compare.add_argument("--target-accuracy", type=float, default=0.9)

@@ -185,14 +185,13 @@ def fit(
         raise ValueError(f"fit: eval_batch_size must be >= 1; got {eval_batch_size}")
     loader = train_data
     base_key, init_key = jax.random.split(jax.random.key(seed))
-    arrays = loader.arrays()
-    train_images, train_labels = np.asarray(arrays["image"]), np.asarray(arrays["label"])
-    sample = loader.batch(np.arange(min(2, len(train_labels))))
+    image_shape = tuple(loader.image_shape)
+    sample = loader.batch(np.arange(min(2, loader.num_examples)))
     sample_images, sample_labels = np.asarray(sample["image"]), np.asarray(sample["label"])
     if params is None:
         params, state = init_model(model, init_key, sample_images.shape[1:])
     state = {} if state is None else state
-    classes = getattr(loader, "num_classes", None) or int(train_labels.max()) + 1
+    classes = loader.num_classes
     _check_model_fits(model, loss_fn, params, state, sample_images, sample_labels, classes)
     opt_state = optimizer.init(params)
 
@@ -217,10 +216,9 @@ def fit(
     guarded_step = jax.jit(with_device_transform(train_step(model, loss_fn, optimizer), device_transform))
     params_finite = jax.jit(all_finite)
     copy_tree = jax.jit(lambda tree: jax.tree_util.tree_map(jnp.copy, tree))
-    has_conv = uses_convolution(model, params, state, (1, *train_images.shape[1:]))
-    mode = choose_mode(
-        mode, has_conv=has_conv, has_host_transform=loader.transform is not None, data_bytes=train_images.nbytes
-    )
+    has_conv = uses_convolution(model, params, state, (1, *image_shape))
+    data_bytes = loader.num_examples * int(np.prod(image_shape)) * 4  # float32 on the device
+    mode = choose_mode(mode, has_conv=has_conv, has_host_transform=loader.transform is not None, data_bytes=data_bytes)
     carry = placement.replicate(Carry(params, state, opt_state, jnp.int32(-1)))
     base_key = placement.replicate(base_key)
     steps_per_epoch = len(loader)
@@ -242,9 +240,10 @@ def fit(
         return step_fns[signature]
 
     if mode == "scan":
-        device_images, device_labels = placement.replicate(jnp.asarray(train_images)), placement.replicate(
-            jnp.asarray(train_labels))
-        full_steps = len(train_images) // batch_size
+        arrays = loader.arrays()
+        device_images, device_labels = placement.replicate(jnp.asarray(arrays["image"])), placement.replicate(
+            jnp.asarray(arrays["label"]))
+        full_steps = loader.num_examples // batch_size
         order_shape = jax.ShapeDtypeStruct((full_steps, batch_size), jnp.int32, sharding=placement.replicated)
         epoch_fn, seconds = _timed(lambda: scan_epoch(run, placement).lower(
             carry, device_images, device_labels, order_shape, base_key, 0, 0).compile())
