@@ -119,16 +119,19 @@ def _band(runs: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def plot(result: Comparison, directory: str | Path) -> list[Path]:
     """training_loss.png and test_accuracy.png (mean over seeds with a ±std
     band), and lr_sensitivity.png when a grid was searched."""
-    import matplotlib
+    # A Figure of its own, not pyplot: the process's backend (a notebook's
+    # inline one) is left alone.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def subplots():
+        fig = Figure(figsize=(7, 4.5))
+        return fig, fig.add_subplot()
 
     directory = Path(directory)
     paths = []
     for key, label, name, log in (("train_loss", "training loss", "training_loss.png", True),
                                   ("test_accuracy", "test accuracy", "test_accuracy.png", False)):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = subplots()
         for optimizer, runs in by_optimizer(result.runs).items():
             runs = [r for r in runs if r["epochs"]]
             if not runs:
@@ -145,10 +148,9 @@ def plot(result: Comparison, directory: str | Path) -> list[Path]:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(directory / name, dpi=110)
-        plt.close(fig)
         paths.append(directory / name)
     if result.lr_search:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = subplots()
         for optimizer, entries in by_optimizer(result.lr_search).items():
             entries = sorted(entries, key=lambda e: e["learning_rate"])
             ax.plot([e["learning_rate"] for e in entries], [e["validation_accuracy"] for e in entries],
@@ -161,6 +163,5 @@ def plot(result: Comparison, directory: str | Path) -> list[Path]:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(directory / "lr_sensitivity.png", dpi=110)
-        plt.close(fig)
         paths.append(directory / "lr_sensitivity.png")
     return paths
