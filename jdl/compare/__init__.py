@@ -30,7 +30,7 @@ from jdl import losses, models
 from jdl.compare.engine import Group, choose_strategy, train_cluster
 from jdl.compare.presets import CLASSIC, FULL_BATCH, PRESETS, Preset, preset
 from jdl.compare.report import Comparison, format_table, plot
-from jdl.train.engine import uses_convolution
+from jdl.train.engine import choose_mode, uses_convolution
 
 __all__ = ["run", "Comparison", "CLASSIC", "PRESETS", "preset", "default_out_dir", "check_out_dir", "format_table",
            "plot"]  # fmt: skip
@@ -168,11 +168,13 @@ def run(
                           data_dir=data_dir, manual_dir=manual_dir)  # fmt: skip
     test = jdl_data.load(dataset, split="test", batch_size=batch_size, shuffle=False, data_dir=data_dir,
                          manual_dir=manual_dir)  # fmt: skip
-    images, labels = train.arrays()["image"], train.arrays()["label"]
-    test_images, test_labels = test.arrays()["image"], test.arrays()["label"]
+    train_arrays, test_arrays = train.arrays(), test.arrays()
+    images, labels = train_arrays["image"], train_arrays["label"]
+    test_images, test_labels = test_arrays["image"], test_arrays["label"]
     net = models.get(model, num_classes=train.num_classes)
     has_conv = _has_convolution(net, images.shape[1:])
-    use_scan = not (has_conv and jax.devices()[0].platform == "cpu")  # convolutions in scan: slow on the CPU
+    # The training engine's rule: no scan for convolutions on the CPU, nor for data too big for the device.
+    use_scan = choose_mode("auto", has_conv=has_conv, has_host_transform=False, data_bytes=images.nbytes) == "scan"
     strategy = choose_strategy(has_conv)
     loss_fn = losses.cross_entropy
     started = time.perf_counter()
@@ -214,14 +216,10 @@ def run(
             else:
                 chosen_lr[name] = min(grids[name])
 
-    loaders = {}
-
     def permutation(seed: int, epoch: int) -> np.ndarray:
-        if seed not in loaders:
-            loaders[seed] = train if seed == seed_list[0] else jdl_data.load(
-                dataset, split="train", batch_size=batch_size, shuffle=True, seed=seed, data_dir=data_dir,
-                manual_dir=manual_dir)  # fmt: skip
-        return loaders[seed].permutation(epoch)
+        """The order ``jdl.data``'s loader gives ``seed`` in ``epoch`` (a loader over the same arrays)."""
+        return jdl_data.Loader(images, labels, batch_size=batch_size, seed=seed,
+                               num_classes=train.num_classes).permutation(epoch)
 
     configs = {name: (chosen[name], [chosen_lr[name]] * len(seed_list), seed_list) for name in names}
     runs, info = _train(net, loss_fn, configs, images, labels, test_images, test_labels, permutation, epochs,

@@ -123,9 +123,8 @@ def _compiled_evaluation(model, loss_fn, carry, images, labels, batch_size: int)
     """The evaluation window compiled ahead (one program for the whole split),
     and the seconds that took."""
     size = min(batch_size, len(images))
-    start = time.perf_counter()
-    compiled = jax.jit(eval_step(model, loss_fn, size)).lower(carry.params, carry.state, images, labels, 0, 0).compile()
-    return compiled, time.perf_counter() - start
+    window = jax.jit(eval_step(model, loss_fn, size))
+    return _timed(lambda: window.lower(carry.params, carry.state, images, labels, 0, 0).compile())
 
 
 def _timed(fn: Callable, *args):
@@ -196,7 +195,7 @@ def fit(
     opt_state = optimizer.init(params)
 
     history: list[dict] = []
-    start_epoch, start_step, partial = 0, 0, {"loss": [], "accuracy": [], "size": []}
+    start_epoch, start_step, partial = 0, 0, _no_steps()
     resume_dir = checkpoint_dir if resume is True else resume
     if resume:
         if resume_dir is None:
@@ -280,7 +279,7 @@ def fit(
         for epoch in bar:
             first_step = start_step if epoch == start_epoch else 0
             if epoch != start_epoch:
-                partial = {"loss": [], "accuracy": [], "size": []}
+                partial = _no_steps()
             done, pending, compile_before = first_step, [], compile_s
             epoch_start = time.perf_counter()
             start_carry = copy_tree(carry)  # for a replay if the epoch goes bad
@@ -306,15 +305,16 @@ def fit(
                 pending.append((metrics, [len(batch["label"])]))
                 done = index + 1
             # One host sync per epoch: the step metrics, the first bad step, whether the parameters are finite.
-            host, first_bad, finite = jax.device_get((_stack(pending), carry.first_bad, params_finite(carry.params)))
-            partial, pending = _append(partial, host, [n for _, sizes in pending for n in sizes]), []
+            fetched, first_bad, finite = jax.device_get(
+                ([m for m, _ in pending], carry.first_bad, params_finite(carry.params)))
+            partial, pending = _append(partial, fetched, pending), []
             first_bad = int(first_bad)
             time_s = time.perf_counter() - epoch_start - (compile_s - compile_before)
             if first_bad >= 0 or not bool(finite):
                 carry, first_bad = _replay_guarded(guarded_step, start_carry, loader, placement, base_key, epoch,
                                                    first_step, steps_per_epoch, first_bad)  # fmt: skip
                 bad_epoch, bad_step = divmod(first_bad, steps_per_epoch)
-                path = save(bad_epoch, bad_step, carry, {"loss": [], "accuracy": [], "size": []})
+                path = save(bad_epoch, bad_step, carry, _no_steps())
                 raise NonFiniteLossError(bad_epoch + 1, bad_step, steps_per_epoch, result(carry), path)
             record = _epoch_record(epoch, partial, time_s, compile_s)
             if eval_data is not None:
@@ -322,7 +322,7 @@ def fit(
                                                   eval_images, eval_labels, eval_batch_size)
                 record["test_loss"], record["test_accuracy"] = scores["loss"], scores["accuracy"]
             history.append(record)
-            partial, done = {"loss": [], "accuracy": [], "size": []}, 0
+            partial, done = _no_steps(), 0
             save(epoch + 1, 0, carry, partial)
             _show(bar, record)
             if stop_when is not None and stop_when(record):
@@ -335,17 +335,17 @@ def fit(
     return result(carry)
 
 
-def _stack(pending: list) -> list | None:
-    """The per-step metrics gathered so far (device arrays; fetched together)."""
-    return [m for m, _ in pending] or None
+def _no_steps() -> dict:
+    """The per-step metrics of an epoch before its first step."""
+    return {"loss": [], "accuracy": [], "size": []}
 
 
-def _append(partial: dict, host: list | None, sizes: list[int]) -> dict:
-    if host is None:
-        return partial
+def _append(partial: dict, fetched: list, pending: list) -> dict:
+    """``partial`` extended by the ``pending`` steps, whose metrics were
+    fetched to the host as ``fetched`` (one entry per pending item)."""
     return {
-        key: partial[key] + [float(v) for m in host for v in np.ravel(m[key])] for key in ("loss", "accuracy")
-    } | {"size": partial["size"] + list(sizes)}
+        key: partial[key] + [float(v) for m in fetched for v in np.ravel(m[key])] for key in ("loss", "accuracy")
+    } | {"size": partial["size"] + [n for _, sizes in pending for n in sizes]}
 
 
 def _replay_guarded(step, carry, loader, placement, base_key, epoch, first_step, steps_per_epoch, fast_first_bad):
@@ -368,7 +368,7 @@ def _replay_guarded(step, carry, loader, placement, base_key, epoch, first_step,
 
 def _flush(partial: dict, pending: list) -> dict:
     """Fetch the per-step metrics gathered so far in one transfer."""
-    return _append(partial, jax.device_get(_stack(pending)), [n for _, sizes in pending for n in sizes])
+    return _append(partial, jax.device_get([m for m, _ in pending]), pending)
 
 
 def _epoch_record(epoch: int, partial: dict, time_s: float, compile_s: float) -> dict:
