@@ -25,13 +25,15 @@ else:
 
 from jdl import losses, models, optim
 from jdl.compare.engine import Group, choose_strategy, train_cluster
+from jdl.data.loader import Loader
 
 
 def _epoch_seconds(model, data, test, lrs, seeds, batch, epochs, use_scan, strategy="vmap"):
     group = Group("adam", optim.adam, np.asarray(lrs, np.float32), np.asarray(seeds))
     out = train_cluster(
         model, losses.cross_entropy, [group], batch_size=batch, images=data["image"], labels=data["label"],
-        permutation=lambda seed, epoch: np.random.default_rng([seed, epoch]).permutation(len(data["label"])),
+        permutation=lambda seed, epoch: Loader(data["image"], data["label"], batch_size=batch, seed=seed,
+                                               num_classes=10).permutation(epoch),
         epochs=epochs, eval_images=test["image"], eval_labels=test["label"], use_scan=use_scan, strategy=strategy,
     )  # fmt: skip
     return common.median(out["times"][1:]), out["compile_s"], out["history"][-1][0]["test_accuracy"]

@@ -11,15 +11,10 @@ Usage: python benchmarks/scaling.py [--quick]
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import flax.linen as fnn
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from flax.training import train_state
 
 if __package__ in (None, ""):
     import common  # type: ignore[no-redef]
@@ -27,8 +22,7 @@ if __package__ in (None, ""):
 else:
     from benchmarks import common, train_epoch
 
-from jdl import losses, models, optim, train
-from jdl.data.loader import Loader
+from jdl import models
 
 
 class FlaxWideMLP(fnn.Module):
@@ -40,40 +34,18 @@ class FlaxWideMLP(fnn.Module):
         return fnn.Dense(10)(fnn.relu(fnn.Dense(self.width)(x)))
 
 
-def _flax_epoch(width: int, data: dict, batch: int, epochs: int) -> float:
-    module = FlaxWideMLP(width)
-    params = module.init(jax.random.key(0), jnp.zeros((1, *data["image"].shape[1:])))["params"]
-    state = train_state.TrainState.create(apply_fn=module.apply, params=params, tx=optax.adam(1e-3))
-    n = len(data["label"]) // batch * batch
-    images, labels = jnp.asarray(data["image"]), jnp.asarray(data["label"])
-    rng = np.random.default_rng(0)
-    compiled = train_epoch.flax_scan.lower(state, images, labels, jnp.zeros((n // batch, batch), jnp.int32)).compile()
-    times = []
-    for _ in range(epochs):
-        order = jnp.asarray(rng.permutation(len(data["label"]))[:n].reshape(-1, batch))
-        start = time.perf_counter()
-        state = jax.block_until_ready(compiled(state, images, labels, order))
-        times.append(time.perf_counter() - start)
-    return common.median(times[1:])
-
-
-def _jdl_epoch(width: int, data: dict, batch: int, epochs: int) -> float:
-    loader = Loader(data["image"], data["label"], batch_size=batch, shuffle=True, seed=0, drop_remainder=True)
-    result = train.fit(models.mlp(hidden=(width,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=epochs,
-                       mode="scan", progress=False)  # fmt: skip
-    return common.median([h["time_s"] for h in result.history[1:]])
-
-
 def run(quick: bool = False, out: Path | None = None) -> list[dict]:
     on_cpu = jax.devices()[0].platform == "cpu"
     widths = (64, 512) if quick else (64, 256, 1024, 4096)
     batches = (32, 256) if quick else (32, 128, 512, 2048)
-    data, _, source = common.mnist_shaped(4096 if quick else (16384 if on_cpu else 60000))
+    data, test, source = common.mnist_shaped(4096 if quick else (16384 if on_cpu else 60000))
+    test = {key: value[:1000] for key, value in test.items()}
     epochs = 3
     records = []
     for width in widths:
         for batch in batches:
-            ours, ref = _jdl_epoch(width, data, batch, epochs), _flax_epoch(width, data, batch, epochs)
+            ours = train_epoch.time_jdl(models.mlp(hidden=(width,)), "scan", data, test, batch, epochs)[0]
+            ref = train_epoch.time_flax(FlaxWideMLP(width), "scan", data, test, batch, epochs)[0]
             records.append(common.line(f"scaling/mlp_w{width}/b{batch}", ours, "flax+optax scan", ref, width=width,
                                        batch_size=batch, examples=len(data["label"]), data=source))  # fmt: skip
     _plot(records, out or Path(__file__).parent / "results" / f"scaling-{common.device_name().replace(':', '_')}.png")

@@ -48,7 +48,7 @@ def jdl_time(name: str, data: dict, test: dict, max_epochs: int) -> dict:
 
 def flax_time(name: str, data: dict, test: dict, max_epochs: int) -> dict:
     start = time.perf_counter()
-    state = train_epoch._flax_state(name, data["image"].shape[1:])
+    state = train_epoch._flax_state(train_epoch.FLAX[name](), data["image"].shape[1:])
     rng = np.random.default_rng(0)
     n = len(data["label"]) // 128 * 128
     images, labels = jnp.asarray(data["image"]), jnp.asarray(data["label"])
