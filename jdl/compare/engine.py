@@ -211,7 +211,7 @@ def train_cluster(
                 carries, loss = compiled(carries, lrs, device_images, device_labels, step_orders, base_keys,
                                          epoch, index, epoch * steps + index)
                 per_step.append(loss)
-            losses = tuple(jnp.concatenate(parts) for parts in zip(*per_step))
+            losses = tuple(np.concatenate(parts) for parts in zip(*jax.device_get(per_step)))  # on the host
         jax.block_until_ready(carries)
         times.append(time.perf_counter() - start)
         scores = evaluate_groups(evaluator, carries, *device_eval, eval_size)
