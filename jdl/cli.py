@@ -69,8 +69,9 @@ def run_train(args: argparse.Namespace) -> int:
     from jdl import losses, models, optim, train
 
     out = _out_dir(args.out, "train")
-    hyper = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
-    optimizer = optim.get(args.optimizer, **hyper)
+    name = args.optimizer.strip().lower().replace("-", "_")  # as optim.get reads it
+    learning_rate = optim.DEFAULT_LEARNING_RATES.get(name) if args.learning_rate is None else args.learning_rate
+    optimizer = optim.get(args.optimizer, learning_rate=learning_rate)
     models.get(args.model)  # unknown names fail before any data is read
     common = {"batch_size": args.batch_size, "data_dir": args.data_dir, "manual_dir": args.manual_dir}
     train_data = jdl.data.load(args.dataset, split="train", shuffle=True, seed=args.seed, **common)
@@ -78,8 +79,6 @@ def run_train(args: argparse.Namespace) -> int:
     model = models.get(args.model, num_classes=train_data.num_classes)
     result = train.fit(model, losses.cross_entropy, optimizer, train_data, epochs=args.epochs, eval_data=test_data,
                        seed=args.seed)  # fmt: skip
-    learning_rate = args.learning_rate if args.learning_rate is not None else optim.DEFAULT_LEARNING_RATES[
-        args.optimizer.lower()]
     record = {"dataset": args.dataset, "model": args.model, "runs": [{
         "optimizer": args.optimizer, "learning_rate": learning_rate, "seed": args.seed,
         "batch_size": args.batch_size,
