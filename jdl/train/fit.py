@@ -12,20 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdl.data.prefetch import prefetch_to_device
 from jdl.nn import Layer
 from jdl.optim import GradientTransformation
 from jdl.train import checkpoint as ckpt
-from jdl.train.engine import (
-    Placement,
-    choose_mode,
-    evaluate_arrays,
-    scan_epoch,
-    stream_step,
-    uses_convolution,
-    with_device_transform,
-)
-from jdl.train.step import Carry, LossFn, all_finite, eval_step, train_step
+from jdl.train.engine import Placement, choose_mode, evaluate_arrays, uses_convolution, with_device_transform
+from jdl.train.runner import EpochRunner, timed
+from jdl.train.step import Carry, LossFn, eval_step, train_step
 
 
 class TrainResult(NamedTuple):
@@ -73,8 +65,9 @@ def _host_arrays(data) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(arrays["image"]), np.asarray(arrays["label"])
 
 
-def _check_model_fits(model: Layer, loss_fn: LossFn, params, state, images: np.ndarray, labels: np.ndarray,
-                      classes: int) -> None:
+def _check_model_fits(
+    model: Layer, loss_fn: LossFn, params, state, images: np.ndarray, labels: np.ndarray, classes: int
+) -> None:
     """Raise a ValueError naming both shapes if the data does not fit the model
     or the model's output does not fit the loss and labels."""
     x = jax.ShapeDtypeStruct((2, *images.shape[1:]), jnp.float32)
@@ -108,9 +101,7 @@ def init_model(model: Layer, key: jax.Array, image_shape: tuple[int, ...]):
         raise ValueError(f"the dataset's images of shape {tuple(image_shape)} do not fit the model: {error}") from error
 
 
-def evaluate(
-    model: Layer, loss_fn: LossFn, params, state, data, *, batch_size: int = 1000
-) -> dict[str, float]:
+def evaluate(model: Layer, loss_fn: LossFn, params, state, data, *, batch_size: int = 1000) -> dict[str, float]:
     """Mean loss and accuracy of the model on ``data`` (a jdl loader or a dict
     with ``image`` and ``label`` arrays), in eval mode."""
     images, labels = _host_arrays(data)
@@ -124,13 +115,7 @@ def _compiled_evaluation(model, loss_fn, carry, images, labels, batch_size: int)
     and the seconds that took."""
     size = min(batch_size, len(images))
     window = jax.jit(eval_step(model, loss_fn, size))
-    return _timed(lambda: window.lower(carry.params, carry.state, images, labels, 0, 0).compile())
-
-
-def _timed(fn: Callable, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - start
+    return timed(window.lower(carry.params, carry.state, images, labels, 0, 0).compile)
 
 
 def fit(
@@ -184,155 +169,121 @@ def fit(
         raise ValueError(f"fit: eval_batch_size must be >= 1; got {eval_batch_size}")
     loader = train_data
     base_key, init_key = jax.random.split(jax.random.key(seed))
-    image_shape = tuple(loader.image_shape)
-    sample = loader.batch(np.arange(min(2, loader.num_examples)))
-    sample_images, sample_labels = np.asarray(sample["image"]), np.asarray(sample["label"])
-    if params is None:
-        params, state = init_model(model, init_key, sample_images.shape[1:])
-    state = {} if state is None else state
-    classes = loader.num_classes
-    _check_model_fits(model, loss_fn, params, state, sample_images, sample_labels, classes)
+    params, state = _checked_model(model, loss_fn, loader, init_key, params, state)
     opt_state = optimizer.init(params)
-
-    history: list[dict] = []
-    start_epoch, start_step, partial = 0, 0, _no_steps()
-    resume_dir = checkpoint_dir if resume is True else resume
+    start = _Start(params, state, opt_state, epoch=0, step=0, history=[], partial=_no_steps())
     if resume:
-        if resume_dir is None:
-            raise ValueError("fit: resume=True needs checkpoint_dir")
-        target = {"params": params, "state": state, "opt_state": opt_state}
-        restored = ckpt.load(resume_dir, target)
-        raw = ckpt.load_raw(resume_dir)
-        params, state, opt_state = restored["params"], restored["state"], restored["opt_state"]
-        if int(raw["seed"]) != seed:
-            raise ValueError(f"fit: the checkpoint in {resume_dir} was made with seed {int(raw['seed'])}, not {seed}")
-        start_epoch, start_step = int(raw["epoch"]), int(raw["step"])
-        history = json.loads(bytes(raw["history"]).decode())
-        partial = json.loads(bytes(raw["partial"]).decode())
+        start = _restore(checkpoint_dir if resume is True else resume, start, seed)
+    history, partial = start.history, start.partial
 
     placement = Placement(loader.batch_size, data_parallel)
     run = with_device_transform(train_step(model, loss_fn, optimizer, guard=False), device_transform)
     guarded_step = jax.jit(with_device_transform(train_step(model, loss_fn, optimizer), device_transform))
-    params_finite = jax.jit(all_finite)
-    copy_tree = jax.jit(lambda tree: jax.tree_util.tree_map(jnp.copy, tree))
-    has_conv = uses_convolution(model, params, state, (1, *image_shape))
+    image_shape = (1, *loader.image_shape)
     data_bytes = loader.num_examples * int(np.prod(image_shape)) * 4  # float32 on the device
-    mode = choose_mode(mode, has_conv=has_conv, has_host_transform=loader.transform is not None, data_bytes=data_bytes)
-    carry = placement.replicate(Carry(params, state, opt_state, jnp.int32(-1)))
-    base_key = placement.replicate(base_key)
-    steps_per_epoch = len(loader)
-    batch_size = loader.batch_size
-
-    compile_s = 0.0
+    mode = choose_mode(mode, has_conv=uses_convolution(model, start.params, start.state, image_shape),
+                       has_host_transform=loader.transform is not None, data_bytes=data_bytes)  # fmt: skip
+    carry = placement.replicate(Carry(start.params, start.state, start.opt_state, jnp.int32(-1)))
+    runner = EpochRunner(run, loader, placement, mode, carry, placement.replicate(base_key))
+    runner.done = start.step
     if eval_data is not None:
         eval_images, eval_labels = (placement.replicate(jnp.asarray(a)) for a in _host_arrays(eval_data))
-        eval_fn, compile_s = _compiled_evaluation(model, loss_fn, carry, eval_images, eval_labels, eval_batch_size)
-
-    step_fns: dict[tuple, Any] = {}
-
-    def compiled_step(batch) -> Callable:
-        nonlocal compile_s
-        signature = tuple((k, v.shape) for k, v in batch.items())
-        if signature not in step_fns:
-            fn, seconds = _timed(lambda: stream_step(run).lower(carry, batch, base_key, 0, 0, 0).compile())
-            step_fns[signature], compile_s = fn, compile_s + seconds
-        return step_fns[signature]
-
-    if mode == "scan":
-        arrays = loader.arrays()
-        device_images, device_labels = placement.replicate(jnp.asarray(arrays["image"])), placement.replicate(
-            jnp.asarray(arrays["label"]))
-        full_steps = loader.num_examples // batch_size
-        order_shape = jax.ShapeDtypeStruct((full_steps, batch_size), jnp.int32, sharding=placement.replicated)
-        epoch_fn, seconds = _timed(lambda: scan_epoch(run, placement).lower(
-            carry, device_images, device_labels, order_shape, base_key, 0, 0).compile())
-        compile_s += seconds
+        eval_fn, seconds = _compiled_evaluation(model, loss_fn, carry, eval_images, eval_labels, eval_batch_size)
+        runner.compile_s += seconds
 
     def save(epoch: int, step: int, carry: Carry, partial: dict):
         if checkpoint_dir is None:
             return None
-        payload = {
-            "params": carry.params, "state": carry.state, "opt_state": carry.opt_state,
-            "epoch": np.int64(epoch), "step": np.int64(step), "seed": np.int64(seed),
-            "rng": jax.random.key_data(jax.random.key(seed)),
-            "loader": {k: np.int64(v) for k, v in {"epoch": epoch, "step": step, "seed": loader.seed}.items()},
-            "history": np.frombuffer(json.dumps(history).encode(), np.uint8),
-            "partial": np.frombuffer(json.dumps(partial).encode(), np.uint8),
-        }  # fmt: skip
-        return ckpt.save(checkpoint_dir, payload)
+        return ckpt.save(checkpoint_dir, _payload(carry, epoch, step, seed, loader.seed, history, partial))
 
     def result(carry: Carry) -> TrainResult:
         return TrainResult(carry.params, carry.state, carry.opt_state, history)
 
-    orders: dict[int, np.ndarray] = {}
-    on_accelerator = jax.devices()[0].platform != "cpu"
-
-    def feed(loader):
-        """Host batches; on an accelerator put on the device ahead by a background thread."""
-        if on_accelerator and (placement.num_devices == 1 or loader.drop_remainder):
-            return prefetch_to_device(loader, size=2, sharding=placement.batch)
-        return (placement.shard_batch(batch) for batch in loader)
-
-    bar = _progress(range(start_epoch, epochs), progress, epochs, start_epoch)
-    epoch, done, pending = start_epoch, start_step, []
+    bar = _progress(range(start.epoch, epochs), progress, epochs, start.epoch)
+    epoch = start.epoch
     try:
         for epoch in bar:
-            first_step = start_step if epoch == start_epoch else 0
-            if epoch != start_epoch:
+            first_step = start.step if epoch == start.epoch else 0
+            if epoch != start.epoch:
                 partial = _no_steps()
-            done, pending, compile_before = first_step, [], compile_s
-            epoch_start = time.perf_counter()
-            start_carry = copy_tree(carry)  # for a replay if the epoch goes bad
-            if mode == "scan" and first_step == 0:
-                order = orders.pop(epoch) if epoch in orders else loader.permutation(epoch)
-                full = order[: full_steps * batch_size].reshape(full_steps, batch_size)
-                carry, metrics = epoch_fn(
-                    carry, device_images, device_labels, placement.replicate(jnp.asarray(full, jnp.int32)),
-                    base_key, epoch, epoch * steps_per_epoch)
-                pending.append((metrics, [batch_size] * full_steps))
-                orders[epoch + 1] = loader.permutation(epoch + 1)  # on the host while the device trains
-                batches = []
-                rest = order[full_steps * batch_size:]
-                if len(rest) and not loader.drop_remainder:
-                    batches = [(full_steps, {"image": device_images[rest], "label": device_labels[rest]})]
-                done = full_steps
-            else:
-                loader.load_state_dict({"epoch": epoch, "step": first_step, "seed": loader.seed})
-                batches = ((first_step + i, b) for i, b in enumerate(feed(loader)))
-            for index, batch in batches:
-                fn = compiled_step(batch)
-                carry, metrics = fn(carry, batch, base_key, epoch, index, epoch * steps_per_epoch + index)
-                pending.append((metrics, [len(batch["label"])]))
-                done = index + 1
-            # One host sync per epoch: the step metrics, the first bad step, whether the parameters are finite.
-            fetched, first_bad, finite = jax.device_get(
-                ([m for m, _ in pending], carry.first_bad, params_finite(carry.params)))
-            partial, pending = _append(partial, fetched, pending), []
-            first_bad = int(first_bad)
-            time_s = time.perf_counter() - epoch_start - (compile_s - compile_before)
-            if first_bad >= 0 or not bool(finite):
-                carry, first_bad = _replay_guarded(guarded_step, start_carry, loader, placement, base_key, epoch,
-                                                   first_step, steps_per_epoch, first_bad)  # fmt: skip
-                bad_epoch, bad_step = divmod(first_bad, steps_per_epoch)
+            compile_before, epoch_start = runner.compile_s, time.perf_counter()
+            start_carry = runner.snapshot()  # for a replay if the epoch goes bad
+            runner.train_epoch(epoch, first_step)
+            fetched, first_bad, finite = runner.fetch()  # one host sync per epoch
+            partial, runner.pending = _append(partial, fetched, runner.pending), []
+            time_s = time.perf_counter() - epoch_start - (runner.compile_s - compile_before)
+            if first_bad >= 0 or not finite:
+                carry, first_bad = runner.replay_guarded(guarded_step, start_carry, epoch, first_step, first_bad)
+                bad_epoch, bad_step = divmod(first_bad, runner.steps_per_epoch)
                 path = save(bad_epoch, bad_step, carry, _no_steps())
-                raise NonFiniteLossError(bad_epoch + 1, bad_step, steps_per_epoch, result(carry), path)
-            record = _epoch_record(epoch, partial, time_s, compile_s)
+                raise NonFiniteLossError(bad_epoch + 1, bad_step, runner.steps_per_epoch, result(carry), path)
+            record = _epoch_record(epoch, partial, time_s, runner.compile_s)
             if eval_data is not None:
-                scores, record["eval_s"] = _timed(evaluate_arrays, eval_fn, carry.params, carry.state,
-                                                  eval_images, eval_labels, eval_batch_size)
+                scores, record["eval_s"] = timed(evaluate_arrays, eval_fn, runner.carry.params, runner.carry.state,
+                                                 eval_images, eval_labels, eval_batch_size)  # fmt: skip
                 record["test_loss"], record["test_accuracy"] = scores["loss"], scores["accuracy"]
             history.append(record)
-            partial, done = _no_steps(), 0
-            save(epoch + 1, 0, carry, partial)
+            partial, runner.done = _no_steps(), 0
+            save(epoch + 1, 0, runner.carry, partial)
             _show(bar, record)
             if stop_when is not None and stop_when(record):
                 break
     except KeyboardInterrupt as interrupt:
-        alive = not any(getattr(leaf, "is_deleted", lambda: False)() for leaf in jax.tree_util.tree_leaves(carry))
-        path = save(epoch, done, carry, _flush(partial, pending)) if alive else None
-        raise TrainingInterrupted(result(carry) if alive else TrainResult(None, None, None, history), path) \
-            from interrupt
-    return result(carry)
+        if not runner.carry_alive():
+            raise TrainingInterrupted(TrainResult(None, None, None, history)) from interrupt
+        so_far = _append(partial, runner.fetch_pending(), runner.pending)
+        raise TrainingInterrupted(result(runner.carry), save(epoch, runner.done, runner.carry, so_far)) from interrupt
+    return result(runner.carry)
+
+
+class _Start(NamedTuple):
+    """Where training starts: a fresh model or a checkpoint's contents."""
+
+    params: Any
+    state: Any
+    opt_state: Any
+    epoch: int
+    step: int
+    history: list[dict]
+    partial: dict
+
+
+def _checked_model(model: Layer, loss_fn: LossFn, loader, init_key: jax.Array, params, state):
+    """``(params, state)``: given, or initialized for the loader's images;
+    checked to fit the loader's images and labels and the loss."""
+    sample = loader.batch(np.arange(min(2, loader.num_examples)))
+    images, labels = np.asarray(sample["image"]), np.asarray(sample["label"])
+    if params is None:
+        params, state = init_model(model, init_key, images.shape[1:])
+    state = {} if state is None else state
+    _check_model_fits(model, loss_fn, params, state, images, labels, loader.num_classes)
+    return params, state
+
+
+def _restore(directory, fresh: _Start, seed: int) -> _Start:
+    """The checkpoint in ``directory``, read into the structure of ``fresh``."""
+    if directory is None:
+        raise ValueError("fit: resume=True needs checkpoint_dir")
+    restored = ckpt.load(directory, {"params": fresh.params, "state": fresh.state, "opt_state": fresh.opt_state})
+    raw = ckpt.load_raw(directory)
+    if int(raw["seed"]) != seed:
+        raise ValueError(f"fit: the checkpoint in {directory} was made with seed {int(raw['seed'])}, not {seed}")
+    return _Start(restored["params"], restored["state"], restored["opt_state"], int(raw["epoch"]),
+                  int(raw["step"]), json.loads(bytes(raw["history"]).decode()),
+                  json.loads(bytes(raw["partial"]).decode()))  # fmt: skip
+
+
+def _payload(carry: Carry, epoch: int, step: int, seed: int, loader_seed, history: list, partial: dict) -> dict:
+    """A checkpoint's contents: the carry, where training stands, and the
+    history (JSON in bytes: msgpack keeps arrays, not nested lists of dicts)."""
+    return {
+        "params": carry.params, "state": carry.state, "opt_state": carry.opt_state,
+        "epoch": np.int64(epoch), "step": np.int64(step), "seed": np.int64(seed),
+        "rng": jax.random.key_data(jax.random.key(seed)),
+        "loader": {k: np.int64(v) for k, v in {"epoch": epoch, "step": step, "seed": loader_seed}.items()},
+        "history": np.frombuffer(json.dumps(history).encode(), np.uint8),
+        "partial": np.frombuffer(json.dumps(partial).encode(), np.uint8),
+    }  # fmt: skip
 
 
 def _no_steps() -> dict:
@@ -346,29 +297,6 @@ def _append(partial: dict, fetched: list, pending: list) -> dict:
     return {
         key: partial[key] + [float(v) for m in fetched for v in np.ravel(m[key])] for key in ("loss", "accuracy")
     } | {"size": partial["size"] + [n for _, sizes in pending for n in sizes]}
-
-
-def _replay_guarded(step, carry, loader, placement, base_key, epoch, first_step, steps_per_epoch, fast_first_bad):
-    """Rerun an epoch that went non-finite from its start with the guarded step,
-    which stops updating at the first bad step: returns that carry (the last
-    good parameters) and the global index of the bad step.  If the replay
-    meets no bad step (a transform that is not reproducible), the epoch's
-    starting carry and the fast path's step are returned."""
-    order = loader.permutation(epoch)
-    size = loader.batch_size
-    start = carry
-    for index in range(first_step, steps_per_epoch):
-        batch = placement.shard_batch(loader.batch(order[index * size : (index + 1) * size], epoch=epoch, step=index))
-        carry, _ = step(carry, batch, base_key, epoch, index, epoch * steps_per_epoch + index)
-        if int(carry.first_bad) >= 0:
-            return carry, int(carry.first_bad)
-    fallback = fast_first_bad if fast_first_bad >= 0 else epoch * steps_per_epoch + first_step
-    return start, fallback
-
-
-def _flush(partial: dict, pending: list) -> dict:
-    """Fetch the per-step metrics gathered so far in one transfer."""
-    return _append(partial, jax.device_get([m for m, _ in pending]), pending)
 
 
 def _epoch_record(epoch: int, partial: dict, time_s: float, compile_s: float) -> dict:

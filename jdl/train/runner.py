@@ -1,0 +1,149 @@
+"""Running the epochs of one ``fit``: its compiled programs and where training stands.
+
+``EpochRunner`` owns the compiled step (one per batch shape, for the stream
+engine) and the compiled epoch (for the scan engine), the seconds their
+compilation took, and the running state: the carry, the steps done in the
+current epoch and their metrics still on the device.  That state lives on the
+object so that Ctrl-C in the middle of an epoch can save exactly where
+training stood.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdl.data.prefetch import prefetch_to_device
+from jdl.train.engine import Placement, scan_epoch, stream_step
+from jdl.train.step import Carry, all_finite
+
+
+def timed(fn: Callable, *args):
+    """``(fn(*args), seconds it took)``."""
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+class EpochRunner:
+    """Trains epoch after epoch with ``run(carry, batch, base_key, epoch,
+    index, global_step)`` (a step with the key derivation and device transform
+    applied), on the ``'stream'`` or ``'scan'`` engine (``jdl.train.engine``)."""
+
+    def __init__(self, run: Callable, loader, placement: Placement, mode: str, carry: Carry, base_key: jax.Array):
+        self.run, self.loader, self.placement, self.mode = run, loader, placement, mode
+        self.carry, self.base_key = carry, base_key
+        self.steps_per_epoch, self.batch_size = len(loader), loader.batch_size
+        self.compile_s = 0.0
+        self.done: int = 0  # steps of the current epoch done
+        self.pending: list[tuple[dict, list[int]]] = []  # (metrics on the device, batch sizes) not yet fetched
+        self._steps: dict[tuple, Any] = {}
+        self._orders: dict[int, np.ndarray] = {}
+        self._finite = jax.jit(all_finite)
+        self._copy = jax.jit(lambda tree: jax.tree_util.tree_map(jnp.copy, tree))
+        self._on_accelerator = jax.devices()[0].platform != "cpu"
+        if mode == "scan":
+            self._compile_scan()
+
+    def _compile_scan(self) -> None:
+        arrays = self.loader.arrays()
+        self.images = self.placement.replicate(jnp.asarray(arrays["image"]))
+        self.labels = self.placement.replicate(jnp.asarray(arrays["label"]))
+        self.full_steps = self.loader.num_examples // self.batch_size
+        order = jax.ShapeDtypeStruct((self.full_steps, self.batch_size), jnp.int32, sharding=self.placement.replicated)
+        lowered = scan_epoch(self.run, self.placement).lower(self.carry, self.images, self.labels, order,
+                                                             self.base_key, 0, 0)  # fmt: skip
+        self._epoch_fn, seconds = timed(lowered.compile)
+        self.compile_s += seconds
+
+    def _compiled_step(self, batch: dict) -> Callable:
+        signature = tuple((k, v.shape) for k, v in batch.items())
+        if signature not in self._steps:
+            lowered = stream_step(self.run).lower(self.carry, batch, self.base_key, 0, 0, 0)
+            self._steps[signature], seconds = timed(lowered.compile)
+            self.compile_s += seconds
+        return self._steps[signature]
+
+    def snapshot(self) -> Carry:
+        """A copy of the carry that the next (donating) step leaves intact."""
+        return self._copy(self.carry)
+
+    def train_epoch(self, epoch: int, first_step: int = 0) -> None:
+        """Run ``epoch`` from ``first_step``; the metrics stay on the device in ``pending``."""
+        self.done, self.pending = first_step, []
+        if self.mode == "scan" and first_step == 0:
+            batches = self._scan_full_steps(epoch)
+        else:
+            batches = self._stream(epoch, first_step)
+        for index, batch in batches:
+            step = self._compiled_step(batch)
+            self.carry, metrics = step(self.carry, batch, self.base_key, epoch, index,
+                                       epoch * self.steps_per_epoch + index)  # fmt: skip
+            self.pending.append((metrics, [len(batch["label"])]))
+            self.done = index + 1
+
+    def _scan_full_steps(self, epoch: int) -> list[tuple[int, dict]]:
+        """The epoch's full batches in one compiled scan; returns the partial
+        last batch (unless the loader drops it) for the stream step."""
+        loader, size, full_steps = self.loader, self.batch_size, self.full_steps
+        order = self._orders.pop(epoch) if epoch in self._orders else loader.permutation(epoch)
+        full = self.placement.replicate(jnp.asarray(order[: full_steps * size].reshape(full_steps, size), jnp.int32))
+        self.carry, metrics = self._epoch_fn(self.carry, self.images, self.labels, full, self.base_key, epoch,
+                                             epoch * self.steps_per_epoch)  # fmt: skip
+        self.pending.append((metrics, [size] * full_steps))
+        self._orders[epoch + 1] = loader.permutation(epoch + 1)  # on the host while the device trains
+        self.done = full_steps
+        rest = order[full_steps * size :]
+        if len(rest) == 0 or loader.drop_remainder:
+            return []
+        return [(full_steps, {"image": self.images[rest], "label": self.labels[rest]})]
+
+    def _stream(self, epoch: int, first_step: int) -> Iterator[tuple[int, dict]]:
+        """The loader's batches from ``first_step``; on an accelerator put on
+        the device ahead by a background thread."""
+        loader, placement = self.loader, self.placement
+        loader.load_state_dict({"epoch": epoch, "step": first_step, "seed": loader.seed})
+        if self._on_accelerator and (placement.num_devices == 1 or loader.drop_remainder):
+            batches = prefetch_to_device(loader, size=2, sharding=placement.batch)
+        else:
+            batches = (placement.shard_batch(batch) for batch in loader)
+        return ((first_step + i, batch) for i, batch in enumerate(batches))
+
+    def fetch(self) -> tuple[list[dict], int, bool]:
+        """One host sync: the pending step metrics, the first non-finite step
+        (-1 for none) and whether the parameters are all finite."""
+        fetched, first_bad, finite = jax.device_get(
+            ([m for m, _ in self.pending], self.carry.first_bad, self._finite(self.carry.params))
+        )
+        return fetched, int(first_bad), bool(finite)
+
+    def fetch_pending(self) -> list[dict]:
+        """The pending step metrics on the host, in one transfer."""
+        return jax.device_get([m for m, _ in self.pending])
+
+    def carry_alive(self) -> bool:
+        """False when Ctrl-C landed after the carry was donated to a step that never returned."""
+        return not any(getattr(leaf, "is_deleted", lambda: False)() for leaf in jax.tree_util.tree_leaves(self.carry))
+
+    def replay_guarded(self, guarded_step: Callable, start: Carry, epoch: int, first_step: int,
+                       fast_first_bad: int) -> tuple[Carry, int]:  # fmt: skip
+        """Rerun an epoch that went non-finite from its start with the guarded
+        step, which stops updating at the first bad step: returns that carry
+        (the last good parameters) and the global index of the bad step.  If
+        the replay meets no bad step (a transform that is not reproducible),
+        the epoch's starting carry and the fast path's step are returned."""
+        loader, size, steps = self.loader, self.batch_size, self.steps_per_epoch
+        order = loader.permutation(epoch)
+        carry = start
+        for index in range(first_step, steps):
+            batch = loader.batch(order[index * size : (index + 1) * size], epoch=epoch, step=index)
+            carry, _ = guarded_step(carry, self.placement.shard_batch(batch), self.base_key, epoch, index,
+                                    epoch * steps + index)  # fmt: skip
+            if int(carry.first_bad) >= 0:
+                return carry, int(carry.first_bad)
+        return start, fast_first_bad if fast_first_bad >= 0 else epoch * steps + first_step
