@@ -5,8 +5,13 @@ Times `update` + `apply_updates`, compiled ahead of time with `jax.jit`
 float32 pytree of 100 leaves and about 10M parameters (`--quick`: 20
 leaves, about 0.1M, a smoke run).  jdl and optax runs alternate (each goes first half the
 time), each timing is the median of its repeats after a warm-up, and every
-timing waits with `block_until_ready`.  Prints one JSON
-line per optimizer:
+timing waits with `block_until_ready`.
+
+A control measures the noise floor: a second, identical optax step is timed
+in the same rotation, and `control_ratio` (optax copy / optax) says how far
+from 1.0 two equal programs land on this machine.  `paired_ci95` is a
+bootstrap 95% interval of the median of the per-repeat ratios jdl / optax
+(each pair timed back to back).  Prints one JSON line per optimizer:
 
     {"benchmark": "optimizer_update/adam", "jdl_s": ..., "reference": "optax",
      "reference_s": ..., "ratio": ..., "device": ..., "jax_version": ...}
@@ -28,6 +33,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import jdl.optim as jo
@@ -95,6 +101,13 @@ class _Runner:
         return (time.perf_counter() - start) / calls
 
 
+def bootstrap_median_ci(values: np.ndarray, draws: int = 2000, seed: int = 0) -> list[float]:
+    """95% percentile-bootstrap interval of the median of ``values``."""
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(values, size=(draws, len(values)), replace=True), axis=1)
+    return [float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))]
+
+
 def run(quick: bool = False, names: list[str] | None = None) -> list[dict]:
     """Time every optimizer (or those in `names`); one result dict per optimizer."""
     params = make_tree(quick)
@@ -107,15 +120,21 @@ def run(quick: bool = False, names: list[str] | None = None) -> list[dict]:
     results = []
     for name in names or list(OPTIMIZERS):
         make_jdl, make_optax = OPTIMIZERS[name]
-        runners = {"jdl": _Runner(make_jdl(), params, grads), "optax": _Runner(make_optax(), params, grads)}
+        runners = {
+            "jdl": _Runner(make_jdl(), params, grads),
+            "optax": _Runner(make_optax(), params, grads),
+            "optax_copy": _Runner(make_optax(), params, grads),  # the control: optax against itself
+        }
         for runner in runners.values():
             runner.time(3)  # compile and warm up
-        times = {"jdl": [], "optax": []}
-        for repeat in range(repeats):  # alternate, and swap who goes first (ABBA)
-            order = ["jdl", "optax"] if repeat % 2 == 0 else ["optax", "jdl"]
-            for label in order:
+        labels = list(runners)
+        times: dict[str, list[float]] = {label: [] for label in labels}
+        for repeat in range(repeats):  # rotate who goes first
+            shift = repeat % len(labels)
+            for label in labels[shift:] + labels[:shift]:
                 times[label].append(runners[label].time(calls))
         jdl_s, optax_s = statistics.median(times["jdl"]), statistics.median(times["optax"])
+        paired = np.asarray(times["jdl"]) / np.asarray(times["optax"])
         results.append(
             {
                 "benchmark": f"optimizer_update/{name}",
@@ -123,6 +142,8 @@ def run(quick: bool = False, names: list[str] | None = None) -> list[dict]:
                 "reference": "optax",
                 "reference_s": optax_s,
                 "ratio": jdl_s / optax_s,
+                "paired_ci95": bootstrap_median_ci(paired),
+                "control_ratio": statistics.median(times["optax_copy"]) / optax_s,
                 "device": f"{device.platform}:{device.device_kind}",
                 "jax_version": jax.__version__,
                 "optax_version": optax.__version__,

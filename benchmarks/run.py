@@ -7,7 +7,8 @@ Each benchmark prints one JSON line per measurement: ``{"benchmark", "jdl_s",
 ``ratio = jdl / reference`` (lower is better), timed side by side in this one
 process after a warm-up, compile time apart.  ``--quick`` is the smoke test
 the test suite runs (well under a minute on the CPU; its numbers are not the
-ones to report).  Goals and the latest tables: benchmarks/README.md.
+ones to report).  With ``--only`` the results file keeps the earlier lines of
+the benchmarks not rerun.  Goals and the latest tables: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -62,10 +63,21 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "-quick" if args.quick else ""
     out = Path(args.out) if args.out else HERE / "results" / f"{device}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    kept = _earlier_results(out, {r["benchmark"] for r in records}) if args.only else []
     out.write_text(json.dumps({"device": common.device_name(), "seconds": time.perf_counter() - started,
-                               "results": records}, indent=1) + "\n")  # fmt: skip
-    print(f"wrote {len(records)} results to {out}", file=sys.stderr)
+                               "results": kept + records}, indent=1) + "\n")  # fmt: skip
+    print(f"wrote {len(records)} results to {out}" + (f" (kept {len(kept)} earlier ones)" if kept else ""),
+          file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _earlier_results(path: Path, replaced: set[str]) -> list[dict]:
+    """The results already in ``path`` that this run did not redo (``--only``
+    updates a results file rather than dropping the other benchmarks)."""
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text()).get("results", [])
+    return [r for r in earlier if r.get("benchmark") not in replaced]
 
 
 if __name__ == "__main__":
