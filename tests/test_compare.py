@@ -10,7 +10,7 @@ import pytest
 
 import jdl.compare
 import jdl.data
-from jdl import cli, losses, models, train
+from jdl import cli, losses, models, optim, train
 from jdl.compare import preset
 
 
@@ -110,3 +110,42 @@ def test_table_reports_mean_and_std_over_seeds():
     table = jdl.compare.Comparison("d", "m", runs, target_accuracy=0.85).table()
     assert f"{np.mean([0.8, 0.9]):.4f} ± {np.std([0.8, 0.9]):.4f}" in table
     assert "1/2 runs" in table
+
+
+@pytest.mark.parametrize("strategy", ["unroll", "vmap"])
+def test_full_batch_steps_of_a_cnn_match_optax_on_the_whole_batch(strategy):
+    """gd's full-batch step, gradient summed over chunks: as a host loop of
+    compiled chunks ('unroll', the CPU's way for convolutions) and as a scan
+    inside the program ('vmap'), against optax.sgd on the gradient of the
+    whole batch at once."""
+    import jax
+    import optax
+
+    from jdl import nn
+    from jdl.compare.engine import Group, init_group, train_cluster
+
+    images, labels = jdl.data.mnist_sample.read_split("train")
+    images = (images[:96].reshape(-1, 28, 28, 1) / 255.0).astype(np.float32)
+    labels = labels[:96].astype(np.int32)
+    model = nn.serial(nn.Conv(4, (3, 3)), nn.relu, nn.MaxPool((2, 2)), nn.Flatten(), nn.Dense(10))
+    learning_rates, seeds = np.asarray([0.5, 0.1], np.float32), np.asarray([0, 1])
+    group = Group("gd", optim.gd, learning_rates, seeds)
+    out = train_cluster(model, losses.cross_entropy, [group], batch_size=96, images=images, labels=labels,
+                        permutation=lambda seed, epoch: np.random.default_rng([seed, epoch]).permutation(96),
+                        epochs=2, eval_images=images, eval_labels=labels, use_scan=False, microbatch=32,
+                        strategy=strategy)
+    start, _ = init_group(model, group.make, learning_rates, seeds, images.shape[1:])
+
+    def loss(params, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(model.apply(params, {}, x)[0], y).mean()
+
+    for run, lr in enumerate(learning_rates):
+        params = jax.tree_util.tree_map(lambda a, run=run: a[run], start.params)
+        tx = optax.sgd(float(lr))
+        opt_state = tx.init(params)
+        for _ in range(2):
+            updates, opt_state = tx.update(jax.grad(loss)(params, images, labels), opt_state)
+            params = optax.apply_updates(params, updates)
+        ours = jax.tree_util.tree_map(lambda a, run=run: a[run], out["carries"][0].params)
+        for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(params), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

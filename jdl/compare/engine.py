@@ -5,8 +5,12 @@ parameters, model state and optimizer state are stacked along a leading axis
 and one step is ``jax.vmap``-ed over it, with the learning rate a traced
 array.  (On the CPU a convolutional model's runs are unrolled in the program
 instead: vmapped convolutions become grouped convolutions, several times
-slower there than one convolution per run.)  A *cluster* is the groups that share a batch size (so the same number
-of steps per epoch): one program runs an epoch of every group in it.  The
+slower there than one convolution per run.)  A *cluster* is the groups that
+share a batch size (so the same number of steps per epoch): one program runs
+an epoch of every group in it.  A full-batch step has its gradient summed over
+chunks; on the CPU with convolutions the chunks are a host loop of compiled
+calls, not a ``lax.scan`` (convolutions in a loop body run many times slower
+there).  The
 data lives on the device; each run gathers its own batches there by its own
 permutation, the one ``jdl.data``'s loader would give for its seed.
 
@@ -30,7 +34,17 @@ import numpy as np
 from jax import lax
 
 from jdl.train.engine import windows, with_device_transform
-from jdl.train.step import Carry, eval_step, train_step
+from jdl.train.step import (
+    Carry,
+    Totals,
+    add_chunk,
+    chunk_key,
+    eval_step,
+    mean_of_totals,
+    step_key,
+    train_step,
+    update_step,
+)
 
 
 class Group(NamedTuple):
@@ -54,17 +68,20 @@ def init_group(model, make: Callable, learning_rates, seeds, image_shape) -> tup
     return Carry(params, state, opt_state, first_bad), base_keys
 
 
-def _unrolled(one: Callable) -> Callable:
-    """``one`` applied run by run (a Python loop inside the compiled program)
-    and the results stacked: what ``vmap`` computes, without turning each
-    convolution into a grouped convolution over runs, which is several times
-    slower on the CPU."""
+def _per_run(one: Callable, strategy: str, batched: int) -> Callable:
+    """``one`` over stacked runs: its first ``batched`` arguments carry a
+    leading run axis, the rest are shared.  ``'vmap'`` vmaps it; ``'unroll'``
+    applies it run by run (a Python loop inside the compiled program) and
+    stacks the results: what vmap computes, without turning each convolution
+    into a grouped convolution over runs, which is several times slower on
+    the CPU."""
 
-    def run(carry, lr, batch, base_key, epoch, index, global_step):
-        outs = []
-        for k in range(lr.shape[0]):
-            pick = lambda tree, k=k: jax.tree_util.tree_map(lambda a: a[k], tree)  # noqa: E731
-            outs.append(one(pick(carry), lr[k], pick(batch), base_key[k], epoch, index, global_step))
+    def run(*args):
+        per_run, shared = args[:batched], args[batched:]
+        if strategy == "vmap":
+            return jax.vmap(lambda *xs: one(*xs, *shared))(*per_run)
+        runs = jax.tree_util.tree_leaves(per_run[0])[0].shape[0]
+        outs = [one(*jax.tree_util.tree_map(lambda a, k=k: a[k], per_run), *shared) for k in range(runs)]
         return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
 
     return run
@@ -76,9 +93,7 @@ def _group_step(model, loss_fn, make, microbatch, strategy: str) -> Callable:
         run = with_device_transform(step, None)
         return run(carry, batch, base_key, epoch, index, global_step)
 
-    if strategy == "unroll":
-        return _unrolled(one)
-    return jax.vmap(one, in_axes=(0, 0, 0, 0, None, None, None))
+    return _per_run(one, strategy, batched=4)
 
 
 def choose_strategy(uses_convolution: bool) -> str:
@@ -128,6 +143,52 @@ def cluster_epoch(model, loss_fn, makes: list[Callable], use_scan: bool, microba
     return jax.jit(epoch_fn, donate_argnums=0)
 
 
+class ChunkedSteps(NamedTuple):
+    """A full-batch step of every group as a host loop of compiled calls:
+    ``start(carries) -> totals``; ``accumulate(totals, carries, images,
+    labels, chunk_orders, base_keys, epoch, index, chunk) -> totals`` adds one
+    chunk (``chunk_orders[g]`` is ``(runs, chunk size)`` indices);
+    ``apply(carries, totals, lrs, global_step) -> (carries, losses)`` takes
+    the step with the mean gradient, as ``train_step(microbatch=...)`` does in
+    one program."""
+
+    start: Callable
+    accumulate: Callable
+    apply: Callable
+
+
+def chunked_steps(model, loss_fn, makes: list[Callable], chunks: int, strategy: str) -> ChunkedSteps:
+    """``ChunkedSteps`` for batches of ``chunks`` chunks, with the keys
+    ``train_step``'s accumulation uses (``chunk_key(step key, chunk)``)."""
+    add = add_chunk(model, loss_fn)
+
+    def one_add(totals, params, chunk, base_key, epoch, index, number):
+        return add(totals, params, chunk, chunk_key(step_key(base_key, epoch, index), number))
+
+    add_run = _per_run(one_add, strategy, batched=4)
+    updates = [_per_run(lambda carry, lr, totals, global_step, make=make: update_step(make(lr), guard=False)(
+        carry, mean_of_totals(totals, chunks), global_step), strategy, batched=3) for make in makes]  # fmt: skip
+
+    def start(carries):
+        return tuple(
+            Totals(c.state, jnp.zeros_like(c.first_bad, jnp.float32), jnp.zeros_like(c.first_bad, jnp.float32),
+                   jax.tree_util.tree_map(jnp.zeros_like, c.params))
+            for c in carries
+        )  # fmt: skip
+
+    def accumulate(totals, carries, images, labels, chunk_orders, base_keys, epoch, index, number):
+        return tuple(
+            add_run(t, c.params, {"image": images[idx], "label": labels[idx]}, keys, epoch, index, number)
+            for t, c, idx, keys in zip(totals, carries, chunk_orders, base_keys)
+        )
+
+    def apply(carries, totals, lrs, global_step):
+        stepped = [update(c, lr, t, global_step) for update, c, lr, t in zip(updates, carries, lrs, totals)]
+        return tuple(c for c, _ in stepped), tuple(m["loss"][None] for _, m in stepped)
+
+    return ChunkedSteps(jax.jit(start), jax.jit(accumulate, donate_argnums=0), jax.jit(apply, donate_argnums=0))
+
+
 def group_evaluator(model, loss_fn, batch_size: int) -> Callable:
     """``fn(carry, images, labels, start, skip) -> (loss sum, correct)`` per
     run, for one evaluation window (``jdl.train.step.eval_step``)."""
@@ -146,6 +207,16 @@ def evaluate_groups(evaluator, carries, images, labels, batch_size: int) -> list
         correct = np.sum([np.asarray(s[1], np.float64) for s in sums], axis=0)
         results.append({"loss": loss / n, "accuracy": correct / n})
     return results
+
+
+def _chunked_step(fns: ChunkedSteps, carries, lrs, images, labels, orders, base_keys, epoch: int, index: int,
+                  global_step: int, size: int):  # fmt: skip
+    """One full-batch step of every group, a chunk of ``size`` examples per call."""
+    totals = fns.start(carries)
+    for number in range(orders[0].shape[-1] // size):
+        chunk_orders = tuple(np.ascontiguousarray(o[index, :, number * size : (number + 1) * size]) for o in orders)
+        totals = fns.accumulate(totals, carries, images, labels, chunk_orders, base_keys, epoch, index, number)
+    return fns.apply(carries, totals, lrs, global_step)
 
 
 def train_cluster(
@@ -187,11 +258,24 @@ def train_cluster(
         return tuple(out)
 
     start = time.perf_counter()
-    fn = cluster_epoch(model, loss_fn, makes, use_scan, microbatch, strategy)
-    if use_scan:
+    chunks = batch_size // microbatch if microbatch and batch_size > microbatch and batch_size % microbatch == 0 else 0
+    host_chunks = chunks and strategy == "unroll" and not use_scan
+    if host_chunks:
+        steps_fns = chunked_steps(model, loss_fn, makes, chunks, strategy)
+        totals = jax.eval_shape(steps_fns.start, carries)
+        chunk_shapes = tuple(jax.ShapeDtypeStruct((len(g.seeds), microbatch), jnp.int32) for g in groups)
+        compiled = ChunkedSteps(
+            steps_fns.start.lower(carries).compile(),
+            steps_fns.accumulate.lower(totals, carries, device_images, device_labels, chunk_shapes, base_keys,
+                                       0, 0, 0).compile(),
+            steps_fns.apply.lower(carries, totals, lrs, 0).compile(),
+        )  # fmt: skip
+    elif use_scan:
+        fn = cluster_epoch(model, loss_fn, makes, use_scan, microbatch, strategy)
         shapes = tuple(jax.ShapeDtypeStruct((steps, len(g.seeds), batch_size), jnp.int32) for g in groups)
         compiled = fn.lower(carries, lrs, device_images, device_labels, shapes, base_keys, 0, 0).compile()
     else:
+        fn = cluster_epoch(model, loss_fn, makes, use_scan, microbatch, strategy)
         shapes = tuple(jax.ShapeDtypeStruct((1, len(g.seeds), batch_size), jnp.int32) for g in groups)
         compiled = fn.lower(carries, lrs, device_images, device_labels, shapes, base_keys, 0, 0, 0).compile()
     compile_s = time.perf_counter() - start
@@ -207,9 +291,13 @@ def train_cluster(
         else:
             per_step = []
             for index in range(steps):
-                step_orders = tuple(o[index : index + 1] for o in orders)
-                carries, loss = compiled(carries, lrs, device_images, device_labels, step_orders, base_keys,
-                                         epoch, index, epoch * steps + index)
+                if host_chunks:
+                    carries, loss = _chunked_step(compiled, carries, lrs, device_images, device_labels, orders,
+                                                  base_keys, epoch, index, epoch * steps + index, microbatch)
+                else:
+                    step_orders = tuple(o[index : index + 1] for o in orders)
+                    carries, loss = compiled(carries, lrs, device_images, device_labels, step_orders, base_keys,
+                                             epoch, index, epoch * steps + index)
                 per_step.append(loss)
             losses = tuple(np.concatenate(parts) for parts in zip(*jax.device_get(per_step)))  # on the host
         jax.block_until_ready(carries)

@@ -53,30 +53,73 @@ def step_key(base_key: jax.Array, epoch: int | jax.Array, step: int | jax.Array)
     return jax.random.fold_in(jax.random.fold_in(base_key, epoch), step)
 
 
-def _accumulated(value_and_grad: Callable, microbatch: int) -> Callable:
-    """The same ``(loss, (accuracy, state)), grads`` averaged over equal
-    chunks of ``microbatch`` examples, computed one chunk at a time (for
-    full-batch gradient descent on a large training set)."""
+class Totals(NamedTuple):
+    """Sums over the chunks of a batch seen so far: the model state threaded
+    through them, loss, accuracy and gradient."""
+
+    state: Any
+    loss: jax.Array
+    accuracy: jax.Array
+    grads: Any
+
+
+def empty_totals(params, state) -> Totals:
+    """Totals before the first chunk."""
+    return Totals(state, jnp.float32(0.0), jnp.float32(0.0), jax.tree_util.tree_map(jnp.zeros_like, params))
+
+
+def objective(model: Layer, loss_fn: LossFn) -> Callable:
+    """``f(params, state, batch, key) -> (loss, (accuracy, new_state))`` in train mode."""
+
+    def f(params, state, batch, key):
+        logits, new_state = model.apply(params, state, batch["image"], key=key, train=True)
+        return loss_fn(logits, batch["label"]), (accuracy(logits, batch["label"]), new_state)
+
+    return f
+
+
+def add_chunk(model: Layer, loss_fn: LossFn) -> Callable:
+    """``add(totals, params, chunk, key) -> totals`` with one more chunk's
+    loss, accuracy and gradient (for gradients accumulated over chunks)."""
+    value_and_grad = jax.value_and_grad(objective(model, loss_fn), has_aux=True)
+
+    def add(totals: Totals, params, chunk: Batch, key: jax.Array) -> Totals:
+        (loss, (acc, new_state)), grads = value_and_grad(params, totals.state, chunk, key)
+        return Totals(new_state, totals.loss + loss, totals.accuracy + acc,
+                      jax.tree_util.tree_map(jnp.add, totals.grads, grads))  # fmt: skip
+
+    return add
+
+
+def chunk_key(key: jax.Array, chunk: int | jax.Array) -> jax.Array:
+    """The key of chunk ``chunk`` of a step whose key is ``key``."""
+    return jax.random.fold_in(key, chunk)
+
+
+def _accumulated(add: Callable, microbatch: int) -> Callable:
+    """``(loss, (accuracy, state)), grads`` averaged over equal chunks of
+    ``microbatch`` examples, computed one chunk at a time in a ``lax.scan``
+    (for full-batch gradient descent on a large training set)."""
 
     def run(params, state, batch, key):
         size = batch["label"].shape[0]
-        chunks = jax.tree_util.tree_map(lambda a: a.reshape(size // microbatch, microbatch, *a.shape[1:]), batch)
-
-        def body(carry, xs):
-            chunk, index = xs
-            (loss, (acc, new_state)), grads = value_and_grad(params, carry[0], chunk, jax.random.fold_in(key, index))
-            total_loss, total_acc, total_grads = carry[1:]
-            total_grads = jax.tree_util.tree_map(jnp.add, total_grads, grads)
-            return (new_state, total_loss + loss, total_acc + acc, total_grads), None
-
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-        init = (state, jnp.float32(0.0), jnp.float32(0.0), zeros)
         count = size // microbatch
-        (new_state, loss, acc, grads), _ = lax.scan(body, init, (chunks, jnp.arange(count)))
-        grads = jax.tree_util.tree_map(lambda g: g / count, grads)
-        return (loss / count, (acc / count, new_state)), grads
+        chunks = jax.tree_util.tree_map(lambda a: a.reshape(count, microbatch, *a.shape[1:]), batch)
+
+        def body(totals, xs):
+            chunk, index = xs
+            return add(totals, params, chunk, chunk_key(key, index)), None
+
+        totals, _ = lax.scan(body, empty_totals(params, state), (chunks, jnp.arange(count)))
+        return mean_of_totals(totals, count)
 
     return run
+
+
+def mean_of_totals(totals: Totals, count) -> tuple:
+    """``(loss, (accuracy, state)), grads``: the totals over ``count`` chunks averaged."""
+    grads = jax.tree_util.tree_map(lambda g: g / count, totals.grads)
+    return (totals.loss / count, (totals.accuracy / count, totals.state)), grads
 
 
 def train_step(
@@ -101,23 +144,31 @@ def train_step(
     keeps full-batch gradient descent within memory; the update is the same
     (up to rounding) for models without batch statistics.
     """
-
-    def objective(params, state, batch, key):
-        logits, new_state = model.apply(params, state, batch["image"], key=key, train=True)
-        return loss_fn(logits, batch["label"]), (accuracy(logits, batch["label"]), new_state)
+    value_and_grad = jax.value_and_grad(objective(model, loss_fn), has_aux=True)
+    update = update_step(optimizer, guard=guard)
 
     def step(carry: Carry, batch: Batch, key: jax.Array, global_step: jax.Array) -> tuple[Carry, dict]:
-        value_and_grad = jax.value_and_grad(objective, has_aux=True)
+        gradient = value_and_grad
         size = batch["label"].shape[0]
         if microbatch is not None and size > microbatch and size % microbatch == 0:
-            value_and_grad = _accumulated(value_and_grad, microbatch)
-        (loss, (batch_accuracy, new_state)), grads = value_and_grad(carry.params, carry.state, batch, key)
+            gradient = _accumulated(add_chunk(model, loss_fn), microbatch)
+        return update(carry, gradient(carry.params, carry.state, batch, key), global_step)
+
+    return step
+
+
+def update_step(optimizer: GradientTransformation, *, guard: bool = True) -> Callable:
+    """``update(carry, ((loss, (accuracy, new_state)), grads), global_step) ->
+    (carry, metrics)``: the second half of ``train_step``, given the gradient."""
+
+    def update(carry: Carry, value_and_grads, global_step: jax.Array) -> tuple[Carry, dict]:
+        (loss, (batch_accuracy, new_state)), grads = value_and_grads
         updates, new_opt_state = optimizer.update(grads, carry.opt_state, carry.params)
         new_params = apply_updates(carry.params, updates)
+        metrics = {"loss": loss, "accuracy": batch_accuracy}
         if not guard:
             first_bad = jnp.where((carry.first_bad < 0) & ~jnp.isfinite(loss), global_step, carry.first_bad)
-            new_carry = Carry(new_params, new_state, new_opt_state, first_bad.astype(jnp.int32))
-            return new_carry, {"loss": loss, "accuracy": batch_accuracy}
+            return Carry(new_params, new_state, new_opt_state, first_bad.astype(jnp.int32)), metrics
         healthy = jnp.isfinite(loss) & all_finite(updates)
         keep_going = healthy & (carry.first_bad < 0)
 
@@ -131,9 +182,9 @@ def train_step(
             select(new_opt_state, carry.opt_state),
             first_bad.astype(jnp.int32),
         )
-        return new_carry, {"loss": loss, "accuracy": batch_accuracy}
+        return new_carry, metrics
 
-    return step
+    return update
 
 
 def make_train_step(model: Layer, loss_fn: LossFn, optimizer: GradientTransformation) -> Callable:
