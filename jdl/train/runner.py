@@ -110,6 +110,8 @@ class EpochRunner:
         loader.load_state_dict({"epoch": epoch, "step": first_step, "seed": loader.seed})
         if self._on_accelerator and (placement.num_devices == 1 or loader.drop_remainder):
             batches = prefetch_to_device(loader, size=2, sharding=placement.batch)
+        elif placement.num_devices == 1:
+            batches = iter(loader)  # host arrays straight into the compiled step: one copy, made in its C++ call
         else:
             batches = (placement.shard_batch(batch) for batch in loader)
         return ((first_step + i, batch) for i, batch in enumerate(batches))

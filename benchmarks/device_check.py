@@ -1,0 +1,154 @@
+"""The accelerator checks in one prepared call, with a profile of the misses.
+
+Device time is short (minutes a session), so everything the accelerator
+goals need runs from this one script, saving its lines after each part:
+
+1. ``kernels``: how many kernels one training step launches, jdl against
+   flax+optax (top-level instructions of the optimized HLO: fusions, library
+   calls, copies), and the seconds per step: a step that costs a few
+   microseconds per kernel is launch-bound, not compute-bound.
+2. ``command_buffers``: the cnn epoch again with XLA command buffers (CUDA
+   graphs) extended to loops, in a subprocess with
+   ``XLA_FLAGS=--xla_gpu_enable_command_buffer=...``.
+3. the benchmarks of ``run.py`` that need an accelerator: ``train_epoch``,
+   ``time_to_accuracy``, ``comparison`` (vmapped).
+
+On the device machine, from the repository root, with Fashion-MNIST's four
+``.gz`` files in ``.device-data/fashion-mnist`` (carried; no TensorFlow needed)::
+
+    python benchmarks/device_check.py --out "$OUT"
+
+writes ``$OUT/device.json`` and prints the lines as they come.  ``--quick``
+is a smoke run of every part but time-to-92% (also on the CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+if __package__ in (None, ""):
+    import common  # type: ignore[no-redef]
+    import train_epoch  # type: ignore[no-redef]
+else:
+    from benchmarks import common, train_epoch
+
+from jdl import losses, optim
+from jdl.train.engine import stream_step, with_device_transform
+from jdl.train.step import Carry, train_step
+
+HERE = Path(__file__).resolve().parent
+NOT_KERNELS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast"}
+COMMAND_BUFFERS = "FUSION,CUBLAS,CUBLASLT,CUDNN,CUSTOM_CALL,CONDITIONAL,WHILE"
+
+
+def entry_kernels(hlo_text: str) -> dict[str, int]:
+    """Count of each top-level instruction of the ENTRY computation that runs
+    as a kernel or library call (everything but parameters, constants,
+    tuples and bitcasts)."""
+    entry = hlo_text[hlo_text.index("\nENTRY") :]
+    body = entry[: entry.index("\n}")]
+    counts: dict[str, int] = {}
+    for op in re.findall(r"= \S+ ([\w-]+)\(", body):
+        if op not in NOT_KERNELS:
+            counts[op] = counts.get(op, 0) + 1
+    return counts
+
+
+def kernels(quick: bool) -> list[dict]:
+    """Kernels per training step (batch 128) and seconds per step, jdl and flax+optax."""
+    batch = 128
+    x = jnp.zeros((batch, 28, 28, 1), jnp.float32)
+    y = jnp.zeros((batch,), jnp.int32)
+    batch_dict, key, calls = {"image": x, "label": y}, jax.random.key(0), 5 if quick else 200
+    records = []
+    for name in ("mlp",) if quick else ("mlp", "cnn", "fmnist_2c2d"):
+        flax_state = train_epoch._flax_state(train_epoch.FLAX[name](), (28, 28, 1))
+        flax_compiled = train_epoch.flax_step.lower(flax_state, x, y).compile()
+        model, tx = train_epoch.JDL[name](), optim.adam(1e-3)
+        params, state = model.init(jax.random.key(0), (1, 28, 28, 1))
+        carry = Carry(params, state, tx.init(params), jnp.int32(-1))
+        run = with_device_transform(train_step(model, losses.cross_entropy, tx, guard=False), None)
+        jdl_compiled = stream_step(run).lower(carry, batch_dict, key, 0, 0, 0).compile()
+        ours, theirs = entry_kernels(jdl_compiled.as_text()), entry_kernels(flax_compiled.as_text())
+        jdl_s = _seconds_per_call(lambda c, f=jdl_compiled: f(c, batch_dict, key, 0, 0, 0)[0], carry, calls)
+        flax_s = _seconds_per_call(lambda s, f=flax_compiled: f(s, x, y), flax_state, calls)
+        records.append(common.line(
+            f"kernels/{name}", jdl_s, "flax+optax step", flax_s, jdl_kernels=sum(ours.values()),
+            reference_kernels=sum(theirs.values()), jdl_kernel_kinds=ours, reference_kernel_kinds=theirs,
+            jdl_us_per_kernel=1e6 * jdl_s / max(1, sum(ours.values())),
+            reference_us_per_kernel=1e6 * flax_s / max(1, sum(theirs.values()))))  # fmt: skip
+    return records
+
+
+def _seconds_per_call(step, first, calls: int) -> float:
+    """Median seconds per call of ``value = step(value)`` over five runs of ``calls`` calls."""
+    value = jax.block_until_ready(step(first))
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls):
+            value = step(value)
+        jax.block_until_ready(value)
+        times.append((time.perf_counter() - start) / calls)
+    return common.median(times)
+
+
+def command_buffers(quick: bool) -> list[dict]:
+    """The cnn epoch (``train_epoch``) in a subprocess with command buffers for loops."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_gpu_enable_command_buffer={COMMAND_BUFFERS}".strip()
+    code = ("import json, sys; sys.path[:0] = ['benchmarks', '.']; import train_epoch; "
+            f"print(json.dumps(train_epoch.run({quick}, ('mlp',) if {quick} else ('cnn', 'mlp'))))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE.parent,
+                          env={**os.environ, "XLA_FLAGS": flags}, timeout=600)  # fmt: skip
+    if done.returncode != 0:
+        return [common.line("command_buffers", float("nan"), "default flags", float("nan"),
+                            failed=done.stderr[-2000:], xla_flags=flags)]  # fmt: skip
+    lines = json.loads(done.stdout.strip().splitlines()[-1])
+    return [{**line, "benchmark": f"command_buffers/{line['benchmark']}", "xla_flags": flags} for line in lines]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    import comparison
+    import time_to_accuracy
+
+    print(jax.__version__, jax.devices(), flush=True)
+    parts = [
+        ("kernels", lambda: kernels(args.quick)),
+        ("train_epoch", lambda: train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn", "mlp", "fmnist_2c2d"))),
+        ("command_buffers", lambda: command_buffers(args.quick)),
+        ("time_to_accuracy", lambda: time_to_accuracy.run(cpu=True)),
+        ("comparison", lambda: comparison.run(args.quick, strategies=("vmap",))),
+    ]  # fmt: skip
+    if args.quick:  # minutes on the CPU even when quick
+        parts = [(name, part) for name, part in parts if name != "time_to_accuracy"]
+    records, started = [], time.perf_counter()
+    out = Path(args.out) / "device.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for name, part in parts:
+        begun = time.perf_counter()
+        try:
+            records += common.print_lines(part())
+        except Exception as error:  # keep what the other parts measure
+            records.append({"benchmark": name, "error": repr(error)[-2000:]})
+            print(f"{name} failed: {error!r}", file=sys.stderr, flush=True)
+        print(f"{name}: {time.perf_counter() - begun:.1f} s", file=sys.stderr, flush=True)
+        out.write_text(json.dumps({"device": common.device_name(), "seconds": time.perf_counter() - started,
+                                   "results": records}, indent=1) + "\n")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
