@@ -149,3 +149,28 @@ def test_full_batch_steps_of_a_cnn_match_optax_on_the_whole_batch(strategy):
         ours = jax.tree_util.tree_map(lambda a, run=run: a[run], out["carries"][0].params)
         for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(params), strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_full_batch_chunks_thread_batch_norm_state_the_same_in_a_host_loop_as_in_a_scan():
+    """With model state (BatchNorm statistics) threaded through the chunks, the
+    CPU's host loop of chunk calls ends where the in-program scan does."""
+    import jax
+
+    from jdl import nn
+    from jdl.compare.engine import Group, train_cluster
+
+    images, labels = jdl.data.mnist_sample.read_split("train")
+    images = (images[:96].reshape(-1, 28, 28, 1) / 255.0).astype(np.float32)
+    labels = labels[:96].astype(np.int32)
+    model = nn.serial(nn.Conv(4, (3, 3)), nn.BatchNorm(), nn.relu, nn.Flatten(), nn.Dense(10))
+    group = Group("gd", optim.gd, np.asarray([0.1, 0.1], np.float32), np.asarray([0, 1]))
+    ends = []
+    for strategy in ("unroll", "vmap"):
+        out = train_cluster(model, losses.cross_entropy, [group], batch_size=96, images=images, labels=labels,
+                            permutation=lambda seed, epoch: np.random.default_rng([seed, epoch]).permutation(96),
+                            epochs=2, eval_images=images, eval_labels=labels, use_scan=False, microbatch=32,
+                            strategy=strategy)
+        ends.append(out["carries"][0])
+    assert jax.tree_util.tree_leaves(ends[0].state)  # the statistics are there and were threaded
+    for a, b in zip(jax.tree_util.tree_leaves(ends[0]), jax.tree_util.tree_leaves(ends[1]), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

@@ -171,8 +171,9 @@ def chunked_steps(model, loss_fn, makes: list[Callable], chunks: int, strategy: 
 
     def start(carries):
         return tuple(
-            Totals(c.state, jnp.zeros_like(c.first_bad, jnp.float32), jnp.zeros_like(c.first_bad, jnp.float32),
-                   jax.tree_util.tree_map(jnp.zeros_like, c.params))
+            # A copy of the state, so that donating the totals never donates the carries' buffers.
+            Totals(jax.tree_util.tree_map(jnp.copy, c.state), jnp.zeros_like(c.first_bad, jnp.float32),
+                   jnp.zeros_like(c.first_bad, jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, c.params))
             for c in carries
         )  # fmt: skip
 
