@@ -35,11 +35,11 @@ def main(seeds: list[int]) -> None:
         params = module.init(jax.random.key(seed), jnp.zeros((1, 28, 28, 1)))["params"]
         state = train_epoch.train_state.TrainState.create(apply_fn=module.apply, params=params,
                                                           tx=train_epoch.optax.adam(1e-3))  # fmt: skip
+        epoch, _ = train_epoch.compile_flax_epoch(state, "loop", train, 128)
         rng = np.random.default_rng(seed)
         accuracies = []
         for _ in range(2):
-            for idx in rng.permutation(len(train["label"]))[:n].reshape(-1, 128):
-                state = train_epoch.flax_step(state, train["image"][idx], train["label"][idx])
+            state = epoch(state, rng.permutation(len(train["label"]))[:n].reshape(-1, 128))
             accuracies.append(round(float(train_epoch.flax_accuracy(state, test_images, test_labels)), 4))
         print(f"flax+optax seed {seed}: test accuracy after each epoch {accuracies}", flush=True)
 

@@ -55,25 +55,16 @@ def flax_time(name: str, data: dict, test: dict, max_epochs: int, way: str = "sc
     state = train_epoch._flax_state(train_epoch.FLAX[name](), data["image"].shape[1:])
     rng = np.random.default_rng(0)
     n = len(data["label"]) // 128 * 128
-    images, labels = jnp.asarray(data["image"]), jnp.asarray(data["label"])
     test_images, test_labels = jnp.asarray(test["image"]), jnp.asarray(test["label"])
+    epoch, compile_s = train_epoch.compile_flax_epoch(state, way, data, 128)
     compile_start = time.perf_counter()
-    if way == "scan":
-        compiled = train_epoch.flax_scan.lower(state, images, labels, jnp.zeros((n // 128, 128), jnp.int32)).compile()
-    else:
-        step = train_epoch.flax_step.lower(state, data["image"][:128], data["label"][:128]).compile()
     accuracy_fn = train_epoch.flax_accuracy.lower(state, test_images, test_labels).compile()
-    compile_s = time.perf_counter() - compile_start
+    compile_s += time.perf_counter() - compile_start
     train_s, accuracy, epochs = 0.0, 0.0, 0
     while epochs < max_epochs and accuracy < TARGET:
         order = rng.permutation(len(data["label"]))[:n].reshape(-1, 128)
         t = time.perf_counter()
-        if way == "scan":
-            state = compiled(state, images, labels, jnp.asarray(order))
-        else:
-            for idx in order:
-                state = step(state, data["image"][idx], data["label"][idx])
-        jax.block_until_ready(state)
+        state = jax.block_until_ready(epoch(state, order))
         train_s += time.perf_counter() - t
         accuracy, epochs = float(accuracy_fn(state, test_images, test_labels)), epochs + 1
     return {"train_s": train_s, "compile_s": compile_s, "wall_s": time.perf_counter() - start, "epochs": epochs,

@@ -104,29 +104,41 @@ def flax_accuracy(state, images, labels):
     return jnp.mean(jnp.argmax(state.apply_fn({"params": state.params}, images), -1) == labels)
 
 
+def compile_flax_epoch(state, way: str, data: dict, batch: int):
+    """``(epoch, compile seconds)``: ``epoch(state, order) -> state`` trains
+    one flax+optax epoch over ``order`` (``(steps, batch)`` indices), in one
+    ``lax.scan`` over the data on the device (``way='scan'``) or as the flax
+    example's Python loop of jitted steps over host batches (``way='loop'``)."""
+    start = time.perf_counter()
+    if way == "scan":
+        images, labels = jnp.asarray(data["image"]), jnp.asarray(data["label"])
+        steps = len(data["label"]) // batch
+        compiled = flax_scan.lower(state, images, labels, jnp.zeros((steps, batch), jnp.int32)).compile()
+
+        def epoch(state, order):
+            return compiled(state, images, labels, jnp.asarray(order))
+    else:
+        compiled = flax_step.lower(state, data["image"][:batch], data["label"][:batch]).compile()
+
+        def epoch(state, order):
+            for idx in order:
+                state = compiled(state, data["image"][idx], data["label"][idx])
+            return state
+
+    return epoch, time.perf_counter() - start
+
+
 def time_flax(module: fnn.Module, way: str, data: dict, test: dict, batch: int, epochs: int):
     """(median seconds per epoch, compile seconds, final test accuracy) of a flax module."""
     state = _flax_state(module, data["image"].shape[1:])
     n = len(data["label"]) // batch * batch
     rng = np.random.default_rng(0)
-    device_images, device_labels = jnp.asarray(data["image"]), jnp.asarray(data["label"])
-    start = time.perf_counter()
-    if way == "scan":
-        order0 = jnp.asarray(rng.permutation(n).reshape(-1, batch))
-        compiled = flax_scan.lower(state, device_images, device_labels, order0).compile()
-    else:
-        compiled = flax_step.lower(state, data["image"][:batch], data["label"][:batch]).compile()
-    compile_s = time.perf_counter() - start
+    epoch, compile_s = compile_flax_epoch(state, way, data, batch)
     times = []
     for _ in range(epochs):
         order = rng.permutation(len(data["label"]))[:n].reshape(-1, batch)
         start = time.perf_counter()
-        if way == "scan":
-            state = compiled(state, device_images, device_labels, jnp.asarray(order))
-        else:
-            for idx in order:
-                state = compiled(state, data["image"][idx], data["label"][idx])
-        jax.block_until_ready(state)
+        state = jax.block_until_ready(epoch(state, order))
         times.append(time.perf_counter() - start)
     accuracy = float(flax_accuracy(state, jnp.asarray(test["image"]), jnp.asarray(test["label"])))
     return common.median(times[1:]), compile_s, accuracy
