@@ -35,6 +35,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 if __package__ in (None, ""):
     import common  # type: ignore[no-redef]
@@ -42,13 +43,15 @@ if __package__ in (None, ""):
 else:
     from benchmarks import common, train_epoch
 
-from jdl import losses, optim
+from jdl import losses, models, optim
+from jdl.train import engine
 from jdl.train.engine import stream_step, with_device_transform
 from jdl.train.step import Carry, train_step
 
 HERE = Path(__file__).resolve().parent
 NOT_KERNELS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast"}
 COMMAND_BUFFERS = "FUSION,CUBLAS,CUBLASLT,CUDNN,CUSTOM_CALL,CONDITIONAL,WHILE"
+COMMAND_BUFFER_OPTIONS = {"xla_gpu_enable_command_buffer": COMMAND_BUFFERS}
 
 
 def entry_kernels(hlo_text: str) -> dict[str, int]:
@@ -117,6 +120,72 @@ def command_buffers(quick: bool) -> list[dict]:
     return [{**line, "benchmark": f"command_buffers/{line['benchmark']}", "xla_flags": flags} for line in lines]
 
 
+def scan_variants(quick: bool) -> list[dict]:
+    """The scan epoch of jdl (``fit``) with each convolution method, against
+    flax+optax's scan, each compiled with and without command buffers
+    (``compiler_options``, per program: no process-wide flags)."""
+    data, test, _ = common.mnist_shaped(512 if quick else 60000)
+    test = {k: v[:2000] for k, v in test.items()}
+    epochs, records = (2 if quick else 4), []
+    for name in ("cnn",) if quick else ("cnn", "fmnist_2c2d"):
+        for label, options in (("default", {}), ("command_buffers", COMMAND_BUFFER_OPTIONS)):
+            flax_s, flax_compile, flax_acc = train_epoch.time_flax(
+                train_epoch.FLAX[name](), "scan", data, test, 128, epochs, options or None)
+            for method in ("lax", "matmul"):
+                engine.GPU_COMPILER_OPTIONS.clear()
+                engine.GPU_COMPILER_OPTIONS.update(options)
+                try:
+                    model = getattr(models, name)(conv_method=method)
+                    jdl_s, jdl_compile, jdl_acc = train_epoch.time_jdl(model, "scan", data, test, 128, epochs)
+                finally:
+                    engine.GPU_COMPILER_OPTIONS.clear()
+                records.append(common.line(
+                    f"variants/{name}/{method}/{label}", jdl_s, f"flax+optax scan ({label})", flax_s,
+                    examples=len(data["label"]), jdl_compile_s=jdl_compile, reference_compile_s=flax_compile,
+                    jdl_test_accuracy=jdl_acc, reference_test_accuracy=flax_acc, compiler_options=options))
+    return records  # fmt: skip
+
+
+def time_to_accuracy_matmul() -> list[dict]:
+    """Time to 92% for the cnn with ``conv_method='matmul'`` (the reference is
+    the ``time_to_accuracy`` part's flax+optax line)."""
+    import time_to_accuracy
+
+    real = common.fashion_mnist()
+    if real is None:
+        return [{"benchmark": "time_to_92/cnn/matmul", "skipped": "real Fashion-MNIST not found"}]
+    data, test, source = real
+    ours = time_to_accuracy.jdl_time("cnn", data, test, 20, conv_method="matmul")
+    return [{"benchmark": "time_to_92/cnn/matmul", "device": common.device_name(), "data": source, **ours}]
+
+
+def feed(quick: bool) -> list[dict]:
+    """The 100 µs step fed by ``prefetch_to_device`` from a uint8 Loader of
+    real Fashion-MNIST, chunks of 16 and 64 batches, and with Python's thread
+    switch interval at 0.5 ms instead of 5 ms."""
+    import loader as loader_bench
+
+    from jdl.data import Loader, idx
+
+    folder = next((f for f in common.FASHION_MNIST_DIRS if f and Path(f).is_dir()), None)
+    files = idx.find_idx_files(folder) if folder else {}
+    if not files:
+        return [{"benchmark": "loader/feed_100us_step", "skipped": "real Fashion-MNIST not found"}]
+    images, labels = idx.read_idx(files["train_data"])[..., None], idx.read_idx(files["train_labels"])
+    loader = Loader(images, labels.astype(np.int32), batch_size=128, shuffle=True, seed=0, drop_remainder=True)
+    records = []
+    for label, chunk, interval in (("chunk16", 16, None), ("chunk64", 64, None), ("chunk16_switch0.5ms", 16, 5e-4)):
+        previous = sys.getswitchinterval()
+        if interval:
+            sys.setswitchinterval(interval)
+        try:
+            line = loader_bench._feed(loader, "real Fashion-MNIST, uint8", quick, chunk=chunk)
+        finally:
+            sys.setswitchinterval(previous)
+        records.append({**line, "benchmark": f"loader/feed_100us_step/{label}"})
+    return records  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -130,11 +199,14 @@ def main() -> None:
         ("kernels", lambda: kernels(args.quick)),
         ("train_epoch", lambda: train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn", "mlp", "fmnist_2c2d"))),
         ("command_buffers", lambda: command_buffers(args.quick)),
+        ("scan_variants", lambda: scan_variants(args.quick)),
         ("time_to_accuracy", lambda: time_to_accuracy.run(cpu=True)),
+        ("time_to_accuracy_matmul", time_to_accuracy_matmul),
+        ("feed", lambda: feed(args.quick)),
         ("comparison", lambda: comparison.run(args.quick, strategies=("vmap",))),
     ]  # fmt: skip
     if args.quick:  # minutes on the CPU even when quick
-        parts = [(name, part) for name, part in parts if name != "time_to_accuracy"]
+        parts = [(name, part) for name, part in parts if not name.startswith("time_to_accuracy")]
     records, started = [], time.perf_counter()
     out = Path(args.out) / "device.json"
     out.parent.mkdir(parents=True, exist_ok=True)

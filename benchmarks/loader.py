@@ -200,7 +200,7 @@ def _run_steps(step, batches, n):
     return (time.perf_counter() - start) / done
 
 
-def _feed(loader, note, quick):
+def _feed(loader, note, quick, **prefetch_kwargs):
     if loader.num_examples < 60000:  # long epochs, as Fashion-MNIST's
         images, labels = loader.stored()
         reps = -(-60000 // loader.num_examples)
@@ -211,8 +211,8 @@ def _feed(loader, note, quick):
     steps = 300 if quick else 2000
     resident_s = _time_steps(step, resident, steps)
     direct_s = _run_steps(step, _epochs(loader), steps)  # host NumPy batches, no prefetch
-    _run_steps(step, _epochs(loader, prefetch=True), 50)  # warm-up: compiles the splitter
-    fed_s = _run_steps(step, _epochs(loader, prefetch=True), steps)
+    _run_steps(step, _epochs(loader, prefetch=True, **prefetch_kwargs), 50)  # warm-up: compiles the splitter
+    fed_s = _run_steps(step, _epochs(loader, prefetch=True, **prefetch_kwargs), steps)
     return _line("loader/feed_100us_step", fed_s, "data resident on device", resident_s,
                  loader.batch_size, note + "; times are per step, examples per step",
                  step_us=round(resident_s * 1e6, 1), step_matmuls=k, steps=steps,

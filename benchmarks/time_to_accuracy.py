@@ -35,10 +35,10 @@ from jdl.data.loader import Loader
 TARGET = 0.92
 
 
-def jdl_time(name: str, data: dict, test: dict, max_epochs: int) -> dict:
+def jdl_time(name: str, data: dict, test: dict, max_epochs: int, conv_method: str = "auto") -> dict:
     start = time.perf_counter()
     loader = Loader(data["image"], data["label"], batch_size=128, shuffle=True, seed=0, drop_remainder=True)
-    model = {"cnn": models.cnn, "fmnist_2c2d": models.fmnist_2c2d}[name]()
+    model = {"cnn": models.cnn, "fmnist_2c2d": models.fmnist_2c2d}[name](conv_method=conv_method)
     result = train.fit(model, losses.cross_entropy, optim.adam(1e-3), loader, epochs=max_epochs, eval_data=test,
                        progress=False, stop_when=lambda r: r["test_accuracy"] >= TARGET)  # fmt: skip
     wall = time.perf_counter() - start

@@ -104,16 +104,18 @@ def flax_accuracy(state, images, labels):
     return jnp.mean(jnp.argmax(state.apply_fn({"params": state.params}, images), -1) == labels)
 
 
-def compile_flax_epoch(state, way: str, data: dict, batch: int):
+def compile_flax_epoch(state, way: str, data: dict, batch: int, compiler_options: dict | None = None):
     """``(epoch, compile seconds)``: ``epoch(state, order) -> state`` trains
     one flax+optax epoch over ``order`` (``(steps, batch)`` indices), in one
     ``lax.scan`` over the data on the device (``way='scan'``) or as the flax
-    example's Python loop of jitted steps over host batches (``way='loop'``)."""
+    example's Python loop of jitted steps over host batches (``way='loop'``).
+    ``compiler_options``: XLA options for the scan's compilation."""
     start = time.perf_counter()
     if way == "scan":
         images, labels = jnp.asarray(data["image"]), jnp.asarray(data["label"])
         steps = len(data["label"]) // batch
-        compiled = flax_scan.lower(state, images, labels, jnp.zeros((steps, batch), jnp.int32)).compile()
+        lowered = flax_scan.lower(state, images, labels, jnp.zeros((steps, batch), jnp.int32))
+        compiled = lowered.compile(compiler_options=compiler_options)
 
         def epoch(state, order):
             return compiled(state, images, labels, jnp.asarray(order))
@@ -128,12 +130,13 @@ def compile_flax_epoch(state, way: str, data: dict, batch: int):
     return epoch, time.perf_counter() - start
 
 
-def time_flax(module: fnn.Module, way: str, data: dict, test: dict, batch: int, epochs: int):
+def time_flax(module: fnn.Module, way: str, data: dict, test: dict, batch: int, epochs: int,
+              compiler_options: dict | None = None):  # fmt: skip
     """(median seconds per epoch, compile seconds, final test accuracy) of a flax module."""
     state = _flax_state(module, data["image"].shape[1:])
     n = len(data["label"]) // batch * batch
     rng = np.random.default_rng(0)
-    epoch, compile_s = compile_flax_epoch(state, way, data, batch)
+    epoch, compile_s = compile_flax_epoch(state, way, data, batch, compiler_options)
     times = []
     for _ in range(epochs):
         order = rng.permutation(len(data["label"]))[:n].reshape(-1, batch)

@@ -38,28 +38,30 @@ def mlp(
     return nn.serial(*layers)
 
 
-def cnn(num_classes: int = 10) -> nn.Layer:
+def cnn(num_classes: int = 10, conv_method: str = "auto") -> nn.Layer:
     """The flax examples/mnist CNN: conv32 3x3, relu, avgpool 2x2; conv64 3x3,
     relu, avgpool 2x2; dense256, relu; dense(num_classes).  flax's default
-    initializers (LeCun normal weights, zero biases)."""
+    initializers (LeCun normal weights, zero biases).  ``conv_method``: see
+    ``nn.Conv``."""
     return nn.serial(
-        nn.Conv(32, (3, 3)), nn.relu, nn.AvgPool((2, 2), strides=(2, 2)),
-        nn.Conv(64, (3, 3)), nn.relu, nn.AvgPool((2, 2), strides=(2, 2)),
+        nn.Conv(32, (3, 3), method=conv_method), nn.relu, nn.AvgPool((2, 2), strides=(2, 2)),
+        nn.Conv(64, (3, 3), method=conv_method), nn.relu, nn.AvgPool((2, 2), strides=(2, 2)),
         nn.Flatten(),
         nn.Dense(256), nn.relu,
         nn.Dense(num_classes),
     )  # fmt: skip
 
 
-def fmnist_2c2d(num_classes: int = 10) -> nn.Layer:
+def fmnist_2c2d(num_classes: int = 10, conv_method: str = "auto") -> nn.Layer:
     """DeepOBS 2c2d: conv32 5x5 same, relu, maxpool 2x2 stride 2 same; conv64
     5x5 same, relu, maxpool 2x2 stride 2 same; dense1024, relu;
-    dense(num_classes).  Weights truncated normal (std 0.05), biases 0.05."""
+    dense(num_classes).  Weights truncated normal (std 0.05), biases 0.05.
+    ``conv_method``: see ``nn.Conv``."""
     w, b = init.truncated_normal(0.05), init.constant(0.05)
     return nn.serial(
-        nn.Conv(32, (5, 5), padding="SAME", w_init=w, b_init=b), nn.relu,
+        nn.Conv(32, (5, 5), padding="SAME", w_init=w, b_init=b, method=conv_method), nn.relu,
         nn.MaxPool((2, 2), strides=(2, 2), padding="SAME"),
-        nn.Conv(64, (5, 5), padding="SAME", w_init=w, b_init=b), nn.relu,
+        nn.Conv(64, (5, 5), padding="SAME", w_init=w, b_init=b, method=conv_method), nn.relu,
         nn.MaxPool((2, 2), strides=(2, 2), padding="SAME"),
         nn.Flatten(),
         nn.Dense(1024, w_init=w, b_init=b), nn.relu,

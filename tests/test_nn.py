@@ -64,10 +64,11 @@ def test_dense_matches_flax():
     assert params["w"].shape == (7, 3) and params["b"].shape == (3,)
 
 
+@pytest.mark.parametrize("method", ["lax", "matmul"])
 @pytest.mark.parametrize("strides, padding", [(1, "SAME"), (2, "VALID"), ((2, 1), ((1, 2), (0, 1)))])
-def test_conv_matches_lax_and_flax(strides, padding):
+def test_conv_matches_lax_and_flax(strides, padding, method):
     x = _images((2, 9, 8, 3))
-    layer = nn.Conv(4, (3, 2), strides=strides, padding=padding)
+    layer = nn.Conv(4, (3, 2), strides=strides, padding=padding, method=method)
     params, state = layer.init(KEY, x.shape)
     y, _ = layer.apply(params, state, x)
     stride = (strides, strides) if isinstance(strides, int) else strides
@@ -78,6 +79,40 @@ def test_conv_matches_lax_and_flax(strides, padding):
     flax_conv = fnn.Conv(4, (3, 2), strides=stride, padding=padding)
     flax_y = flax_conv.apply({"params": {"kernel": params["w"], "bias": params["b"]}}, x)
     np.testing.assert_allclose(y, flax_y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel, strides, padding", [((3, 3), 1, "SAME"), ((5, 5), 2, "SAME"), ((3,), 2, "VALID"),
+                                                      ((2, 2, 2), 1, ((1, 0), (0, 1), (1, 1)))])  # fmt: skip
+def test_conv_by_matmul_matches_a_float64_loop_with_gradients(kernel, strides, padding):
+    """The matmul convolution against a NumPy float64 sum over windows, value
+    and the gradients with respect to input and kernel (through the lax
+    convolution's transpose, an independent derivation)."""
+    n = len(kernel)
+    x = _images((2, *(7,) * n, 3))
+    layer = nn.Conv(5, kernel, strides=strides, padding=padding, use_bias=False, method="matmul")
+    params, _ = layer.init(KEY, x.shape)
+    w = np.asarray(params["w"], np.float64)
+    stride = (strides,) * n if isinstance(strides, int) else strides
+    pairs = lax.padtype_to_pads(x.shape[1:-1], kernel, stride, padding) if isinstance(padding, str) else padding
+    xp = np.pad(np.asarray(x, np.float64), [(0, 0), *pairs, (0, 0)])
+    out = [(xp.shape[1 + i] - kernel[i]) // stride[i] + 1 for i in range(n)]
+    expected = np.zeros((2, *out, 5))
+    for o in np.ndindex(*out):
+        window = tuple(slice(o[i] * stride[i], o[i] * stride[i] + kernel[i]) for i in range(n))
+        expected[(slice(None), *o)] = np.tensordot(xp[(slice(None), *window)], w, n + 1)
+    y, _ = layer.apply(params, {}, x)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    spatial = "HWD"[:n]
+    numbers = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+
+    def lax_loss(x, w):
+        return jnp.sum(jnp.sin(lax.conv_general_dilated(x, w, stride, pairs, dimension_numbers=numbers)))
+
+    def matmul_loss(x, w):
+        return jnp.sum(jnp.sin(layer.apply({"w": w}, {}, x)[0]))
+
+    for ours, theirs in zip(jax.grad(matmul_loss, (0, 1))(x, params["w"]), jax.grad(lax_loss, (0, 1))(x, params["w"])):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jdl.train.engine import windows, with_device_transform
+from jdl.train.engine import compile_lowered, windows, with_device_transform
 from jdl.train.step import (
     Carry,
     Totals,
@@ -274,11 +274,11 @@ def train_cluster(
     elif use_scan:
         fn = cluster_epoch(model, loss_fn, makes, use_scan, microbatch, strategy)
         shapes = tuple(jax.ShapeDtypeStruct((steps, len(g.seeds), batch_size), jnp.int32) for g in groups)
-        compiled = fn.lower(carries, lrs, device_images, device_labels, shapes, base_keys, 0, 0).compile()
+        compiled = compile_lowered(fn.lower(carries, lrs, device_images, device_labels, shapes, base_keys, 0, 0))
     else:
         fn = cluster_epoch(model, loss_fn, makes, use_scan, microbatch, strategy)
         shapes = tuple(jax.ShapeDtypeStruct((1, len(g.seeds), batch_size), jnp.int32) for g in groups)
-        compiled = fn.lower(carries, lrs, device_images, device_labels, shapes, base_keys, 0, 0, 0).compile()
+        compiled = compile_lowered(fn.lower(carries, lrs, device_images, device_labels, shapes, base_keys, 0, 0, 0))
     compile_s = time.perf_counter() - start
 
     history: list[list[dict[str, np.ndarray]]] = []

@@ -119,6 +119,18 @@ class Placement:
         return jax.lax.with_sharding_constraint(batch, self.batch)
 
 
+# XLA options jdl compiles its training programs with on a GPU (none yet:
+# benchmarks/device_check.py measures candidates, e.g. command buffers).
+GPU_COMPILER_OPTIONS: dict[str, str] = {}
+
+
+def compile_lowered(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
+    """``lowered.compile()``, with ``GPU_COMPILER_OPTIONS`` on a GPU."""
+    if jax.default_backend() == "gpu" and GPU_COMPILER_OPTIONS:
+        return lowered.compile(compiler_options=dict(GPU_COMPILER_OPTIONS))
+    return lowered.compile()
+
+
 def stream_step(run: Callable) -> Callable:
     """One step, jitted, carry donated: for the Python loop."""
     return jax.jit(run, donate_argnums=0)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdl.data.prefetch import prefetch_to_device
-from jdl.train.engine import Placement, scan_epoch, stream_step
+from jdl.train.engine import Placement, compile_lowered, scan_epoch, stream_step
 from jdl.train.step import Carry, all_finite
 
 
@@ -58,14 +58,14 @@ class EpochRunner:
         order = jax.ShapeDtypeStruct((self.full_steps, self.batch_size), jnp.int32, sharding=self.placement.replicated)
         lowered = scan_epoch(self.run, self.placement).lower(self.carry, self.images, self.labels, order,
                                                              self.base_key, 0, 0)  # fmt: skip
-        self._epoch_fn, seconds = timed(lowered.compile)
+        self._epoch_fn, seconds = timed(compile_lowered, lowered)
         self.compile_s += seconds
 
     def _compiled_step(self, batch: dict) -> Callable:
         signature = tuple((k, v.shape) for k, v in batch.items())
         if signature not in self._steps:
             lowered = stream_step(self.run).lower(self.carry, batch, self.base_key, 0, 0, 0)
-            self._steps[signature], seconds = timed(lowered.compile)
+            self._steps[signature], seconds = timed(compile_lowered, lowered)
             self.compile_s += seconds
         return self._steps[signature]
 
