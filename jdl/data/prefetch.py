@@ -12,7 +12,7 @@ slower than the step.
 Each `device_put` has a fixed cost (measured on an H200, jax 0.11.2: about
 75 µs per array of up to ~1 MB, so about 150 µs for an image+label batch),
 more than a small model's whole step. On accelerators the thread therefore
-moves `chunk` consecutive batches (default 16) at a time. From a Loader
+moves `chunk` consecutive batches (default 64) at a time. From a Loader
 without a host transform it gathers them straight from the stored uint8
 images (a quarter of the bytes), transfers images and labels once per chunk,
 and on the device turns them into float32 through a 256-entry table computed
@@ -27,11 +27,15 @@ Measured on an H200 (mnist-shaped batches of 128 from a Loader, a jitted
 step of 108 µs with the data resident; two runs each): host NumPy batches
 straight into the step 310-340 µs/step; prefetch_to_device with chunk=1
 300-620, chunk=8 180-290, chunk=16 130-170 µs/step. With chunk=8, steps of
-56 and 366 µs (resident) took 290 and 588 µs: prefetching still adds about
-150-250 µs per step there, a cost not yet pinned down (host-side contention
-between the feeding thread and the dispatching thread is the suspect). So a
-100 µs step is not fully fed this way; for the smallest steps keep the whole
-split on the device (`Loader.arrays()` + `Loader.permutation(epoch)`).
+56 and 366 µs (resident) took 290 and 588 µs. On an H100 (real
+Fashion-MNIST, uint8 Loader, a 108 µs resident step, 2000 steps; one run,
+`benchmarks/device_check.py`): chunk=16 214 µs/step, chunk=16 with Python's
+thread switch interval at 0.5 ms instead of 5 ms 133 µs, chunk=64 122 µs
+(no prefetching: 489 µs). That a shorter switch interval helps says the
+cost is the feeding thread holding the GIL while the dispatching thread
+waits; fewer, larger transfers hold it less often, so chunk is 64. A 100 µs step still waits about 12% of its time; for the
+smallest steps keep the whole split on the device (`Loader.arrays()` +
+`Loader.permutation(epoch)`, `fit`'s scan engine).
 
 With several devices the batch axis is split across them
 (`NamedSharding(Mesh(devices, ('data',)), P('data'))`): each device holds
@@ -152,7 +156,7 @@ class Prefetcher(Iterator):
         self._sharding, self._stacked, self._num_shards = _resolve(sharding)
         if chunk is None:
             on_cpu = all(d.platform == "cpu" for d in self._sharding.device_set)
-            chunk = 1 if on_cpu else 16
+            chunk = 1 if on_cpu else 64
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1; got {chunk}")
         self._chunk = chunk if self._stacked is not None else 1
@@ -323,7 +327,7 @@ def prefetch_to_device(iterable: Iterable[Any], size: int = 2, sharding=None,
         Default: the batch axis split over all local devices when there are
         several (`data_sharding()`), else the default device.
       chunk: batches moved per transfer (see the module docstring); default
-        16 on accelerators, 1 on the CPU backend.
+        64 on accelerators, 1 on the CPU backend.
 
     Returns a `Prefetcher`: an iterator, also a context manager; `close()`
     stops its thread early. Errors from the host iterator are raised from

@@ -10,9 +10,13 @@ Both see the same batches in the same order (the loader's
 ``permutation(epoch)``) and the same PRNG keys (``step_key(seed, epoch,
 step)``), so they train to the same parameters up to float rounding.
 
-On the CPU, convolutions inside ``lax.scan`` run about 25x slower than the
-same step called from a Python loop (shared/FACTS.md), so ``auto`` never takes
-the scan path for a model with convolutions on the CPU.
+On the CPU, XLA's convolutions inside ``lax.scan`` run about 25x slower than
+the same step called from a Python loop (shared/FACTS.md), so ``auto`` never
+takes the scan path there for a model whose forward pass holds a
+``conv_general_dilated``.  jdl's own ``nn.Conv`` holds none on the CPU: its
+``method='auto'`` computes convolutions as matrix products there, which a scan
+does not slow, so jdl's convolutional models train in the scan engine on the
+CPU too.
 """
 
 from __future__ import annotations
@@ -119,8 +123,9 @@ class Placement:
         return jax.lax.with_sharding_constraint(batch, self.batch)
 
 
-# XLA options jdl compiles its training programs with on a GPU (none yet:
-# benchmarks/device_check.py measures candidates, e.g. command buffers).
+# XLA options jdl compiles its training programs with on a GPU.  Empty: command
+# buffers (CUDA graphs, while loops included) changed nothing on an H100
+# (benchmarks/README.md); benchmarks/device_check.py measures candidates here.
 GPU_COMPILER_OPTIONS: dict[str, str] = {}
 
 
