@@ -26,6 +26,7 @@ else:
 from jdl import losses, models, optim
 from jdl.compare.engine import Group, choose_strategy, train_cluster
 from jdl.data.loader import Loader
+from jdl.train.engine import choose_mode, uses_convolution
 
 
 def _epoch_seconds(model, data, test, lrs, seeds, batch, epochs, use_scan, strategy="vmap"):
@@ -39,17 +40,24 @@ def _epoch_seconds(model, data, test, lrs, seeds, batch, epochs, use_scan, strat
     return common.median(out["times"][1:]), out["compile_s"], out["history"][-1][0]["test_accuracy"]
 
 
-def run(quick: bool = False, k: int = 8, batch: int = 128, strategies=("unroll", "vmap")) -> list[dict]:
+def run(quick: bool = False, k: int = 8, batch: int = 128, strategies=("unroll", "vmap"),
+        conv_method: str = "auto") -> list[dict]:  # fmt: skip
+    """``conv_method``: the cnn's ``nn.Conv`` method (``'auto'``: matrix products
+    on the CPU, cuDNN on a GPU); the engine (scan or loop) and the strategy it
+    would choose follow from it, as in ``jdl.compare.run``."""
     on_cpu = jax.devices()[0].platform == "cpu"
     n_train = 1024 if quick else (4096 if on_cpu else 60000)
     data, test, source = common.mnist_shaped(n_train)
     test = {key: value[:1000] for key, value in test.items()}
     epochs = 2 if quick else 3
-    use_scan = not on_cpu  # convolutions in scan are slow on the CPU (FACTS)
-    model, model_name = models.cnn(), "cnn"
+    model, model_name = models.cnn(conv_method=conv_method), "cnn"
     if quick:  # the smoke run: a small MLP, fewer configurations
-        model, model_name, k, n_train, use_scan = models.mlp(hidden=(32,)), "mlp", 4, 512, True
+        model, model_name, k, n_train = models.mlp(hidden=(32,)), "mlp", 4, 512
         data = {key: value[:n_train] for key, value in data.items()}
+    params, state = model.init(jax.random.key(0), (1, *data["image"].shape[1:]))
+    has_conv = uses_convolution(model, params, state, (1, *data["image"].shape[1:]))
+    mode = choose_mode("auto", has_conv=has_conv, has_host_transform=False, data_bytes=data["image"].nbytes)
+    use_scan = mode == "scan"
     lrs = list(np.geomspace(1e-4, 3e-3, k))
     alone, alone_compile, accs_alone = 0.0, 0.0, []
     for lr in lrs:
@@ -62,7 +70,8 @@ def run(quick: bool = False, k: int = 8, batch: int = 128, strategies=("unroll",
         records.append(common.line(
             f"comparison/{model_name}/{k}_configs/{strategy}", together, f"{k} sequential runs (same engine)", alone,
             batch_size=batch, examples=n_train, data=source, engine="scan" if use_scan else "loop",
-            strategy=strategy, chosen=strategy == choose_strategy(model_name == "cnn"), jdl_compile_s=compile_s,
+            strategy=strategy, chosen=strategy == choose_strategy(has_conv), conv_method=conv_method,
+            jdl_compile_s=compile_s,
             reference_compile_s=alone_compile, speedup=alone / together,
             max_accuracy_difference=float(np.max(np.abs(np.asarray(accs) - np.asarray(accs_alone)))),
         ))  # fmt: skip

@@ -204,6 +204,7 @@ def main() -> None:
         ("time_to_accuracy_matmul", time_to_accuracy_matmul),
         ("feed", lambda: feed(args.quick)),
         ("comparison", lambda: comparison.run(args.quick, strategies=("vmap",))),
+        ("comparison_matmul", lambda: comparison.run(args.quick, strategies=("vmap",), conv_method="matmul")),
     ]  # fmt: skip
     if args.quick:  # minutes on the CPU even when quick
         parts = [(name, part) for name, part in parts if not name.startswith("time_to_accuracy")]

@@ -9,6 +9,8 @@ against flax+optax's scan, one process, medians of epochs after a warm-up:
   outputs, the first non-finite step tracked in the carry).
 * ``no_accuracy``: the step's accuracy not computed.
 * ``no_metrics``: no per-step outputs at all.
+* ``loss_only``: the step's loss as its one output, no non-finite tracking
+  (separates the cost of computing the loss value from that of the check).
 * ``no_first_bad``: ``no_metrics`` and the non-finite tracking removed too:
   the bare step, the same work as flax+optax's.
 
@@ -56,10 +58,26 @@ def _bare_step(model, tx):
     return step
 
 
+def _loss_only_step(model, tx):
+    """The bare step that also returns its loss."""
+    value_and_grad = jax.value_and_grad(lambda p, s, b, k: objective(model, losses.cross_entropy)(p, s, b, k)[0])
+
+    def step(carry, batch, key, global_step):
+        loss, grads = value_and_grad(carry.params, carry.state, batch, key)
+        updates, opt_state = tx.update(grads, carry.opt_state, carry.params)
+        return Carry(optim.apply_updates(carry.params, updates), carry.state, opt_state, carry.first_bad), {
+            "loss": loss
+        }
+
+    return step
+
+
 def _variant(name: str, model, tx):
     full = train_step(model, losses.cross_entropy, tx, guard=False)
     if name == "full":
         return full
+    if name == "loss_only":
+        return _loss_only_step(model, tx)
     if name == "no_accuracy":
         return lambda c, b, k, g: (lambda out: (out[0], {"loss": out[1]["loss"]}))(full(c, b, k, g))
     if name == "no_metrics":
@@ -94,7 +112,7 @@ def variants(quick: bool) -> list[dict]:
             state = jax.block_until_ready(flax_fn(state, images, labels, orders[e]))
             flax_times.append(time.perf_counter() - start)
         flax_s = common.median(flax_times)
-        for variant in ("full", "no_accuracy", "no_metrics", "no_first_bad"):
+        for variant in ("full", "no_accuracy", "no_metrics", "loss_only", "no_first_bad"):
             model, tx = train_epoch.JDL[name](), optim.adam(1e-3)
             params, model_state = model.init(jax.random.key(0), (1, 28, 28, 1))
             carry = Carry(params, model_state, tx.init(params), jnp.int32(-1))
