@@ -81,6 +81,11 @@ def test_conv_matches_lax_and_flax(strides, padding, method):
     np.testing.assert_allclose(y, flax_y, rtol=1e-5, atol=1e-5)
 
 
+def test_conv_rejects_an_unknown_method():
+    with pytest.raises(ValueError, match="Conv: method must be 'auto', 'lax' or 'matmul'; got 'fft'"):
+        nn.Conv(4, 3, method="fft")
+
+
 @pytest.mark.parametrize("kernel, strides, padding", [((3, 3), 1, "SAME"), ((5, 5), 2, "SAME"), ((3,), 2, "VALID"),
                                                       ((2, 2, 2), 1, ((1, 0), (0, 1), (1, 1)))])  # fmt: skip
 def test_conv_by_matmul_matches_a_float64_loop_with_gradients(kernel, strides, padding):

@@ -220,3 +220,23 @@ def test_eight_cpu_devices_train_to_the_same_parameters_as_one():
     for mode in ("stream", "scan"):
         for name in one[mode]:
             np.testing.assert_allclose(eight[mode][name], one[mode][name], rtol=1e-4, atol=1e-5)
+
+
+def test_auto_mode_scans_jdl_convolutions_on_the_cpu_but_not_xla_ones():
+    """On the CPU XLA's convolutions in a scan are ~25x slower (FACTS): ``auto``
+    streams a model holding one, and scans jdl's own cnn, whose ``Conv`` is a
+    matrix product there."""
+    from jdl.train.engine import choose_mode, uses_convolution
+
+    shape = (1, 28, 28, 1)
+    for method, expected in (("lax", True), ("matmul", False), ("auto", jax.default_backend() != "cpu")):
+        model = models.cnn(conv_method=method)
+        params, state = model.init(jax.random.key(0), shape)
+        assert uses_convolution(model, params, state, shape) is expected, method
+    on_cpu = jax.default_backend() == "cpu"
+    assert choose_mode("auto", has_conv=True, has_host_transform=False, data_bytes=1 << 20) == (
+        "stream" if on_cpu else "scan")
+    assert choose_mode("auto", has_conv=False, has_host_transform=False, data_bytes=1 << 20) == "scan"
+    assert choose_mode("auto", has_conv=False, has_host_transform=True, data_bytes=1 << 20) == "stream"
+    with pytest.raises(ValueError, match="mode must be 'auto', 'stream' or 'scan'; got 'loop'"):
+        choose_mode("loop", has_conv=False, has_host_transform=False, data_bytes=0)
