@@ -78,6 +78,7 @@ def test_cli_train_writes_results(tmp_path):
                      "--out", str(out)]) == 0
     run = json.loads((out / "results.json").read_text())["runs"][0]
     assert run["optimizer"] == "adam" and run["epochs"][0]["test_accuracy"] > 0.8
+    assert run["batch_size"] == 32  # the documented default
 
 
 @pytest.mark.parametrize(

@@ -33,9 +33,10 @@ Fashion-MNIST, uint8 Loader, a 108 µs resident step, 2000 steps; one run,
 thread switch interval at 0.5 ms instead of 5 ms 133 µs, chunk=64 122 µs
 (no prefetching: 489 µs). That a shorter switch interval helps says the
 cost is the feeding thread holding the GIL while the dispatching thread
-waits; fewer, larger transfers hold it less often, so chunk is 64. A 100 µs step still waits about 12% of its time; for the
-smallest steps keep the whole split on the device (`Loader.arrays()` +
-`Loader.permutation(epoch)`, `fit`'s scan engine).
+waits; fewer, larger transfers hold it less often, so chunk is 64. A 100 µs
+step still waits about 12% of its time; for the smallest steps keep the
+whole split on the device (`Loader.arrays()` + `Loader.permutation(epoch)`,
+`fit`'s scan engine).
 
 With several devices the batch axis is split across them
 (`NamedSharding(Mesh(devices, ('data',)), P('data'))`): each device holds
