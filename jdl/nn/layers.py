@@ -129,7 +129,9 @@ def conv_as_matmul(x: jax.Array, w: jax.Array, strides: Sequence[int], padding) 
     kernel reshaped to ``(K * C, features)`` (Chellapilla et al., 2006, "High
     performance convolutional neural networks for document processing").
     Its gradient is slices, pads and two matrix products: no convolution
-    kernel at all, which on a GPU is fewer, larger kernels for small images.
+    primitive at all.  ``padding``: ``'SAME'``, ``'VALID'`` or one ``(low,
+    high)`` pair per spatial dimension; ``x`` is ``(batch, *spatial, C)``
+    and ``w`` is ``(*kernel_size, C, features)``.
     """
     window, channels, features = w.shape[:-2], w.shape[-2], w.shape[-1]
     spatial = x.shape[1:-1]
@@ -169,7 +171,9 @@ def Conv(  # noqa: N802
     traced: ``'matmul'`` on the CPU, where XLA's convolutions run about 25x
     slower inside ``lax.scan`` than outside it and the matrix product is not
     slowed (flax CNN step, batch 128, 2 cores: 49 ms in a scan against 83 ms
-    for ``lax`` called from a Python loop).
+    for ``lax`` called from a Python loop); ``'lax'`` elsewhere (on an H100
+    cuDNN is as fast for the flax CNN and faster for 5x5 windows: DeepOBS
+    2c2d 0.186 against 0.235 s per epoch).
     """
     if not isinstance(features, int) or features < 1:
         raise ValueError(f"Conv: features must be a positive int; got {features!r}")
