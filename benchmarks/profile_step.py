@@ -95,14 +95,14 @@ def _epoch_seconds(epoch_fn, carry, images, labels, orders, key, epochs):
     return common.median(times)
 
 
-def variants(quick: bool) -> list[dict]:
+def variants(quick: bool, names: tuple[str, ...] = ("mlp", "cnn")) -> list[dict]:
     data, _, source = common.mnist_shaped(2048 if quick else 60000)
     images, labels = jnp.asarray(data["image"]), jnp.asarray(data["label"])
     steps, epochs, records = len(data["label"]) // BATCH, 3 if quick else 5, []
     rng = np.random.default_rng(0)
     orders = [jnp.asarray(rng.permutation(len(data["label"]))[: steps * BATCH].reshape(steps, BATCH), jnp.int32)
               for _ in range(epochs + 1)]  # fmt: skip
-    for name in ("mlp",) if quick else ("mlp", "cnn"):
+    for name in ("mlp",) if quick else names:
         state = train_epoch._flax_state(train_epoch.FLAX[name](), (28, 28, 1))
         flax_fn = train_epoch.flax_scan.lower(state, images, labels, orders[0]).compile()
         state = flax_fn(state, images, labels, orders[0])  # warm-up (it donates the state)
