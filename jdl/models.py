@@ -69,18 +69,18 @@ def fmnist_2c2d(num_classes: int = 10, conv_method: str = "auto") -> nn.Layer:
     )  # fmt: skip
 
 
-def cifar10_3c3d(num_classes: int = 10) -> nn.Layer:
+def cifar10_3c3d(num_classes: int = 10, conv_method: str = "auto") -> nn.Layer:
     """DeepOBS 3c3d: conv64 5x5 valid, relu, maxpool 3x3 stride 2 same; conv96
     3x3 valid, relu, maxpool 3x3/2 same; conv128 3x3 same, relu, maxpool 3x3/2
     same; dense512, relu; dense256, relu; dense(num_classes).  Glorot uniform
-    weights, zero biases."""
+    weights, zero biases.  ``conv_method``: see ``nn.Conv``."""
     w = init.glorot_uniform
     return nn.serial(
-        nn.Conv(64, (5, 5), padding="VALID", w_init=w), nn.relu,
+        nn.Conv(64, (5, 5), padding="VALID", w_init=w, method=conv_method), nn.relu,
         nn.MaxPool((3, 3), strides=(2, 2), padding="SAME"),
-        nn.Conv(96, (3, 3), padding="VALID", w_init=w), nn.relu,
+        nn.Conv(96, (3, 3), padding="VALID", w_init=w, method=conv_method), nn.relu,
         nn.MaxPool((3, 3), strides=(2, 2), padding="SAME"),
-        nn.Conv(128, (3, 3), padding="SAME", w_init=w), nn.relu,
+        nn.Conv(128, (3, 3), padding="SAME", w_init=w, method=conv_method), nn.relu,
         nn.MaxPool((3, 3), strides=(2, 2), padding="SAME"),
         nn.Flatten(),
         nn.Dense(512, w_init=w), nn.relu,
