@@ -24,9 +24,8 @@ else:
     from benchmarks import common
 
 from jdl import losses, models, optim
-from jdl.compare.engine import Group, choose_strategy, train_cluster
+from jdl.compare.engine import Group, choose_engine, train_cluster
 from jdl.data.loader import Loader
-from jdl.train.engine import choose_mode, uses_convolution
 
 
 def _epoch_seconds(model, data, test, lrs, seeds, batch, epochs, use_scan, strategy="vmap"):
@@ -54,10 +53,7 @@ def run(quick: bool = False, k: int = 8, batch: int = 128, strategies=("unroll",
     if quick:  # the smoke run: a small MLP, fewer configurations
         model, model_name, k, n_train = models.mlp(hidden=(32,)), "mlp", 4, 512
         data = {key: value[:n_train] for key, value in data.items()}
-    params, state = model.init(jax.random.key(0), (1, *data["image"].shape[1:]))
-    has_conv = uses_convolution(model, params, state, (1, *data["image"].shape[1:]))
-    mode = choose_mode("auto", has_conv=has_conv, has_host_transform=False, data_bytes=data["image"].nbytes)
-    use_scan = mode == "scan"
+    use_scan, chosen = choose_engine(model, data["image"])
     lrs = list(np.geomspace(1e-4, 3e-3, k))
     alone, alone_compile, accs_alone = 0.0, 0.0, []
     for lr in lrs:
@@ -70,7 +66,7 @@ def run(quick: bool = False, k: int = 8, batch: int = 128, strategies=("unroll",
         records.append(common.line(
             f"comparison/{model_name}/{k}_configs/{strategy}", together, f"{k} sequential runs (same engine)", alone,
             batch_size=batch, examples=n_train, data=source, engine="scan" if use_scan else "loop",
-            strategy=strategy, chosen=strategy == choose_strategy(has_conv), conv_method=conv_method,
+            strategy=strategy, chosen=strategy == chosen, conv_method=conv_method,
             jdl_compile_s=compile_s,
             reference_compile_s=alone_compile, speedup=alone / together,
             max_accuracy_difference=float(np.max(np.abs(np.asarray(accs) - np.asarray(accs_alone)))),

@@ -27,10 +27,9 @@ import numpy as np
 
 from jdl import data as jdl_data
 from jdl import losses, models
-from jdl.compare.engine import Group, choose_strategy, train_cluster
+from jdl.compare.engine import Group, choose_engine, train_cluster
 from jdl.compare.presets import CLASSIC, FULL_BATCH, PRESETS, Preset, preset
 from jdl.compare.report import Comparison, format_table, plot
-from jdl.train.engine import choose_mode, uses_convolution
 
 __all__ = ["run", "Comparison", "CLASSIC", "PRESETS", "preset", "default_out_dir", "check_out_dir", "format_table",
            "plot"]  # fmt: skip
@@ -75,11 +74,6 @@ def _grids(optimizers: Sequence[str], learning_rates) -> dict[str, list[float]] 
 def _batch(p: Preset, batch_size: int, n: int) -> int:
     size = n if p.batch_size == FULL_BATCH else (p.batch_size or batch_size)
     return min(size, n)
-
-
-def _has_convolution(model, image_shape) -> bool:
-    params, state = jax.eval_shape(lambda k: model.init(k, (1, *image_shape)), jax.random.key(0))
-    return uses_convolution(model, params, state, (1, *image_shape))
 
 
 def _train(model, loss_fn, configs, images, labels, eval_images, eval_labels, permutation, epochs, batch_size,
@@ -172,10 +166,7 @@ def run(
     images, labels = train_arrays["image"], train_arrays["label"]
     test_images, test_labels = test_arrays["image"], test_arrays["label"]
     net = models.get(model, num_classes=train.num_classes)
-    has_conv = _has_convolution(net, images.shape[1:])
-    # The training engine's rule: no scan for convolutions on the CPU, nor for data too big for the device.
-    use_scan = choose_mode("auto", has_conv=has_conv, has_host_transform=False, data_bytes=images.nbytes) == "scan"
-    strategy = choose_strategy(has_conv)
+    use_scan, strategy = choose_engine(net, images)
     loss_fn = losses.cross_entropy
     started = time.perf_counter()
 

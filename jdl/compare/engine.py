@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jdl.train.engine import compile_lowered, windows, with_device_transform
+from jdl.train.engine import choose_mode, compile_lowered, uses_convolution, windows, with_device_transform
 from jdl.train.step import (
     Carry,
     Totals,
@@ -99,6 +99,17 @@ def _group_step(model, loss_fn, make, microbatch, strategy: str) -> Callable:
 def choose_strategy(uses_convolution: bool) -> str:
     """``'vmap'``, except ``'unroll'`` for convolutional models on the CPU."""
     return "unroll" if uses_convolution and jax.devices()[0].platform == "cpu" else "vmap"
+
+
+def choose_engine(model, images: np.ndarray) -> tuple[bool, str]:
+    """``(use_scan, strategy)`` for training ``model`` on ``images``: the
+    training engine's rule (no scan for XLA convolutions on the CPU, nor for
+    data too big for the device) and ``choose_strategy``."""
+    shape = (1, *images.shape[1:])
+    params, state = jax.eval_shape(lambda k: model.init(k, shape), jax.random.key(0))
+    has_conv = uses_convolution(model, params, state, shape)
+    mode = choose_mode("auto", has_conv=has_conv, has_host_transform=False, data_bytes=images.nbytes)
+    return mode == "scan", choose_strategy(has_conv)
 
 
 def cluster_epoch(model, loss_fn, makes: list[Callable], use_scan: bool, microbatch: int | None = None,
