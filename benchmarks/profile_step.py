@@ -46,28 +46,17 @@ from jdl.train.step import Carry, objective, train_step
 BATCH = 128
 
 
-def _bare_step(model, tx):
-    """The step without metrics or non-finite tracking (flax+optax's work)."""
-    grad = jax.grad(lambda p, s, b, k: objective(model, losses.cross_entropy)(p, s, b, k)[0])
-
-    def step(carry, batch, key, global_step):
-        grads = grad(carry.params, carry.state, batch, key)
-        updates, opt_state = tx.update(grads, carry.opt_state, carry.params)
-        return Carry(optim.apply_updates(carry.params, updates), carry.state, opt_state, carry.first_bad), {}
-
-    return step
-
-
-def _loss_only_step(model, tx):
-    """The bare step that also returns its loss."""
-    value_and_grad = jax.value_and_grad(lambda p, s, b, k: objective(model, losses.cross_entropy)(p, s, b, k)[0])
+def _bare_step(model, tx, with_loss: bool):
+    """The step without metrics or non-finite tracking (flax+optax's work),
+    returning its loss as the one metric when ``with_loss``."""
+    loss_of = objective(model, losses.cross_entropy)
+    value_and_grad = jax.value_and_grad(lambda p, s, b, k: loss_of(p, s, b, k)[0])
 
     def step(carry, batch, key, global_step):
         loss, grads = value_and_grad(carry.params, carry.state, batch, key)
         updates, opt_state = tx.update(grads, carry.opt_state, carry.params)
-        return Carry(optim.apply_updates(carry.params, updates), carry.state, opt_state, carry.first_bad), {
-            "loss": loss
-        }
+        new_carry = Carry(optim.apply_updates(carry.params, updates), carry.state, opt_state, carry.first_bad)
+        return new_carry, ({"loss": loss} if with_loss else {})
 
     return step
 
@@ -77,12 +66,12 @@ def _variant(name: str, model, tx):
     if name == "full":
         return full
     if name == "loss_only":
-        return _loss_only_step(model, tx)
+        return _bare_step(model, tx, with_loss=True)
     if name == "no_accuracy":
         return lambda c, b, k, g: (lambda out: (out[0], {"loss": out[1]["loss"]}))(full(c, b, k, g))
     if name == "no_metrics":
         return lambda c, b, k, g: (full(c, b, k, g)[0], {})
-    return _bare_step(model, tx)
+    return _bare_step(model, tx, with_loss=False)
 
 
 def _epoch_seconds(epoch_fn, carry, images, labels, orders, key, epochs):
