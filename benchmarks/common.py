@@ -49,19 +49,28 @@ def median(values) -> float:
     return float(statistics.median(values))
 
 
-def fashion_mnist() -> tuple[dict, dict, str] | None:
-    """Real Fashion-MNIST (train, test) as float32 NHWC in [0, 1] and int32
-    labels, read from IDX files verified by jdl.data.idx; None when absent."""
+def fashion_mnist_files() -> dict:
+    """Real Fashion-MNIST's IDX files (``jdl.data.idx.find_idx_files``) in the
+    first of ``FASHION_MNIST_DIRS`` that holds them; empty when absent."""
     from jdl.data import idx
 
     for folder in FASHION_MNIST_DIRS:
         if folder and Path(folder).is_dir():
             files = idx.find_idx_files(folder)
             if files:
-                arrays = {name: idx.read_idx(path) for name, path in files.items()}
-                break
-    else:
+                return files
+    return {}
+
+
+def fashion_mnist() -> tuple[dict, dict, str] | None:
+    """Real Fashion-MNIST (train, test) as float32 NHWC in [0, 1] and int32
+    labels, read from IDX files verified by jdl.data.idx; None when absent."""
+    from jdl.data import idx
+
+    files = fashion_mnist_files()
+    if not files:
         return None
+    arrays = {name: idx.read_idx(path) for name, path in files.items()}
 
     def split(prefix):
         images = arrays[f"{prefix}_data"].astype(np.float32)[..., None] / 255.0

@@ -167,8 +167,7 @@ def feed(quick: bool) -> list[dict]:
 
     from jdl.data import Loader, idx
 
-    folder = next((f for f in common.FASHION_MNIST_DIRS if f and Path(f).is_dir()), None)
-    files = idx.find_idx_files(folder) if folder else {}
+    files = common.fashion_mnist_files()
     if not files:
         return [{"benchmark": "loader/feed_100us_step", "skipped": "real Fashion-MNIST not found"}]
     images, labels = idx.read_idx(files["train_data"])[..., None], idx.read_idx(files["train_labels"])
