@@ -86,6 +86,37 @@ def test_conv_rejects_an_unknown_method():
         nn.Conv(4, 3, method="fft")
 
 
+def _primitives(layer, x) -> set[str]:
+    params, _ = layer.init(KEY, x.shape)
+    jaxpr = jax.make_jaxpr(lambda p: layer.apply(p, {}, x)[0])(params)
+    return {str(eqn.primitive) for eqn in jaxpr.jaxpr.eqns}
+
+
+@pytest.mark.parametrize("backend, channels, expected", [("cpu", 1, "matmul"), ("cpu", 32, "matmul"),
+                                                         ("gpu", 1, "matmul"), ("gpu", 3, "matmul"),
+                                                         ("gpu", 4, "lax"), ("gpu", 32, "lax"), ("tpu", 1, "lax")])
+def test_auto_conv_method_by_backend_and_input_channels(monkeypatch, backend, channels, expected):
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    assert nn.layers.auto_conv_method(channels) == expected
+    with nn.layers.auto_conv_method_as("lax"):
+        assert nn.layers.auto_conv_method(channels) == "lax"
+        with nn.layers.auto_conv_method_as(None):
+            assert nn.layers.auto_conv_method(channels) == expected
+    assert nn.layers.auto_conv_method(channels) == expected
+
+
+def test_auto_conv_traces_the_method_chosen_for_it():
+    x = _images((2, 6, 6, 3))
+    layer = nn.Conv(4, 3)  # method='auto': a matrix product on the CPU
+    assert "conv_general_dilated" not in _primitives(layer, x) and "dot_general" in _primitives(layer, x)
+    with nn.layers.auto_conv_method_as("lax"):
+        assert "conv_general_dilated" in _primitives(layer, x)
+    assert "conv_general_dilated" in _primitives(nn.Conv(4, 3, method="lax"), x)
+    with pytest.raises(ValueError, match="method must be None, 'lax' or 'matmul'; got 'fft'"):
+        with nn.layers.auto_conv_method_as("fft"):
+            pass
+
+
 @pytest.mark.parametrize("kernel, strides, padding", [((3, 3), 1, "SAME"), ((5, 5), 2, "SAME"), ((3,), 2, "VALID"),
                                                       ((2, 2, 2), 1, ((1, 0), (0, 1), (1, 1)))])  # fmt: skip
 def test_conv_by_matmul_matches_a_float64_loop_with_gradients(kernel, strides, padding):

@@ -6,8 +6,10 @@ Images are NHWC and convolution kernels HWIO, as in flax and TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -115,8 +117,41 @@ def _check_window_fits(layer: str, input_shape, window, padding) -> None:
         )
 
 
-# How ``Conv(method='auto')`` convolves on each backend (see ``Conv``).
+# How ``Conv(method='auto')`` convolves on each backend (see ``Conv``)...
 CONV_METHODS: dict[str, str] = {"cpu": "matmul", "gpu": "lax", "tpu": "lax"}
+# ...except that on a GPU a layer with at most this many input channels takes
+# 'matmul': cuDNN has no tensor-core kernel for one input channel.
+GPU_MATMUL_MAX_CHANNELS = 3
+
+
+_AUTO_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("jdl_conv_auto", default=None)
+
+
+@contextlib.contextmanager
+def auto_conv_method_as(method: str | None) -> Iterator[None]:
+    """Within the block, every ``Conv(method='auto')`` traced takes ``method``
+    (``'lax'`` or ``'matmul'``; ``None``: the default rule).  For callers that
+    know more than the layer does: ``jdl.compare`` vmaps models over
+    configurations, which turns cuDNN convolutions into grouped ones."""
+    if method not in (None, "lax", "matmul"):
+        raise ValueError(f"auto_conv_method_as: method must be None, 'lax' or 'matmul'; got {method!r}")
+    token = _AUTO_OVERRIDE.set(method)
+    try:
+        yield
+    finally:
+        _AUTO_OVERRIDE.reset(token)
+
+
+def auto_conv_method(in_channels: int) -> str:
+    """The method ``Conv(method='auto')`` takes for a layer with ``in_channels``
+    inputs on the default backend (or inside ``auto_conv_method_as``)."""
+    override = _AUTO_OVERRIDE.get()
+    if override is not None:
+        return override
+    backend = jax.default_backend()
+    if backend == "gpu" and in_channels <= GPU_MATMUL_MAX_CHANNELS:
+        return "matmul"
+    return CONV_METHODS.get(backend, "lax")
 
 
 def conv_as_matmul(x: jax.Array, w: jax.Array, strides: Sequence[int], padding) -> jax.Array:
@@ -167,13 +202,19 @@ def Conv(  # noqa: N802
     ``method``: ``'lax'`` calls ``lax.conv_general_dilated`` (cuDNN on a GPU);
     ``'matmul'`` computes the same sum as one matrix product of the input's
     shifted windows with the flattened kernel (``conv_as_matmul``);
-    ``'auto'`` (default) takes ``CONV_METHODS[backend]`` when the layer is
-    traced: ``'matmul'`` on the CPU, where XLA's convolutions run about 25x
-    slower inside ``lax.scan`` than outside it and the matrix product is not
-    slowed (flax CNN step, batch 128, 2 cores: 49 ms in a scan against 83 ms
-    for ``lax`` called from a Python loop); ``'lax'`` elsewhere (on an H100
-    cuDNN is as fast for the flax CNN and faster for 5x5 windows: DeepOBS
-    2c2d 0.186 against 0.235 s per epoch).
+    ``'auto'`` (default) takes ``auto_conv_method(in_channels)`` when the
+    layer is traced: ``'matmul'`` on the CPU, where XLA's convolutions run
+    about 25x slower inside ``lax.scan`` than outside it and the matrix
+    product is not slowed (flax CNN step, batch 128, 2 cores: 49 ms in a scan
+    against 83 ms for ``lax`` called from a Python loop); on a GPU
+    ``'matmul'`` for layers with at most ``GPU_MATMUL_MAX_CHANNELS`` (3) input
+    channels and ``'lax'`` for the rest: cuDNN has no tensor-core kernel for
+    one input channel (the flax CNN's first layer took 57 of a step's 217 µs
+    of kernels on an H200), and is faster for wide inputs (DeepOBS 2c2d on an
+    H100 with every layer a matrix product: 0.235 against 0.186 s per epoch).
+    Epochs on an H200 (``benchmarks/step_variants.py``), all ``'lax'`` /
+    ``'auto'``: flax CNN 0.124 / 0.104 s, DeepOBS 3c3d 0.197 / 0.175 s,
+    2c2d 0.179 / 0.182 s.  ``'lax'`` on TPUs.
     """
     if not isinstance(features, int) or features < 1:
         raise ValueError(f"Conv: features must be a positive int; got {features!r}")
@@ -197,7 +238,7 @@ def Conv(  # noqa: N802
 
     def apply(params, state, x, key=None, train=False):
         _check_features("Conv", params["w"].shape[-2], x, "channels")
-        chosen = CONV_METHODS.get(jax.default_backend(), "lax") if method == "auto" else method
+        chosen = auto_conv_method(x.shape[-1]) if method == "auto" else method
         if chosen == "matmul":
             y = conv_as_matmul(x, params["w"], stride, pad)
         else:
