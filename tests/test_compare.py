@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -175,3 +177,26 @@ def test_full_batch_chunks_thread_batch_norm_state_the_same_in_a_host_loop_as_in
     assert jax.tree_util.tree_leaves(ends[0].state)  # the statistics are there and were threaded
     for a, b in zip(jax.tree_util.tree_leaves(ends[0]), jax.tree_util.tree_leaves(ends[1]), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_vmapped_runs_trace_convolutions_by_the_backend_table(monkeypatch):
+    """``vmap_runs`` traces ``Conv(method='auto')`` as ``VMAPPED_CONV_METHODS``
+    says for the backend (on a GPU, matrix products instead of grouped cuDNN
+    convolutions); with no entry, as the layer's own rule."""
+    from jdl import nn
+    from jdl.compare import engine
+
+    layer = nn.Conv(4, 3)
+    params = jax.vmap(lambda k: layer.init(k, (1, 6, 6, 2))[0])(jax.random.split(jax.random.key(0), 3))
+    x = jnp.ones((5, 6, 6, 2))
+
+    def primitives():  # a new function each time: jax caches traces by function
+        run = engine.vmap_runs(lambda p: layer.apply(p, {}, x)[0])
+        return {str(e.primitive) for e in jax.make_jaxpr(run)(params).jaxpr.eqns}
+
+    assert "conv_general_dilated" not in primitives() and "dot_general" in primitives()  # the CPU's own rule
+    monkeypatch.setitem(engine.VMAPPED_CONV_METHODS, jax.default_backend(), "lax")
+    assert "conv_general_dilated" in primitives()
+    by_lax = engine.vmap_runs(lambda p: layer.apply(p, {}, x)[0])(params)
+    by_matmul = jax.vmap(lambda p: nn.Conv(4, 3, method="matmul").apply(p, {}, x)[0])(params)
+    np.testing.assert_allclose(by_lax, by_matmul, rtol=1e-5, atol=1e-5)
