@@ -11,15 +11,20 @@ goals need runs from this one script, saving its lines after each part:
    graphs) extended to loops, in a subprocess with
    ``XLA_FLAGS=--xla_gpu_enable_command_buffer=...``.
 3. the benchmarks of ``run.py`` that need an accelerator: ``train_epoch``,
-   ``time_to_accuracy``, ``comparison`` (vmapped).
+   ``time_to_accuracy``, ``comparison`` (vmapped), with variants (convolution
+   method, prefetch chunk and thread switch interval).
+4. ``trace`` and ``profile_variants`` (``profile_step.py``): kernel durations
+   per step from ``jax.profiler``, and the step with its extras removed or
+   its scan unrolled.
 
 On the device machine, from the repository root, with Fashion-MNIST's four
 ``.gz`` files in ``.device-data/fashion-mnist`` (carried; no TensorFlow needed)::
 
     python benchmarks/device_check.py --out "$OUT"
 
-writes ``$OUT/device.json`` and prints the lines as they come.  ``--quick``
-is a smoke run of every part but time-to-92% (also on the CPU).
+writes ``$OUT/device.json`` and prints the lines as they come; ``--parts
+trace,feed_more`` runs only the parts named.  ``--quick`` is a smoke run of
+every part but time-to-92% (also on the CPU).
 """
 
 from __future__ import annotations
@@ -159,21 +164,33 @@ def time_to_accuracy_matmul() -> list[dict]:
     return [{"benchmark": "time_to_92/cnn/matmul", "device": common.device_name(), "data": source, **ours}]
 
 
-def feed(quick: bool) -> list[dict]:
-    """The 100 µs step fed by ``prefetch_to_device`` from a uint8 Loader of
-    real Fashion-MNIST, chunks of 16 and 64 batches, and with Python's thread
-    switch interval at 0.5 ms instead of 5 ms."""
-    import loader as loader_bench
+FEEDS = {"chunk16": (16, None), "chunk64": (64, None), "chunk16_switch0.5ms": (16, 5e-4),
+         "chunk64_switch0.5ms": (64, 5e-4), "chunk128": (128, None)}  # fmt: skip
 
+
+def _fashion_mnist_loader():
+    """A shuffling uint8 Loader of real Fashion-MNIST's training split, batches of 128, or None."""
     from jdl.data import Loader, idx
 
     files = common.fashion_mnist_files()
     if not files:
-        return [{"benchmark": "loader/feed_100us_step", "skipped": "real Fashion-MNIST not found"}]
+        return None
     images, labels = idx.read_idx(files["train_data"])[..., None], idx.read_idx(files["train_labels"])
-    loader = Loader(images, labels.astype(np.int32), batch_size=128, shuffle=True, seed=0, drop_remainder=True)
+    return Loader(images, labels.astype(np.int32), batch_size=128, shuffle=True, seed=0, drop_remainder=True)
+
+
+def feed(quick: bool, names=tuple(FEEDS)) -> list[dict]:
+    """The 100 µs step fed by ``prefetch_to_device`` from a uint8 Loader of
+    real Fashion-MNIST: ``FEEDS`` gives each variant's chunk (batches per
+    transfer) and Python's thread switch interval (default 5 ms)."""
+    import loader as loader_bench
+
+    loader = _fashion_mnist_loader()
+    if loader is None:
+        return [{"benchmark": "loader/feed_100us_step", "skipped": "real Fashion-MNIST not found"}]
     records = []
-    for label, chunk, interval in (("chunk16", 16, None), ("chunk64", 64, None), ("chunk16_switch0.5ms", 16, 5e-4)):
+    for label in names:
+        chunk, interval = FEEDS[label]
         previous = sys.getswitchinterval()
         if interval:
             sys.setswitchinterval(interval)
@@ -189,8 +206,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--parts", help="comma-separated part names (default: all)")
     args = parser.parse_args()
     import comparison
+    import profile_step
+    import step_variants
     import time_to_accuracy
 
     print(jax.__version__, jax.devices(), flush=True)
@@ -204,7 +224,18 @@ def main() -> None:
         ("feed", lambda: feed(args.quick)),
         ("comparison", lambda: comparison.run(args.quick, strategies=("vmap",))),
         ("comparison_matmul", lambda: comparison.run(args.quick, strategies=("vmap",), conv_method="matmul")),
+        ("trace", lambda: profile_step.trace(args.quick, args.out)),
+        ("profile_variants", lambda: profile_step.variants(args.quick, names=("cnn",), unrolls=(2, 4))),
+        ("feed_more", lambda: feed(args.quick, ("chunk64", "chunk64_switch0.5ms", "chunk128"))),
+        ("step_variants", lambda: step_variants.run(args.quick)),
+        ("trace_comparison", lambda: profile_step.trace_comparison(args.quick)),
     ]  # fmt: skip
+    if args.parts:
+        wanted = args.parts.split(",")
+        unknown = sorted(set(wanted) - {name for name, _ in parts})
+        if unknown:
+            parser.error(f"unknown parts {unknown}; the parts are {[name for name, _ in parts]}")
+        parts = [(name, part) for name, part in parts if name in wanted]
     if args.quick:  # minutes on the CPU even when quick
         parts = [(name, part) for name, part in parts if not name.startswith("time_to_accuracy")]
     records, started = [], time.perf_counter()

@@ -14,20 +14,27 @@ against flax+optax's scan, one process, medians of epochs after a warm-up:
 * ``no_first_bad``: ``no_metrics`` and the non-finite tracking removed too:
   the bare step, the same work as flax+optax's.
 
-``python benchmarks/profile_step.py kernels jdl|flax``: two steps of the cnn
-scan between ``cudaProfilerStart``/``Stop``, for Nsight Compute
-(``ncu --profile-from-start off --metrics gpu__time_duration.sum --csv``):
-the duration of every kernel a step launches.  Their sum against the step's
-wall time says whether the step is bound by its arithmetic or by launching.
+``python benchmarks/profile_step.py trace [--quick]``: 100 steps of the cnn
+scan of flax+optax, of jdl as ``fit`` runs it, and of jdl's bare step, under
+``jax.profiler`` (a Perfetto trace, parsed here): kernels per step, the sum of
+their durations, the span from the first kernel to the last, and how busy the
+device was over that span, with the costliest kernels.  A step whose kernels
+add up to much less than its span is bound by launching, not by arithmetic.
+(Nsight Compute attached to a JAX process profiled nothing in 200 s on an
+H100; the profiler built into JAX needs no external tool.)
 """
 
 from __future__ import annotations
 
-import ctypes
 import glob
+import gzip
 import json
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +46,7 @@ if __package__ in (None, ""):
 else:
     from benchmarks import common, train_epoch
 
-from jdl import losses, optim
+from jdl import losses, models, optim
 from jdl.train.engine import Placement, scan_epoch, with_device_transform
 from jdl.train.step import Carry, objective, train_step
 
@@ -74,93 +81,189 @@ def _variant(name: str, model, tx):
     return _bare_step(model, tx, with_loss=False)
 
 
-def _epoch_seconds(epoch_fn, carry, images, labels, orders, key, epochs):
+def jdl_epoch_seconds(model, tx, step, images, labels, orders, unroll: int = 1) -> tuple[float, float]:
+    """(median seconds per epoch, compile seconds) of ``step`` in jdl's scan
+    epoch: one warm-up epoch on ``orders[0]``, then one per further order."""
+    params, model_state = model.init(jax.random.key(0), (1, *images.shape[1:]))
+    carry, key = Carry(params, model_state, tx.init(params), jnp.int32(-1)), jax.random.key(0)
+    start = time.perf_counter()
+    epoch_fn = scan_epoch(with_device_transform(step, None), Placement(BATCH), unroll).lower(
+        carry, images, labels, orders[0], key, 0, 0).compile()  # fmt: skip
+    compile_s = time.perf_counter() - start
     carry, _ = jax.block_until_ready(epoch_fn(carry, images, labels, orders[0], key, 0, 0))
     times = []
-    for e in range(1, epochs + 1):
+    for e in range(1, len(orders)):
         start = time.perf_counter()
         carry, _ = jax.block_until_ready(epoch_fn(carry, images, labels, orders[e], key, e, 0))
+        times.append(time.perf_counter() - start)
+    return common.median(times), compile_s
+
+
+def flax_epoch_seconds(name: str, images, labels, orders) -> float:
+    """Median seconds per epoch of flax+optax's scan epoch (``train_epoch``), timed as ``jdl_epoch_seconds``."""
+    state = train_epoch._flax_state(train_epoch.FLAX[name](), tuple(images.shape[1:]))
+    flax_fn = train_epoch.flax_scan.lower(state, images, labels, orders[0]).compile()
+    state = flax_fn(state, images, labels, orders[0])  # warm-up (it donates the state)
+    times = []
+    for order in orders[1:]:
+        start = time.perf_counter()
+        state = jax.block_until_ready(flax_fn(state, images, labels, order))
         times.append(time.perf_counter() - start)
     return common.median(times)
 
 
-def variants(quick: bool, names: tuple[str, ...] = ("mlp", "cnn")) -> list[dict]:
+def epoch_orders(n: int, epochs: int) -> list[jax.Array]:
+    """``epochs + 1`` random orders of ``n`` examples as ``(steps, BATCH)`` indices."""
+    rng, steps = np.random.default_rng(0), n // BATCH
+    orders = [rng.permutation(n)[: steps * BATCH].reshape(steps, BATCH) for _ in range(epochs + 1)]
+    return [jnp.asarray(order, jnp.int32) for order in orders]
+
+
+def variants(quick: bool, names: tuple[str, ...] = ("mlp", "cnn"), unrolls: tuple[int, ...] = ()) -> list[dict]:
+    """Each variant's epoch against flax+optax's; with ``unrolls``, also the
+    full step with ``lax.scan`` unrolled that many steps per iteration."""
     data, _, source = common.mnist_shaped(2048 if quick else 60000)
     images, labels = jnp.asarray(data["image"]), jnp.asarray(data["label"])
-    steps, epochs, records = len(data["label"]) // BATCH, 3 if quick else 5, []
-    rng = np.random.default_rng(0)
-    orders = [jnp.asarray(rng.permutation(len(data["label"]))[: steps * BATCH].reshape(steps, BATCH), jnp.int32)
-              for _ in range(epochs + 1)]  # fmt: skip
+    steps, records = len(data["label"]) // BATCH, []
+    orders = epoch_orders(len(data["label"]), 3 if quick else 5)
     for name in ("mlp",) if quick else names:
-        state = train_epoch._flax_state(train_epoch.FLAX[name](), (28, 28, 1))
-        flax_fn = train_epoch.flax_scan.lower(state, images, labels, orders[0]).compile()
-        state = flax_fn(state, images, labels, orders[0])  # warm-up (it donates the state)
-        flax_times = []
-        for e in range(1, epochs + 1):
-            start = time.perf_counter()
-            state = jax.block_until_ready(flax_fn(state, images, labels, orders[e]))
-            flax_times.append(time.perf_counter() - start)
-        flax_s = common.median(flax_times)
-        for variant in ("full", "no_accuracy", "no_metrics", "loss_only", "no_first_bad"):
+        flax_s = flax_epoch_seconds(name, images, labels, orders)
+        cases = [(v, 1) for v in ("full", "no_accuracy", "no_metrics", "loss_only", "no_first_bad")]
+        for variant, unroll in cases + [("full", u) for u in unrolls]:
             model, tx = train_epoch.JDL[name](), optim.adam(1e-3)
-            params, model_state = model.init(jax.random.key(0), (1, 28, 28, 1))
-            carry = Carry(params, model_state, tx.init(params), jnp.int32(-1))
-            run = with_device_transform(_variant(variant, model, tx), None)
-            epoch_fn = scan_epoch(run, Placement(BATCH)).lower(
-                carry, images, labels, orders[0], jax.random.key(0), 0, 0).compile()  # fmt: skip
-            jdl_s = _epoch_seconds(epoch_fn, carry, images, labels, orders, jax.random.key(0), epochs)
-            records.append(common.line(f"profile/{name}/{variant}", jdl_s, "flax+optax scan", flax_s,
+            jdl_s, _ = jdl_epoch_seconds(model, tx, _variant(variant, model, tx), images, labels, orders, unroll)
+            label = variant if unroll == 1 else f"{variant}_unroll{unroll}"
+            records.append(common.line(f"profile/{name}/{label}", jdl_s, "flax+optax scan", flax_s,
                                        data=source, steps=steps, jdl_us_per_step=1e6 * jdl_s / steps,
                                        reference_us_per_step=1e6 * flax_s / steps))  # fmt: skip
     return records
 
 
-def _cudart():
-    for pattern in ("libcudart.so*", "/usr/local/cuda*/lib64/libcudart.so*"):
-        for path in [pattern, *glob.glob(pattern)]:
-            try:
-                return ctypes.CDLL(path)
-            except OSError:
-                pass
-    for path in glob.glob(f"{sys.prefix}/lib/python3*/site-packages/nvidia/cu*/lib/libcudart.so*"):
-        return ctypes.CDLL(path)
-    raise OSError("libcudart not found")
-
-
-def kernels(which: str) -> None:
-    data, _, _ = common.mnist_shaped(4 * BATCH)
+def _cnn_program(which: str, steps: int):
+    """The compiled cnn scan epoch of ``steps`` steps and a maker of fresh inputs
+    (it donates them): flax+optax's, jdl's as ``fit`` runs it, or jdl's bare step."""
+    data, _, _ = common.mnist_shaped(steps * BATCH)
     images, labels = jnp.asarray(data["image"]), jnp.asarray(data["label"])
-    order = jnp.arange(2 * BATCH, dtype=jnp.int32).reshape(2, BATCH)
+    order = jnp.arange(steps * BATCH, dtype=jnp.int32).reshape(steps, BATCH)
     if which == "flax":
         state = train_epoch._flax_state(train_epoch.FLAX["cnn"](), (28, 28, 1))
-        fn = train_epoch.flax_scan.lower(state, images, labels, order).compile()
 
         def inputs():
             return (jax.tree_util.tree_map(jnp.copy, state), images, labels, order)
+
+        return train_epoch.flax_scan.lower(*inputs()).compile(), inputs
+    model, tx = train_epoch.JDL["cnn"](), optim.adam(1e-3)
+    params, model_state = model.init(jax.random.key(0), (1, 28, 28, 1))
+
+    def inputs():
+        carry = Carry(params, model_state, tx.init(params), jnp.int32(-1))
+        return (jax.tree_util.tree_map(jnp.copy, carry), images, labels, order, jax.random.key(0), 0, 0)
+
+    step = _variant("full" if which == "jdl" else "no_first_bad", model, tx)
+    run = with_device_transform(step, None)
+    return scan_epoch(run, Placement(BATCH)).lower(*inputs()).compile(), inputs
+
+
+def kernel_table(trace_file: str, steps: int, top: int = 12) -> dict:
+    """Kernel durations per step from a Perfetto trace written by ``jax.profiler``.
+
+    On a GPU, the events of the device's stream lines (one event per kernel or
+    copy); on the CPU, the host events that carry an ``hlo_op``.  ``busy`` is
+    the fraction of the span from the first kernel's start to the last one's
+    end during which some kernel ran: what is not busy is the device waiting
+    between kernels (launch latency, host work).
+    """
+    with gzip.open(trace_file) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    processes = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e["name"] == "process_name"}
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+               if e.get("ph") == "M" and e["name"] == "thread_name"}  # fmt: skip
+    device = {pid for pid, name in processes.items() if "GPU" in name or "TPU" in name}
+    if device:
+        streams = {key for key in threads if key[0] in device and threads[key].lower().startswith("stream")}
+        kept = [e for e in events if e.get("ph") == "X" and (e["pid"], e.get("tid")) in streams]
     else:
-        model, tx = train_epoch.JDL["cnn"](), optim.adam(1e-3)
-        params, model_state = model.init(jax.random.key(0), (1, 28, 28, 1))
+        kept = [e for e in events if e.get("ph") == "X" and "hlo_op" in e.get("args", {})]
+    if not kept:
+        return {"error": "no kernel events", "processes": sorted(processes.values()),
+                "threads": sorted(set(threads.values()))[:40]}  # fmt: skip
+    per_kernel: dict[str, list[float]] = {}
+    for e in kept:
+        label = f"{e.get('args', {}).get('hlo_op', '?')} | {e['name'][:60]}"
+        per_kernel.setdefault(label, []).append(float(e["dur"]))
+    intervals = sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in kept)
+    busy, end = 0.0, intervals[0][0]
+    for begin, finish in intervals:
+        busy += max(0.0, finish - max(begin, end))
+        end = max(end, finish)
+    span = intervals[-1][1] - intervals[0][0]
+    ranked = sorted(per_kernel.items(), key=lambda item: -sum(item[1]))
+    return {
+        "kernels_per_step": round(len(kept) / steps, 2),
+        "kernel_us_per_step": round(sum(float(e["dur"]) for e in kept) / steps, 2),
+        "span_us_per_step": round(span / steps, 2),
+        "busy": round(busy / span, 4),
+        "top": [{"kernel": label, "us_per_step": round(sum(d) / steps, 2), "per_step": round(len(d) / steps, 2)}
+                for label, d in ranked[:top]],  # fmt: skip
+        "streams": sorted({threads.get((e["pid"], e.get("tid")), "?") for e in kept})[:8],
+    }
 
-        def inputs():
-            carry = Carry(params, model_state, tx.init(params), jnp.int32(-1))
-            return (jax.tree_util.tree_map(jnp.copy, carry), images, labels, order, jax.random.key(0), 0, 0)
 
-        run = with_device_transform(train_step(model, losses.cross_entropy, tx, guard=False), None)
-        fn = scan_epoch(run, Placement(BATCH)).lower(*inputs()).compile()
+def _traced(run: Callable, steps: int, out_dir: str | None, name: str) -> dict:
+    """``run()`` under ``jax.profiler``: its ``kernel_table`` over ``steps``
+    steps; the trace file is kept in ``out_dir`` as ``trace-{name}.json.gz``."""
+    with tempfile.TemporaryDirectory() as log_dir:
+        with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+            run()
+        found = glob.glob(f"{log_dir}/**/*.trace.json.gz", recursive=True)
+        if out_dir and found:
+            shutil.copy(found[0], Path(out_dir) / f"trace-{name}.json.gz")
+        return kernel_table(found[0], steps) if found else {"error": "no trace file written"}
 
-    for _ in range(2):
-        jax.block_until_ready(fn(*inputs()))
-    ready = jax.block_until_ready(inputs())  # made before the profiled region
-    cudart = _cudart()
-    cudart.cudaProfilerStart()
-    jax.block_until_ready(fn(*ready))
-    cudart.cudaProfilerStop()
-    print(f"profiled two {which} cnn steps", flush=True)
+
+def trace_comparison(quick: bool, out_dir: str | None = None, k: int = 8) -> list[dict]:
+    """Kernel table of ``k`` cnn configurations vmapped in jdl.compare's engine
+    (one epoch after a compiled warm-up, evaluation included), per step."""
+    import comparison
+
+    records = []
+    for method in ("lax", "matmul"):
+        data, test, _ = common.mnist_shaped(1024 if quick else 60000)
+        test = {key: value[:1000] for key, value in test.items()}
+        model = models.cnn(conv_method=method)
+        lrs = list(np.geomspace(1e-4, 3e-3, k))
+        steps = 2 * (len(data["label"]) // BATCH)
+        table = _traced(lambda model=model, data=data, test=test, lrs=lrs: comparison._epoch_seconds(
+            model, data, test, lrs, [0] * k, BATCH, 2, True), steps, out_dir, f"comparison-{method}")  # fmt: skip
+        records.append({"benchmark": f"profile/trace/comparison/cnn/{k}_configs/{method}",
+                        "device": common.device_name(), "jax_version": jax.__version__, "steps": steps,
+                        "note": "two epochs and their evaluations, per step; the span includes compiling",
+                        **table})  # fmt: skip
+    return records
+
+
+def trace(quick: bool, out_dir: str | None = None) -> list[dict]:
+    """The cnn scan epoch of flax+optax, jdl (as fit runs it) and jdl's bare
+    step under ``jax.profiler``: the kernel table of each (``kernel_table``)."""
+    steps, records = (8 if quick else 100), []
+    for which in ("flax", "jdl", "jdl_bare"):
+        fn, inputs = _cnn_program(which, steps)
+        for _ in range(2):
+            jax.block_until_ready(fn(*inputs()))
+        ready = jax.block_until_ready(inputs())
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*ready))
+        wall = time.perf_counter() - start
+        ready = jax.block_until_ready(inputs())
+        table = _traced(lambda fn=fn, ready=ready: jax.block_until_ready(fn(*ready)), steps, out_dir, f"cnn-{which}")
+        records.append({"benchmark": f"profile/trace/cnn/{which}", "device": common.device_name(),
+                        "jax_version": jax.__version__, "steps": steps,
+                        "wall_us_per_step": round(1e6 * wall / steps, 2), **table})  # fmt: skip
+    return records
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "kernels":
-        kernels(sys.argv[2])
-    else:
-        for line in variants("--quick" in sys.argv):
-            print(json.dumps(line), flush=True)
+    part = trace if sys.argv[1] == "trace" else variants
+    for line in part("--quick" in sys.argv):
+        print(json.dumps(line), flush=True)

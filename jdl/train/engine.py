@@ -141,9 +141,10 @@ def stream_step(run: Callable) -> Callable:
     return jax.jit(run, donate_argnums=0)
 
 
-def scan_epoch(run: Callable, placement: Placement) -> Callable:
+def scan_epoch(run: Callable, placement: Placement, unroll: int = 1) -> Callable:
     """``(carry, images, labels, order, base_key, epoch, first_global_step) ->
-    (carry, metrics per step)``: ``order`` is ``(steps, batch)`` indices."""
+    (carry, metrics per step)``: ``order`` is ``(steps, batch)`` indices;
+    ``unroll`` steps per loop iteration (``lax.scan``'s)."""
 
     def epoch_fn(carry, images, labels, order, base_key, epoch, first_global_step):
         def body(carry, xs):
@@ -152,7 +153,7 @@ def scan_epoch(run: Callable, placement: Placement) -> Callable:
             return run(carry, batch, base_key, epoch, index, first_global_step + index)
 
         steps = order.shape[0]
-        return lax.scan(body, carry, (order, jnp.arange(steps, dtype=jnp.int32)))
+        return lax.scan(body, carry, (order, jnp.arange(steps, dtype=jnp.int32)), unroll=unroll)
 
     return jax.jit(epoch_fn, donate_argnums=0)
 
