@@ -20,7 +20,7 @@ import numpy as np
 
 from jdl.data.prefetch import prefetch_to_device
 from jdl.train.engine import Placement, compile_lowered, scan_epoch, stream_step
-from jdl.train.step import Carry, all_finite
+from jdl.train.step import Carry, all_finite, first_non_finite
 
 
 def timed(fn: Callable, *args):
@@ -76,6 +76,7 @@ class EpochRunner:
     def train_epoch(self, epoch: int, first_step: int = 0) -> None:
         """Run ``epoch`` from ``first_step``; the metrics stay on the device in ``pending``."""
         self.done, self.pending = first_step, []
+        self._first_global_step = epoch * self.steps_per_epoch + first_step
         if self.mode == "scan" and first_step == 0:
             batches = self._scan_full_steps(epoch)
         else:
@@ -117,12 +118,13 @@ class EpochRunner:
         return ((first_step + i, batch) for i, batch in enumerate(batches))
 
     def fetch(self) -> tuple[list[dict], int, bool]:
-        """One host sync: the pending step metrics, the first non-finite step
-        (-1 for none) and whether the parameters are all finite."""
-        fetched, first_bad, finite = jax.device_get(
-            ([m for m, _ in self.pending], self.carry.first_bad, self._finite(self.carry.params))
-        )
-        return fetched, int(first_bad), bool(finite)
+        """One host sync: the pending step metrics, the global step of the
+        first non-finite loss among them (-1 for none) and whether the
+        parameters are all finite."""
+        fetched, finite = jax.device_get(([m for m, _ in self.pending], self._finite(self.carry.params)))
+        losses = np.concatenate([np.ravel(m["loss"]) for m in fetched]) if fetched else np.zeros(0)
+        bad = int(first_non_finite(losses))
+        return fetched, (self._first_global_step + bad if bad >= 0 else -1), bool(finite)
 
     def fetch_pending(self) -> list[dict]:
         """The pending step metrics on the host, in one transfer."""

@@ -1,11 +1,12 @@
 """The training step: one pure function from (carry, batch, key) to (carry, metrics).
 
 The carry is ``(params, state, opt_state, first_bad)``.  ``first_bad`` is the
-global step index of the first non-finite loss, or -1.  A step whose loss or
-gradient is not finite, or that comes after one, leaves params, state and
-optimizer state untouched, so a run that diverges keeps its last good
-parameters without a host round-trip per step, and vmapped configurations
-diverge independently.
+global step index of the first non-finite loss, or -1.  The guarded step: a
+step whose loss or gradient is not finite, or that comes after one, leaves
+params, state and optimizer state untouched, so a run that diverges keeps its
+last good parameters without a host round-trip per step.  The fast step
+(``guard=False``) checks nothing: the caller finds the first non-finite loss
+among the per-step losses it fetches anyway (``first_non_finite``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jdl.nn import Layer
@@ -136,9 +138,13 @@ def train_step(
     With ``guard`` (the default) a step whose loss or update is not finite, or
     any step after it, leaves the carry unchanged.  Without it the step only
     records the first non-finite loss in ``first_bad`` and applies the update
-    regardless: no pass over the parameters to check them, which on small
-    models is a large part of a step; ``fit`` uses that fast step and, if an
-    epoch went bad, replays it with the guarded one.
+    Without it the step applies the update regardless and leaves
+    ``first_bad`` as it was: no pass over the parameters to check them, which
+    on small models is a large part of a step, and no check of the loss
+    either (a few µs a step on a GPU: ``benchmarks/profile_step.py``); the
+    caller finds the first non-finite loss among the per-step losses
+    (``first_non_finite``).  ``fit`` uses that fast step and, if an epoch went
+    bad, replays it with the guarded one.
     With ``microbatch``, a batch larger than that (and a multiple of it) has
     its gradient accumulated over chunks of ``microbatch`` examples, which
     keeps full-batch gradient descent within memory; the update is the same
@@ -157,6 +163,14 @@ def train_step(
     return step
 
 
+def first_non_finite(losses: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Index along ``axis`` of the first non-finite value of ``losses`` (one
+    per step, stacked in order), -1 where all are finite; for the fast step's
+    callers, which record divergence from the losses instead of in the carry."""
+    bad = ~np.isfinite(np.asarray(losses))
+    return np.where(bad.any(axis=axis), np.argmax(bad, axis=axis), -1)
+
+
 def update_step(optimizer: GradientTransformation, *, guard: bool = True) -> Callable:
     """``update(carry, ((loss, (accuracy, new_state)), grads), global_step) ->
     (carry, metrics)``: the second half of ``train_step``, given the gradient."""
@@ -167,8 +181,7 @@ def update_step(optimizer: GradientTransformation, *, guard: bool = True) -> Cal
         new_params = apply_updates(carry.params, updates)
         metrics = {"loss": loss, "accuracy": batch_accuracy}
         if not guard:
-            first_bad = jnp.where((carry.first_bad < 0) & ~jnp.isfinite(loss), global_step, carry.first_bad)
-            return Carry(new_params, new_state, new_opt_state, first_bad.astype(jnp.int32)), metrics
+            return Carry(new_params, new_state, new_opt_state, carry.first_bad), metrics
         healthy = jnp.isfinite(loss) & all_finite(updates)
         keep_going = healthy & (carry.first_bad < 0)
 
