@@ -200,3 +200,41 @@ def test_vmapped_runs_trace_convolutions_by_the_backend_table(monkeypatch):
     by_lax = engine.vmap_runs(lambda p: layer.apply(p, {}, x)[0])(params)
     by_matmul = jax.vmap(lambda p: nn.Conv(4, 3, method="matmul").apply(p, {}, x)[0])(params)
     np.testing.assert_allclose(by_lax, by_matmul, rtol=1e-5, atol=1e-5)
+
+
+def test_runs_unrolled_one_by_one_in_the_scan_train_as_fit_does_alone():
+    """The CPU's way for convolutional models ('unroll' in the scan: each run's
+    carry on its own through the epoch's loop) against ``fit`` of each run."""
+    from jdl import nn
+    from jdl.compare.engine import Group, train_cluster
+
+    kwargs = dict(split="train[:512]", batch_size=64, shuffle=True, drop_remainder=True)
+    train_data, test_data = jdl.data.load("mnist_sample", seed=0, **kwargs), jdl.data.load("mnist_sample", split="test", batch_size=500)
+    images, labels = train_data.arrays()["image"], train_data.arrays()["label"]
+    model = nn.serial(nn.Conv(4, (3, 3)), nn.relu, nn.AvgPool((2, 2)), nn.Flatten(), nn.Dense(10))
+    learning_rates, seeds = np.asarray([1e-3, 3e-3], np.float32), np.asarray([0, 1])
+    test = test_data.arrays()
+    out = train_cluster(model, losses.cross_entropy, [Group("adam", optim.adam, learning_rates, seeds)], batch_size=64,
+                        images=images, labels=labels, epochs=2, eval_images=test["image"], eval_labels=test["label"],
+                        permutation=lambda seed, epoch: jdl.data.load("mnist_sample", seed=seed, **kwargs)
+                        .permutation(epoch), use_scan=True, strategy="unroll")  # fmt: skip
+    for run, (lr, seed) in enumerate(zip(learning_rates, seeds, strict=True)):
+        loader = jdl.data.load("mnist_sample", seed=int(seed), **kwargs)
+        alone = train.fit(model, losses.cross_entropy, optim.adam(float(lr)), loader, epochs=2, eval_data=test_data,
+                          seed=int(seed), mode="scan", progress=False)  # fmt: skip
+        for ours, theirs in zip(out["history"], alone.history, strict=True):
+            assert ours[0]["train_loss"][run] == pytest.approx(theirs["train_loss"], rel=2e-4)
+            assert ours[0]["test_loss"][run] == pytest.approx(theirs["test_loss"], rel=2e-4)
+        ours = jax.tree_util.tree_map(lambda a, run=run: a[run], out["carries"][0].params)
+        for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(alone.params), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    assert list(out["first_bad"][0]) == [-1, -1]
+
+
+def test_compare_unrolls_convolutional_models_on_the_cpu_and_vmaps_the_rest():
+    from jdl.compare.engine import choose_engine
+
+    images = np.zeros((64, 28, 28, 1), np.float32)
+    assert choose_engine(models.cnn(), images) == (True, "unroll")  # matrix-product convolutions: still conv layers
+    assert choose_engine(models.cnn(conv_method="lax"), images) == (False, "unroll")  # XLA convolutions: no scan
+    assert choose_engine(models.mlp(), images) == (True, "vmap")

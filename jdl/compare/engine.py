@@ -4,8 +4,10 @@ A *group* is the runs of one optimizer (over seeds and learning rates): their
 parameters, model state and optimizer state are stacked along a leading axis
 and one step is ``jax.vmap``-ed over it, with the learning rate a traced
 array.  (On the CPU a convolutional model's runs are unrolled in the program
-instead: vmapped convolutions become grouped convolutions, several times
-slower there than one convolution per run.)  A *cluster* is the groups that
+instead, each run's carry on its own through the epoch's loop: vmapped
+convolutions become grouped convolutions or batched matrix products, several
+times slower there than one per run.  On a GPU vmapped convolutions are
+traced as matrix products: ``vmap_runs``.)  A *cluster* is the groups that
 share a batch size (so the same number of steps per epoch): one program runs
 an epoch of every group in it.  A full-batch step has its gradient summed over
 chunks; on the CPU with convolutions the chunks are a host loop of compiled
@@ -41,6 +43,7 @@ from jdl.train.step import (
     add_chunk,
     chunk_key,
     eval_step,
+    first_non_finite,
     mean_of_totals,
     step_key,
     train_step,
@@ -87,6 +90,16 @@ def vmap_runs(fn: Callable, in_axes=0) -> Callable:
     return vmapped
 
 
+def _unstack(stacked, runs: int) -> tuple:
+    """A stacked pytree as a tuple of ``runs`` pytrees."""
+    return tuple(jax.tree_util.tree_map(lambda a, k=k: a[k], stacked) for k in range(runs))
+
+
+def _stack(trees) -> Any:
+    """Pytrees of one structure as one pytree of stacked leaves."""
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
 def _per_run(one: Callable, strategy: str, batched: int) -> Callable:
     """``one`` over stacked runs: its first ``batched`` arguments carry a
     leading run axis, the rest are shared.  ``'vmap'`` vmaps it; ``'unroll'``
@@ -100,35 +113,54 @@ def _per_run(one: Callable, strategy: str, batched: int) -> Callable:
         if strategy == "vmap":
             return vmap_runs(lambda *xs: one(*xs, *shared))(*per_run)
         runs = jax.tree_util.tree_leaves(per_run[0])[0].shape[0]
-        outs = [one(*jax.tree_util.tree_map(lambda a, k=k: a[k], per_run), *shared) for k in range(runs)]
-        return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
+        return _stack([one(*args, *shared) for args in _unstack(per_run, runs)])
 
     return run
 
 
-def _group_step(model, loss_fn, make, microbatch, strategy: str) -> Callable:
+def _run_by_run(one: Callable) -> Callable:
+    """``one`` over runs whose carries come as a tuple, one per run (the other
+    per-run arguments stacked): no run's state is sliced out of a stack and
+    stacked back every step, as ``_per_run``'s ``'unroll'`` does."""
+
+    def run(carries, lrs, batch, base_keys, *shared):
+        batches = _unstack(batch, len(carries))
+        outs = [one(carry, lrs[k], batches[k], base_keys[k], *shared) for k, carry in enumerate(carries)]
+        return tuple(c for c, _ in outs), _stack([m for _, m in outs])
+
+    return run
+
+
+def _group_step(model, loss_fn, make, microbatch, strategy: str, run_by_run: bool = False) -> Callable:
     def one(carry, lr, batch, base_key, epoch, index, global_step):
         step = train_step(model, loss_fn, make(lr), microbatch=microbatch, guard=False)
         run = with_device_transform(step, None)
         return run(carry, batch, base_key, epoch, index, global_step)
 
-    return _per_run(one, strategy, batched=4)
+    return _run_by_run(one) if run_by_run else _per_run(one, strategy, batched=4)
 
 
-def choose_strategy(uses_convolution: bool) -> str:
-    """``'vmap'``, except ``'unroll'`` for convolutional models on the CPU."""
-    return "unroll" if uses_convolution and jax.devices()[0].platform == "cpu" else "vmap"
+def choose_strategy(has_conv_layers: bool) -> str:
+    """``'vmap'``, except ``'unroll'`` for convolutional models on the CPU:
+    there a vmapped convolution is a grouped convolution or, as a matrix
+    product, a batched one with few columns, several times slower than one per
+    run (8 flax-CNN configurations, 2 cores, s/epoch of 4,096 images: vmapped
+    12.8, unrolled run by run 11.0, 8 runs one after another 11.9)."""
+    return "unroll" if has_conv_layers and jax.devices()[0].platform == "cpu" else "vmap"
 
 
 def choose_engine(model, images: np.ndarray) -> tuple[bool, str]:
     """``(use_scan, strategy)`` for training ``model`` on ``images``: the
     training engine's rule (no scan for XLA convolutions on the CPU, nor for
-    data too big for the device) and ``choose_strategy``."""
+    data too big for the device) and ``choose_strategy`` (which asks whether
+    the model has convolution layers, however they are computed)."""
     shape = (1, *images.shape[1:])
     params, state = jax.eval_shape(lambda k: model.init(k, shape), jax.random.key(0))
     has_conv = uses_convolution(model, params, state, shape)
+    with auto_conv_method_as("lax"):
+        has_conv_layers = uses_convolution(model, params, state, shape)
     mode = choose_mode("auto", has_conv=has_conv, has_host_transform=False, data_bytes=images.nbytes)
-    return mode == "scan", choose_strategy(has_conv)
+    return mode == "scan", choose_strategy(has_conv_layers)
 
 
 def cluster_epoch(model, loss_fn, makes: list[Callable], use_scan: bool, microbatch: int | None = None,
@@ -141,7 +173,9 @@ def cluster_epoch(model, loss_fn, makes: list[Callable], use_scan: bool, microba
     when not scanning); returns ``(carries, losses)`` with losses ``(steps,
     runs)`` per group.
     """
-    steps = [_group_step(model, loss_fn, make, microbatch, strategy) for make in makes]
+    # In the scan with 'unroll', each run's carry goes through the loop on its own.
+    run_by_run = use_scan and strategy == "unroll"
+    steps = [_group_step(model, loss_fn, make, microbatch, strategy, run_by_run) for make in makes]
 
     def all_groups(carries, lrs, images, labels, indices, base_keys, epoch, index, global_step):
         out_carries, losses = [], []
@@ -168,7 +202,12 @@ def cluster_epoch(model, loss_fn, makes: list[Callable], use_scan: bool, microba
             indices, index = xs
             return all_groups(carries, lrs, images, labels, indices, base_keys, epoch, index, first_step + index)
 
-        return lax.scan(body, carries, (tuple(orders), jnp.arange(count, dtype=jnp.int32)))
+        if run_by_run:
+            carries = tuple(_unstack(c, len(keys)) for c, keys in zip(carries, base_keys))
+        carries, losses = lax.scan(body, carries, (tuple(orders), jnp.arange(count, dtype=jnp.int32)))
+        if run_by_run:
+            carries = tuple(_stack(runs) for runs in carries)
+        return carries, losses
 
     return jax.jit(epoch_fn, donate_argnums=0)
 
@@ -313,6 +352,7 @@ def train_cluster(
 
     history: list[list[dict[str, np.ndarray]]] = []
     times = []
+    first_bad = [np.full(len(g.seeds), -1) for g in groups]
     for epoch in range(epochs):
         orders = orders_for(epoch)
         start = time.perf_counter()
@@ -334,12 +374,16 @@ def train_cluster(
         jax.block_until_ready(carries)
         times.append(time.perf_counter() - start)
         scores = evaluate_groups(evaluator, carries, *device_eval, eval_size)
+        losses = [np.asarray(loss) for loss in losses]  # (steps, runs) per group
+        for bad, loss in zip(first_bad, losses):
+            index = first_non_finite(loss)
+            new = (bad < 0) & (index >= 0)
+            bad[new] = epoch * steps + index[new]
         history.append([
-            {"train_loss": np.asarray(loss).mean(axis=0), "test_loss": s["loss"], "test_accuracy": s["accuracy"]}
+            {"train_loss": loss.mean(axis=0), "test_loss": s["loss"], "test_accuracy": s["accuracy"]}
             for loss, s in zip(losses, scores)
         ])  # fmt: skip
         if on_epoch is not None:
             on_epoch(epoch)
-    first_bad = [np.asarray(c.first_bad) for c in carries]
     return {"history": history, "first_bad": first_bad, "steps_per_epoch": steps, "times": times,
             "compile_s": compile_s, "carries": carries}  # fmt: skip
