@@ -27,6 +27,9 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="tfds data folder (prepared datasets and jdl's caches)")
     parser.add_argument("--manual-dir", help="folder holding a dataset's source files (e.g. Debian's fashion-mnist)")
     parser.add_argument("--out", help="output folder (default: a fresh folder under jdl-runs/); must be new or empty")
+    parser.add_argument("--compilation-cache", metavar="DIR",
+                        help="keep compiled programs here for later runs (default: $JDL_CACHE_DIR, ~/.cache/jdl/xla)")
+    parser.add_argument("--no-compilation-cache", action="store_true", help="compile everything afresh")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,9 +123,26 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _use_compilation_cache(args) -> None:
+    """The persistent compilation cache (``jdl.train.cache``): a folder given
+    with --compilation-cache must be writable; the default one is skipped with
+    a warning when it is not."""
+    if args.no_compilation_cache:
+        return
+    from jdl.train.cache import enable_compilation_cache
+
+    try:
+        enable_compilation_cache(args.compilation_cache)
+    except ValueError as error:
+        if args.compilation_cache is not None:
+            raise
+        print(f"jdl {args.command}: warning: no compilation cache: {error}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _use_compilation_cache(args)
         return run_train(args) if args.command == "train" else run_compare(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"jdl {args.command}: error: {error}", file=sys.stderr)

@@ -58,7 +58,8 @@ def test_learning_rate_search_picks_a_rate_from_the_grid_on_validation_data():
 
 def test_cli_compare_writes_table_json_and_plots(tmp_path, capsys):
     out = tmp_path / "cmp"
-    code = cli.main(["compare", "--optimizers", "gd,sgd,adam", "--epochs", "1", "--seeds", "1", "--out", str(out)])
+    code = cli.main(["compare", "--optimizers", "gd,sgd,adam", "--epochs", "1", "--seeds", "1", "--out", str(out),
+                     "--no-compilation-cache"])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
     for name in ("gd", "sgd", "adam", "test acc"):
@@ -77,7 +78,7 @@ def test_cli_compare_writes_table_json_and_plots(tmp_path, capsys):
 def test_cli_train_writes_results(tmp_path):
     out = tmp_path / "run"
     assert cli.main(["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "adam", "--epochs", "1",
-                     "--out", str(out)]) == 0
+                     "--out", str(out), "--no-compilation-cache"]) == 0
     run = json.loads((out / "results.json").read_text())["runs"][0]
     assert run["optimizer"] == "adam" and run["epochs"][0]["test_accuracy"] > 0.8
     assert run["batch_size"] == 32  # the documented default
@@ -94,16 +95,46 @@ def test_cli_train_writes_results(tmp_path):
     ],
 )
 def test_cli_bad_input_gives_a_clear_error(argv, message, tmp_path, capsys):
-    assert cli.main([*argv, "--out", str(tmp_path / "new")]) == 2
+    assert cli.main([*argv, "--out", str(tmp_path / "new"), "--no-compilation-cache"]) == 2
     assert __import__("re").search(message, capsys.readouterr().err)
     assert not (tmp_path / "new").exists()
 
 
 def test_cli_refuses_an_output_folder_with_earlier_results(tmp_path, capsys):
     (tmp_path / "results.json").write_text("{}")
-    assert cli.main(["compare", "--epochs", "1", "--out", str(tmp_path)]) == 2
+    assert cli.main(["compare", "--epochs", "1", "--out", str(tmp_path), "--no-compilation-cache"]) == 2
     assert "already holds earlier results" in capsys.readouterr().err
     assert (tmp_path / "results.json").read_text() == "{}"
+
+
+def test_cli_keeps_compiled_programs_and_a_second_run_gives_the_same_results(tmp_path):
+    """Each run in its own process (the cache is a process-wide JAX option)."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    outs = []
+    for name in ("first", "second"):
+        outs.append(tmp_path / name)
+        argv = ["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "adam", "--epochs", "1",
+                "--out", str(outs[-1]), "--compilation-cache", str(cache)]  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", "jdl", *argv], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        if name == "first":
+            kept = sorted(p.name for p in cache.iterdir())
+            assert any(n.startswith("jit_epoch_fn") for n in kept), kept  # fit's epoch program among them
+    first, second = (json.loads((out / "results.json").read_text())["runs"][0]["epochs"] for out in outs)
+    assert [e["test_accuracy"] for e in first] == [e["test_accuracy"] for e in second]
+    assert [e["train_loss"] for e in first] == [e["train_loss"] for e in second]
+
+
+def test_cli_refuses_a_compilation_cache_it_cannot_write(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    argv = ["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "adam", "--epochs", "1",
+            "--out", str(tmp_path / "new"), "--compilation-cache", str(blocker / "cache")]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert "cannot write to" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 def test_table_reports_mean_and_std_over_seeds():
@@ -209,7 +240,8 @@ def test_runs_unrolled_one_by_one_in_the_scan_train_as_fit_does_alone():
     from jdl.compare.engine import Group, train_cluster
 
     kwargs = dict(split="train[:512]", batch_size=64, shuffle=True, drop_remainder=True)
-    train_data, test_data = jdl.data.load("mnist_sample", seed=0, **kwargs), jdl.data.load("mnist_sample", split="test", batch_size=500)
+    train_data = jdl.data.load("mnist_sample", seed=0, **kwargs)
+    test_data = jdl.data.load("mnist_sample", split="test", batch_size=500)
     images, labels = train_data.arrays()["image"], train_data.arrays()["label"]
     model = nn.serial(nn.Conv(4, (3, 3)), nn.relu, nn.AvgPool((2, 2)), nn.Flatten(), nn.Dense(10))
     learning_rates, seeds = np.asarray([1e-3, 3e-3], np.float32), np.asarray([0, 1])

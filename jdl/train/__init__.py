@@ -6,6 +6,7 @@
 """
 
 from jdl.train import checkpoint
+from jdl.train.cache import enable_compilation_cache
 from jdl.train.fit import NonFiniteLossError, TrainingInterrupted, TrainResult, evaluate, fit, init_model
 from jdl.train.step import Carry, accuracy, eval_step, make_train_step, step_key, train_step
 
@@ -23,4 +24,5 @@ __all__ = [
     "accuracy",
     "Carry",
     "checkpoint",
+    "enable_compilation_cache",
 ]
