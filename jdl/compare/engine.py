@@ -143,9 +143,10 @@ def _group_step(model, loss_fn, make, microbatch, strategy: str, run_by_run: boo
 def choose_strategy(has_conv_layers: bool) -> str:
     """``'vmap'``, except ``'unroll'`` for convolutional models on the CPU:
     there a vmapped convolution is a grouped convolution or, as a matrix
-    product, a batched one with few columns, several times slower than one per
-    run (8 flax-CNN configurations, 2 cores, s/epoch of 4,096 images: vmapped
-    12.8, unrolled run by run 11.0, 8 runs one after another 11.9)."""
+    product, a batched one with few columns, up to several times slower than
+    one per run (8 flax-CNN configurations on 2 cores against the 8 run one
+    after another: vmapped 1.05-1.14x slower, run by run 0.90-1.03x;
+    ``benchmarks/comparison.py``)."""
     return "unroll" if has_conv_layers and jax.devices()[0].platform == "cpu" else "vmap"
 
 

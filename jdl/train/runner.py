@@ -41,6 +41,7 @@ class EpochRunner:
         self.steps_per_epoch, self.batch_size = len(loader), loader.batch_size
         self.compile_s = 0.0
         self.done: int = 0  # steps of the current epoch done
+        self._first_global_step = 0  # the global index of the current epoch's first step run
         self.pending: list[tuple[dict, list[int]]] = []  # (metrics on the device, batch sizes) not yet fetched
         self._steps: dict[tuple, Any] = {}
         self._orders: dict[int, np.ndarray] = {}

@@ -136,9 +136,8 @@ def train_step(
 
     ``metrics`` holds ``loss`` and ``accuracy`` of the batch before the update.
     With ``guard`` (the default) a step whose loss or update is not finite, or
-    any step after it, leaves the carry unchanged.  Without it the step only
-    records the first non-finite loss in ``first_bad`` and applies the update
-    Without it the step applies the update regardless and leaves
+    any step after it, leaves the carry unchanged.  Without it the step
+    applies the update regardless and leaves
     ``first_bad`` as it was: no pass over the parameters to check them, which
     on small models is a large part of a step, and no check of the loss
     either (a few µs a step on a GPU: ``benchmarks/profile_step.py``); the
