@@ -3,8 +3,10 @@ the same K trained one after another, with jdl.compare's engine.
 
 The flax examples/mnist CNN (``jdl.models.cnn``), Adam at K learning rates,
 batch 128, MNIST-shaped data on the device.  Sequential: the same engine with
-one configuration, K times.  Reported: seconds per epoch for all K together
-vs the sum over the K sequential runs (ratio < 1: vmapping wins), compile
+one configuration, K times, with the strategy the engine chooses (on the CPU
+for convolutional models ``'unroll'``: one run's plain program, no run axis).
+Reported: seconds per epoch for all K together vs the sum over the K
+sequential runs (ratio < 1: vmapping wins), compile
 apart.  Goal: at least 4x faster on an accelerator (flax+optax vmapped: 1.5x
 slower than sequential, FACTS), no slower on the CPU.
 
@@ -57,7 +59,7 @@ def run(quick: bool = False, k: int = 8, batch: int = 128, strategies=("unroll",
     lrs = list(np.geomspace(1e-4, 3e-3, k))
     alone, alone_compile, accs_alone = 0.0, 0.0, []
     for lr in lrs:
-        seconds, compile_s, acc = _epoch_seconds(model, data, test, [lr], [0], batch, epochs, use_scan)
+        seconds, compile_s, acc = _epoch_seconds(model, data, test, [lr], [0], batch, epochs, use_scan, chosen)
         alone, alone_compile = alone + seconds, alone_compile + compile_s
         accs_alone.append(float(acc[0]))
     records = []
