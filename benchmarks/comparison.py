@@ -53,7 +53,7 @@ def run(quick: bool = False, k: int = 8, batch: int = 128, strategies=("unroll",
     epochs = 2 if quick else 3
     model, model_name = models.cnn(conv_method=conv_method), "cnn"
     if quick:  # the smoke run: a small MLP, fewer configurations
-        model, model_name, k, n_train = models.mlp(hidden=(32,)), "mlp", 4, 512
+        model, model_name, k, n_train = models.mlp(hidden=(32,)), "mlp", 2, 512
         data = {key: value[:n_train] for key, value in data.items()}
     use_scan, chosen = choose_engine(model, data["image"])
     lrs = list(np.geomspace(1e-4, 3e-3, k))

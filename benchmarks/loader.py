@@ -106,13 +106,13 @@ def _prefetch_epoch(loader):
     return run
 
 
-def _tfdata_epoch(name: str, data_dir: Path, cache: bool, n: int):
+def _tfdata_epoch(name: str, data_dir: Path, cache: bool, n: int, split: str = "train"):
     from jdl.data._tfds_compat import import_tensorflow
 
     tf = import_tensorflow()  # GPUs hidden from TensorFlow
     import tensorflow_datasets as tfds
 
-    ds = tfds.load(name, split="train", data_dir=os.fspath(data_dir), download=False)
+    ds = tfds.load(name, split=split, data_dir=os.fspath(data_dir), download=False)
     ds = ds.map(lambda x: {"image": tf.cast(x["image"], tf.float32) / 255.0,
                            "label": tf.cast(x["label"], tf.int32)},
                 num_parallel_calls=tf.data.AUTOTUNE)
@@ -237,7 +237,8 @@ def run(quick: bool = False) -> list[dict]:
     jdl_dir = _prepared(name, "array_record")
     if jdl_dir is None:
         name, note = "mnist_sample", "Fashion-MNIST not available: fell back to mnist_sample"
-    loader = jd.load(name, split="train", batch_size=BATCH, shuffle=True, seed=0,
+    split = "train[:6000]" if quick else "train"  # the smoke run: a tenth of the epoch
+    loader = jd.load(name, split=split, batch_size=BATCH, shuffle=True, seed=0,
                      drop_remainder=True, data_dir=jdl_dir)
     examples = len(loader) * BATCH
     jdl_s = _time_epochs(_jdl_epoch(loader), epochs)
@@ -257,8 +258,8 @@ def run(quick: bool = False) -> list[dict]:
             source = sources._TfdsSource(name, ref_dir)
             if source.prepared_format() != "tfrecord":
                 source.prepare(manual_dir=None, download=False, file_format="tfrecord")
-        plain = _time_epochs(_tfdata_epoch(name, ref_dir, False, loader.num_examples), epochs)
-        cached = _time_epochs(_tfdata_epoch(name, ref_dir, True, loader.num_examples), epochs)
+        plain = _time_epochs(_tfdata_epoch(name, ref_dir, False, loader.num_examples, split), epochs)
+        cached = _time_epochs(_tfdata_epoch(name, ref_dir, True, loader.num_examples, split), epochs)
         bench = f"loader/{name}"
         lines += [
             _line(bench, jdl_s, "tf.data", plain, examples, note),

@@ -113,7 +113,7 @@ def run(quick: bool = False, names: list[str] | None = None) -> list[dict]:
     params = make_tree(quick)
     grads = jax.tree_util.tree_map(lambda p: 1e-3 * jnp.sin(p), params)
     device = jax.devices()[0]
-    repeats, calls = (7, 3) if quick else (21, 5)
+    repeats, calls = (5, 3) if quick else (21, 5)
     if device.platform != "cpu":
         calls *= 10  # steps take well under a millisecond there
 

@@ -38,8 +38,8 @@ class FlaxWideMLP(fnn.Module):
 def run(quick: bool = False, out: Path | None = None) -> list[dict]:
     on_cpu = jax.devices()[0].platform == "cpu"
     widths = (64, 512) if quick else (64, 256, 1024, 4096)
-    batches = (32, 256) if quick else (32, 128, 512, 2048)
-    data, test, source = common.mnist_shaped(4096 if quick else (16384 if on_cpu else 60000))
+    batches = (128,) if quick else (32, 128, 512, 2048)
+    data, test, source = common.mnist_shaped(2048 if quick else (16384 if on_cpu else 60000))
     test = {key: value[:1000] for key, value in test.items()}
     epochs = 3
     records = []
