@@ -13,9 +13,11 @@ goals need runs from this one script, saving its lines after each part:
 3. the benchmarks of ``run.py`` that need an accelerator: ``train_epoch``,
    ``time_to_accuracy``, ``comparison`` (vmapped), with variants (convolution
    method, prefetch chunk and thread switch interval).
-4. ``trace`` and ``profile_variants`` (``profile_step.py``): kernel durations
-   per step from ``jax.profiler``, and the step with its extras removed or
-   its scan unrolled.
+4. ``trace``, ``trace_comparison`` and ``profile_variants``
+   (``profile_step.py``): kernel durations per step from ``jax.profiler``
+   (the cnn step, the vmapped comparison), and the step with its extras
+   removed; ``step_variants`` (``step_variants.py``): convolution method per
+   layer, bias gradient, unrolled scan.
 
 On the device machine, from the repository root, with Fashion-MNIST's four
 ``.gz`` files in ``.device-data/fashion-mnist`` (carried; no TensorFlow needed)::
