@@ -16,7 +16,7 @@ the convolutional models' ``scan`` line sets jdl's scan (whose ``nn.Conv`` is a
 matrix product on the CPU, what ``fit``'s ``auto`` mode runs) against
 flax+optax's faster way, its loop.
 
-Usage: python benchmarks/train_epoch.py [--quick] [--models cnn,mlp]
+Usage: python benchmarks/train_epoch.py [--quick] [--models cnn,mlp] [--rounds R]
 """
 
 from __future__ import annotations
@@ -160,7 +160,12 @@ def time_jdl(model, way: str, data: dict, test: dict, batch: int, epochs: int) -
     return common.median([h["time_s"] for h in history[1:]]), history[0]["compile_s"], score["accuracy"]
 
 
-def run(quick: bool = False, names=("mlp", "cnn", "fmnist_2c2d"), batch: int = 128) -> list[dict]:
+def run(quick: bool = False, names=("mlp", "cnn", "fmnist_2c2d"), batch: int = 128, rounds: int = 1) -> list[dict]:
+    """One line per model and way.  With ``rounds`` > 1 both are timed that
+    many times, jdl and flax+optax alternately, and the line gives the medians
+    over rounds and the median of the per-round ratios (``round_ratios``): on
+    a noisy machine epochs timed minutes apart differ more than the two
+    libraries do."""
     on_cpu = jax.devices()[0].platform == "cpu"
     n_train = 4096 if quick else (12800 if on_cpu else 60000)
     data, test, source = common.mnist_shaped(n_train)
@@ -171,12 +176,19 @@ def run(quick: bool = False, names=("mlp", "cnn", "fmnist_2c2d"), batch: int = 1
         for way in ("loop", "scan"):
             # flax's convolutions in scan are ~25x slower on the CPU (FACTS): its faster way there is the loop
             ref_way = "loop" if on_cpu and way == "scan" and name != "mlp" else way
-            jdl_s, jdl_compile, jdl_acc = time_jdl(JDL[name](), way, data, test, batch, epochs)
-            ref_s, ref_compile, ref_acc = time_flax(FLAX[name](), ref_way, data, test, batch, epochs)
+            timed = [(time_jdl(JDL[name](), way, data, test, batch, epochs),
+                      time_flax(FLAX[name](), ref_way, data, test, batch, epochs)) for _ in range(rounds)]  # fmt: skip
+            (jdl_s, jdl_compile, jdl_acc), (ref_s, ref_compile, ref_acc) = timed[-1]
+            extra = {}
+            if rounds > 1:
+                jdl_s, ref_s = (common.median([t[i][0] for t in timed]) for i in (0, 1))
+                ratios = [ours[0] / theirs[0] for ours, theirs in timed]
+                extra = {"round_ratios": ratios, "median_round_ratio": common.median(ratios)}
             records.append(common.line(
                 f"train_epoch/{name}/{way}", jdl_s, f"flax+optax {ref_way}", ref_s, batch_size=batch,
                 examples=len(data["label"]), data=source, jdl_compile_s=jdl_compile, reference_compile_s=ref_compile,
-                jdl_test_accuracy=jdl_acc, reference_test_accuracy=ref_acc, epochs=epochs))  # fmt: skip
+                jdl_test_accuracy=jdl_acc, reference_test_accuracy=ref_acc, epochs=epochs, rounds=rounds,
+                **extra))  # fmt: skip
     return records
 
 
@@ -184,5 +196,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--models", default="mlp,cnn,fmnist_2c2d")
+    parser.add_argument("--rounds", type=int, default=1, help="time both libraries this many times, alternately")
     args = parser.parse_args()
-    common.print_lines(run(args.quick, tuple(args.models.split(","))))
+    common.print_lines(run(args.quick, tuple(args.models.split(",")), rounds=args.rounds))
