@@ -263,6 +263,7 @@ def test_runs_unrolled_one_by_one_in_the_scan_train_as_fit_does_alone():
     assert list(out["first_bad"][0]) == [-1, -1]
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's rule (accelerators vmap every model)")
 def test_compare_unrolls_convolutional_models_on_the_cpu_and_vmaps_the_rest():
     from jdl.compare.engine import choose_engine
 
