@@ -209,11 +209,11 @@ def fit(
             compile_before, epoch_start = runner.compile_s, time.perf_counter()
             start_carry = runner.snapshot()  # for a replay if the epoch goes bad
             runner.train_epoch(epoch, first_step)
-            fetched, first_bad, finite = runner.fetch()  # one host sync per epoch
+            fetched, bad, finite = runner.fetch()  # one host sync per epoch
             partial, runner.pending = _append(partial, fetched, runner.pending), []
             time_s = time.perf_counter() - epoch_start - (runner.compile_s - compile_before)
-            if first_bad >= 0 or not finite:
-                carry, first_bad = runner.replay_guarded(guarded_step, start_carry, epoch, first_step, first_bad)
+            if bad >= 0 or not finite:
+                carry, first_bad = runner.replay_guarded(guarded_step, start_carry, epoch, first_step, bad)
                 bad_epoch, bad_step = divmod(first_bad, runner.steps_per_epoch)
                 path = save(bad_epoch, bad_step, carry, _no_steps())
                 raise NonFiniteLossError(bad_epoch + 1, bad_step, runner.steps_per_epoch, result(carry), path)

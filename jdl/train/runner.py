@@ -41,7 +41,6 @@ class EpochRunner:
         self.steps_per_epoch, self.batch_size = len(loader), loader.batch_size
         self.compile_s = 0.0
         self.done: int = 0  # steps of the current epoch done
-        self._first_global_step = 0  # the global index of the current epoch's first step run
         self.pending: list[tuple[dict, list[int]]] = []  # (metrics on the device, batch sizes) not yet fetched
         self._steps: dict[tuple, Any] = {}
         self._orders: dict[int, np.ndarray] = {}
@@ -77,7 +76,6 @@ class EpochRunner:
     def train_epoch(self, epoch: int, first_step: int = 0) -> None:
         """Run ``epoch`` from ``first_step``; the metrics stay on the device in ``pending``."""
         self.done, self.pending = first_step, []
-        self._first_global_step = epoch * self.steps_per_epoch + first_step
         if self.mode == "scan" and first_step == 0:
             batches = self._scan_full_steps(epoch)
         else:
@@ -119,13 +117,12 @@ class EpochRunner:
         return ((first_step + i, batch) for i, batch in enumerate(batches))
 
     def fetch(self) -> tuple[list[dict], int, bool]:
-        """One host sync: the pending step metrics, the global step of the
-        first non-finite loss among them (-1 for none) and whether the
-        parameters are all finite."""
+        """One host sync: the pending step metrics, the position among them
+        of the first non-finite loss (-1 for none) and whether the parameters
+        are all finite."""
         fetched, finite = jax.device_get(([m for m, _ in self.pending], self._finite(self.carry.params)))
         losses = np.concatenate([np.ravel(m["loss"]) for m in fetched]) if fetched else np.zeros(0)
-        bad = int(first_non_finite(losses))
-        return fetched, (self._first_global_step + bad if bad >= 0 else -1), bool(finite)
+        return fetched, int(first_non_finite(losses)), bool(finite)
 
     def fetch_pending(self) -> list[dict]:
         """The pending step metrics on the host, in one transfer."""
@@ -136,12 +133,14 @@ class EpochRunner:
         return not any(getattr(leaf, "is_deleted", lambda: False)() for leaf in jax.tree_util.tree_leaves(self.carry))
 
     def replay_guarded(self, guarded_step: Callable, start: Carry, epoch: int, first_step: int,
-                       fast_first_bad: int) -> tuple[Carry, int]:  # fmt: skip
+                       fast_bad: int) -> tuple[Carry, int]:  # fmt: skip
         """Rerun an epoch that went non-finite from its start with the guarded
         step, which stops updating at the first bad step: returns that carry
         (the last good parameters) and the global index of the bad step.  If
         the replay meets no bad step (a transform that is not reproducible),
-        the epoch's starting carry and the fast path's step are returned."""
+        the epoch's starting carry and the fast path's step (``fast_bad``
+        steps after ``first_step``; -1: the parameters went non-finite with
+        finite losses, reported at ``first_step``) are returned."""
         loader, size, steps = self.loader, self.batch_size, self.steps_per_epoch
         order = loader.permutation(epoch)
         carry = start
@@ -151,4 +150,4 @@ class EpochRunner:
                                     epoch * steps + index)  # fmt: skip
             if int(carry.first_bad) >= 0:
                 return carry, int(carry.first_bad)
-        return start, fast_first_bad if fast_first_bad >= 0 else epoch * steps + first_step
+        return start, epoch * steps + first_step + max(fast_bad, 0)
