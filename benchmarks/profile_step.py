@@ -140,11 +140,9 @@ def variants(quick: bool, names: tuple[str, ...] = ("mlp", "cnn"), unrolls: tupl
     return records
 
 
-def _cnn_program(which: str, steps: int):
+def _cnn_program(which: str, images, labels, steps: int):
     """The compiled cnn scan epoch of ``steps`` steps and a maker of fresh inputs
     (it donates them): flax+optax's, jdl's as ``fit`` runs it, or jdl's bare step."""
-    data, _, _ = common.mnist_shaped(steps * BATCH)
-    images, labels = jnp.asarray(data["image"]), jnp.asarray(data["label"])
     order = jnp.arange(steps * BATCH, dtype=jnp.int32).reshape(steps, BATCH)
     if which == "flax":
         state = train_epoch._flax_state(train_epoch.FLAX["cnn"](), (28, 28, 1))
@@ -223,12 +221,11 @@ def trace_comparison(quick: bool, out_dir: str | None = None, k: int = 8) -> lis
     import comparison
 
     records = []
+    data, test, _ = common.mnist_shaped(1024 if quick else 60000)
+    test = {key: value[:1000] for key, value in test.items()}
+    lrs, steps = list(np.geomspace(1e-4, 3e-3, k)), 2 * (len(data["label"]) // BATCH)
     for method in ("lax", "matmul"):
-        data, test, _ = common.mnist_shaped(1024 if quick else 60000)
-        test = {key: value[:1000] for key, value in test.items()}
         model = models.cnn(conv_method=method)
-        lrs = list(np.geomspace(1e-4, 3e-3, k))
-        steps = 2 * (len(data["label"]) // BATCH)
         table = _traced(lambda model=model, data=data, test=test, lrs=lrs: comparison._epoch_seconds(
             model, data, test, lrs, [0] * k, BATCH, 2, True), steps, out_dir, f"comparison-{method}")  # fmt: skip
         records.append({"benchmark": f"profile/trace/comparison/cnn/{k}_configs/{method}",
@@ -242,8 +239,10 @@ def trace(quick: bool, out_dir: str | None = None) -> list[dict]:
     """The cnn scan epoch of flax+optax, jdl (as fit runs it) and jdl's bare
     step under ``jax.profiler``: the kernel table of each (``kernel_table``)."""
     steps, records = (8 if quick else 100), []
+    data, _, _ = common.mnist_shaped(steps * BATCH)
+    images, labels = jnp.asarray(data["image"]), jnp.asarray(data["label"])
     for which in ("flax", "jdl", "jdl_bare"):
-        fn, inputs = _cnn_program(which, steps)
+        fn, inputs = _cnn_program(which, images, labels, steps)
         for _ in range(2):
             jax.block_until_ready(fn(*inputs()))
         ready = jax.block_until_ready(inputs())
