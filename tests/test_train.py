@@ -184,6 +184,21 @@ def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_good_params(tmp_p
     assert int(checkpoint.load_raw(tmp_path)["step"]) == 4
 
 
+@pytest.mark.parametrize("mode", ["scan", "stream"])
+def test_parameters_going_non_finite_at_an_epochs_last_step_stop_training(mode):
+    # The learning rate is infinite at the 4th and last step of epoch 1: its loss, computed before the
+    # update, is finite, only the parameters it leaves are not (found at the epoch's end, not in a loss).
+    images, labels = jdl.data.mnist_sample.read_split("train")
+    loader = jdl.data.Loader(images[:4000], labels[:4000], batch_size=1000, shuffle=False)
+    blows_up = optim.sgd(lambda count: jnp.where(count == 3, jnp.inf, 0.1))
+    with pytest.raises(train.NonFiniteLossError, match=r"epoch 1, step 3 \(of 4") as caught:
+        train.fit(_small_mlp(), losses.cross_entropy, blows_up, loader, epochs=2, progress=False, mode=mode)
+    good = caught.value.result.params
+    three = jdl.data.Loader(images[:3000], labels[:3000], batch_size=1000, shuffle=False)
+    three_steps = train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), three, epochs=1, progress=False)
+    _assert_trees_close(good, three_steps.params, rtol=1e-6, atol=1e-7)
+
+
 def test_shape_mismatches_fail_before_the_first_step():
     with pytest.raises(ValueError, match=r"images of shape \(28, 28, 1\) do not fit the model.*Conv"):
         train.fit(nn.serial(nn.Flatten(), nn.Conv(4, 3)), losses.cross_entropy, optim.sgd(0.1), _loader(),

@@ -30,7 +30,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jdl.train.step import Carry, step_key
+from jdl.train.step import Carry, all_finite, step_key
 
 # A device transform gets its own key, folded from the step's key.
 _AUGMENT_SALT = 0x5EED
@@ -136,6 +136,19 @@ def compile_lowered(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
     return lowered.compile()
 
 
+# XLA options for a program that runs once (initialization): without LLVM's
+# optimization passes, which take most of its compilation and would save little
+# on its one run.  jdl's CNN initialized on the CPU: 2.6 s to compile, 0.7 s
+# without them (python benchmarks/cold_start.py).
+RUN_ONCE_COMPILER_OPTIONS: dict[str, int] = {"xla_backend_optimization_level": 0}
+
+
+def run_once(fn: Callable, *args):
+    """``jax.jit(fn)(*args)`` for a program called once, compiled with
+    ``RUN_ONCE_COMPILER_OPTIONS``."""
+    return jax.jit(fn).lower(*args).compile(compiler_options=dict(RUN_ONCE_COMPILER_OPTIONS))(*args)
+
+
 def stream_step(run: Callable) -> Callable:
     """One step, jitted, carry donated: for the Python loop."""
     return jax.jit(run, donate_argnums=0)
@@ -143,8 +156,11 @@ def stream_step(run: Callable) -> Callable:
 
 def scan_epoch(run: Callable, placement: Placement, unroll: int = 1) -> Callable:
     """``(carry, images, labels, order, base_key, epoch, first_global_step) ->
-    (carry, metrics per step)``: ``order`` is ``(steps, batch)`` indices;
-    ``unroll`` steps per loop iteration (``lax.scan``'s)."""
+    (carry, metrics)``: ``order`` is ``(steps, batch)`` indices; the metrics
+    are the steps' (one row per step) and ``params_finite``, whether the
+    parameters the epoch ends with are all finite (the fast step checks
+    nothing; this saves the caller a program of its own).  ``unroll`` steps per
+    loop iteration (``lax.scan``'s)."""
 
     def epoch_fn(carry, images, labels, order, base_key, epoch, first_global_step):
         def body(carry, xs):
@@ -153,7 +169,8 @@ def scan_epoch(run: Callable, placement: Placement, unroll: int = 1) -> Callable
             return run(carry, batch, base_key, epoch, index, first_global_step + index)
 
         steps = order.shape[0]
-        return lax.scan(body, carry, (order, jnp.arange(steps, dtype=jnp.int32)), unroll=unroll)
+        carry, metrics = lax.scan(body, carry, (order, jnp.arange(steps, dtype=jnp.int32)), unroll=unroll)
+        return carry, metrics | {"params_finite": all_finite(carry.params)}
 
     return jax.jit(epoch_fn, donate_argnums=0)
 

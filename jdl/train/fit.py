@@ -15,7 +15,14 @@ import numpy as np
 from jdl.nn import Layer
 from jdl.optim import GradientTransformation
 from jdl.train import checkpoint as ckpt
-from jdl.train.engine import Placement, choose_mode, evaluate_arrays, uses_convolution, with_device_transform
+from jdl.train.engine import (
+    Placement,
+    choose_mode,
+    evaluate_arrays,
+    run_once,
+    uses_convolution,
+    with_device_transform,
+)
 from jdl.train.runner import EpochRunner, timed
 from jdl.train.step import Carry, LossFn, eval_step, train_step
 
@@ -92,11 +99,14 @@ def _check_model_fits(
 
 
 def init_model(model: Layer, key: jax.Array, image_shape: tuple[int, ...]):
-    """``model.init`` for inputs of ``image_shape``, naming the data's shape on failure."""
+    """``model.init`` for inputs of ``image_shape``, naming the data's shape on
+    failure; compiled as a program run once (``jdl.train.engine.run_once``)."""
+    return run_once(lambda key: _init_for_images(model, key, image_shape), key)
+
+
+def _init_for_images(model: Layer, key: jax.Array, image_shape: tuple[int, ...]):
     try:
-        # Compiled, not run op by op: eager initialization compiles every
-        # primitive separately, seconds on an accelerator.
-        return jax.jit(model.init, static_argnums=1)(key, (1, *tuple(image_shape)))
+        return model.init(key, (1, *tuple(image_shape)))
     except ValueError as error:
         raise ValueError(f"the dataset's images of shape {tuple(image_shape)} do not fit the model: {error}") from error
 
@@ -168,9 +178,7 @@ def fit(
     if eval_batch_size < 1:
         raise ValueError(f"fit: eval_batch_size must be >= 1; got {eval_batch_size}")
     loader = train_data
-    base_key, init_key = jax.random.split(jax.random.key(seed))
-    params, state = _checked_model(model, loss_fn, loader, init_key, params, state)
-    opt_state = optimizer.init(params)
+    base_key, params, state, opt_state = _fresh_start(model, loss_fn, optimizer, loader, seed, params, state)
     start = _Start(params, state, opt_state, epoch=0, step=0, history=[], partial=_no_steps())
     if resume:
         start = _restore(checkpoint_dir if resume is True else resume, start, seed)
@@ -248,16 +256,26 @@ class _Start(NamedTuple):
     partial: dict
 
 
-def _checked_model(model: Layer, loss_fn: LossFn, loader, init_key: jax.Array, params, state):
-    """``(params, state)``: given, or initialized for the loader's images;
-    checked to fit the loader's images and labels and the loss."""
+def _fresh_start(model: Layer, loss_fn: LossFn, optimizer: GradientTransformation, loader, seed: int, params, state):
+    """``(base_key, params, state, opt_state)`` of a new run, in one program
+    run once: ``key(seed)`` split into the steps' base key and the
+    initialization key, the model initialized for the loader's images (unless
+    ``params`` are given), the optimizer's state.  Checked to fit the
+    loader's images and labels and the loss before it is compiled."""
     sample = loader.batch(np.arange(min(2, loader.num_examples)))
     images, labels = np.asarray(sample["image"]), np.asarray(sample["label"])
-    if params is None:
-        params, state = init_model(model, init_key, images.shape[1:])
-    state = {} if state is None else state
-    _check_model_fits(model, loss_fn, params, state, images, labels, loader.num_classes)
-    return params, state
+    if params is not None and state is None:
+        state = {}
+
+    def start(params, state):
+        base_key, init_key = jax.random.split(jax.random.key(seed))
+        if params is None:
+            params, state = _init_for_images(model, init_key, images.shape[1:])
+        return base_key, params, state, optimizer.init(params)
+
+    _, param_shapes, state_shapes, _ = jax.eval_shape(start, params, state)
+    _check_model_fits(model, loss_fn, param_shapes, state_shapes, images, labels, loader.num_classes)
+    return run_once(start, params, state)
 
 
 def _restore(directory, fresh: _Start, seed: int) -> _Start:

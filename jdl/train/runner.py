@@ -119,8 +119,12 @@ class EpochRunner:
     def fetch(self) -> tuple[list[dict], int, bool]:
         """One host sync: the pending step metrics, the position among them
         of the first non-finite loss (-1 for none) and whether the parameters
-        are all finite."""
-        fetched, finite = jax.device_get(([m for m, _ in self.pending], self._finite(self.carry.params)))
+        are all finite (as the scan's epoch program found, when it ran last)."""
+        metrics = [m for m, _ in self.pending]
+        checked = bool(metrics) and "params_finite" in metrics[-1]
+        fetched, finite = jax.device_get((metrics, None if checked else self._finite(self.carry.params)))
+        if checked:
+            finite = fetched[-1]["params_finite"]
         losses = np.concatenate([np.ravel(m["loss"]) for m in fetched]) if fetched else np.zeros(0)
         return fetched, int(first_non_finite(losses)), bool(finite)
 

@@ -1,0 +1,164 @@
+"""Benchmark: a cold start, from the call to the result, jdl against flax+optax.
+
+What a user waits for the first time a program runs: every compilation
+included, no persistent compilation cache, each library in a fresh process
+(JAX's in-memory caches empty).  For each model, one epoch over the first
+``--examples`` images of the shipped ``mnist_sample`` (batch 128, Adam 1e-3)
+and the test accuracy after it:
+
+* jdl: ``jdl.train.fit(..., epochs=1, eval_data=test)``, its automatic engine;
+* flax+optax: ``module.init`` and ``TrainState.create`` (the flax examples'
+  way), the epoch in one ``lax.scan`` with the data on the device (on the CPU,
+  for convolutional models, its faster way there: the examples' loop of jitted
+  steps), and a jitted accuracy.
+
+Each line gives the medians over ``--repeats`` fresh processes of each
+(alternating) of the wall seconds from the call to the result, of the seconds
+spent compiling (XLA) and of the number of programs compiled, and the
+programs that took longest to compile in jdl's last process.
+
+Usage: python benchmarks/cold_start.py [--quick] [--models mlp,cnn] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import re
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+if __package__ in (None, ""):
+    import common  # type: ignore[no-redef]
+    import train_epoch  # type: ignore[no-redef]
+else:
+    from benchmarks import common, train_epoch
+
+from jdl import losses, optim
+from jdl.data import mnist_sample
+from jdl.data.loader import Loader
+from jdl.train import fit
+
+_COMPILED = re.compile(r"Finished XLA compilation of (?:jit\()?([^ )]+)\)? in ([0-9.]+) sec")
+
+
+class _CompileLog(logging.Handler):
+    """Collects ``(program, seconds)`` from JAX's ``jax_log_compiles`` messages."""
+
+    def __init__(self):
+        super().__init__()
+        self.compiled: list[tuple[str, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = _COMPILED.search(record.getMessage())
+        if match:
+            self.compiled.append((match.group(1), float(match.group(2))))
+
+
+def _data(examples: int) -> tuple[dict, dict]:
+    def split(name: str, count: int | None = None) -> dict:
+        images, labels = mnist_sample.read_split(name)
+        return {"image": images[:count].astype(np.float32) / 255, "label": labels[:count].astype(np.int32)}
+
+    return split("train", examples), split("test")
+
+
+def _jdl(model_name: str, train: dict, test: dict) -> float:
+    loader = Loader(train["image"], train["label"], batch_size=128, shuffle=True, seed=0, drop_remainder=True)
+    model = train_epoch.JDL[model_name]()
+    result = fit(model, losses.cross_entropy, optim.adam(1e-3), loader, epochs=1, eval_data=test, progress=False)
+    return result.history[-1]["test_accuracy"]
+
+
+def _flax(model_name: str, train: dict, test: dict) -> float:
+    state = train_epoch._flax_state(train_epoch.FLAX[model_name](), train["image"].shape[1:])
+    conv_on_cpu = model_name != "mlp" and jax.devices()[0].platform == "cpu"
+    epoch, _ = train_epoch.compile_flax_epoch(state, "loop" if conv_on_cpu else "scan", train, 128)
+    steps = len(train["label"]) // 128
+    state = epoch(state, np.random.default_rng(0).permutation(len(train["label"]))[: steps * 128].reshape(steps, 128))
+    return float(train_epoch.flax_accuracy(state, jnp.asarray(test["image"]), jnp.asarray(test["label"])))
+
+
+def child(library: str, model_name: str, examples: int) -> dict:
+    """One cold run in this (fresh) process: wall seconds from the call to the
+    accuracy, and every compilation JAX logged on the way."""
+    train, test = _data(examples)
+    jax.config.update("jax_enable_compilation_cache", False)
+    log = _CompileLog()
+    logger = logging.getLogger("jax")
+    logger.addHandler(log)
+    logger.setLevel(logging.DEBUG)
+    jax.config.update("jax_log_compiles", True)
+    jax.block_until_ready(jnp.zeros(1) + 1)  # the backend started, as in any program before its first model
+    start = time.perf_counter()
+    accuracy = (_jdl if library == "jdl" else _flax)(model_name, train, test)
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "accuracy": accuracy, "compiled": log.compiled}
+
+
+def _spawn(library: str, model_name: str, examples: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", library, model_name, str(examples)],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _summary(runs: list[dict]) -> dict:
+    return {"wall_s": common.median([r["wall_s"] for r in runs]),
+            "compile_s": common.median([sum(s for _, s in r["compiled"]) for r in runs]),
+            "programs": common.median([len(r["compiled"]) for r in runs]),
+            "accuracy": runs[-1]["accuracy"]}  # fmt: skip
+
+
+def _slowest(compiled: list[tuple[str, float]], top: int = 6) -> list[list]:
+    totals: dict[str, list] = collections.defaultdict(lambda: [0, 0.0])
+    for name, seconds in compiled:
+        totals[name][0] += 1
+        totals[name][1] += seconds
+    ranked = sorted(totals.items(), key=lambda item: -item[1][1])[:top]
+    return [[name, count, round(seconds, 3)] for name, (count, seconds) in ranked]
+
+
+def run(quick: bool = False, models: tuple[str, ...] = ("mlp", "cnn"), repeats: int = 3,
+        examples: int = 2560) -> list[dict]:  # fmt: skip
+    if quick:
+        models, repeats, examples = ("mlp",), 1, 512
+    results = []
+    for name in models:
+        runs: dict[str, list[dict]] = {"jdl": [], "flax": []}
+        for repeat in range(repeats):
+            for library in ("jdl", "flax") if repeat % 2 == 0 else ("flax", "jdl"):
+                runs[library].append(_spawn(library, name, examples))
+        mine, theirs = _summary(runs["jdl"]), _summary(runs["flax"])
+        results.append(common.line(
+            f"cold_start/{name}", mine["wall_s"], "flax+optax", theirs["wall_s"], examples=examples,
+            repeats=repeats, compile_s=mine["compile_s"], reference_compile_s=theirs["compile_s"],
+            programs=mine["programs"], reference_programs=theirs["programs"], accuracy=mine["accuracy"],
+            reference_accuracy=theirs["accuracy"], slowest_compiles=_slowest(runs["jdl"][-1]["compiled"]),
+        ))  # fmt: skip
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--examples", type=int, default=2560)
+    parser.add_argument("--child", nargs=3, metavar=("LIBRARY", "MODEL", "EXAMPLES"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        library, model_name, examples = args.child
+        print(json.dumps(child(library, model_name, int(examples))))
+        return
+    common.print_lines(run(args.quick, tuple(args.models.split(",")), args.repeats, args.examples))
+
+
+if __name__ == "__main__":
+    main()
