@@ -156,7 +156,7 @@ def test_full_batch_steps_of_a_cnn_match_optax_on_the_whole_batch(strategy):
     import optax
 
     from jdl import nn
-    from jdl.compare.engine import Group, init_group, train_cluster
+    from jdl.compare.engine import Group, train_cluster
 
     images, labels = jdl.data.mnist_sample.read_split("train")
     images = (images[:96].reshape(-1, 28, 28, 1) / 255.0).astype(np.float32)
@@ -168,13 +168,13 @@ def test_full_batch_steps_of_a_cnn_match_optax_on_the_whole_batch(strategy):
                         permutation=lambda seed, epoch: np.random.default_rng([seed, epoch]).permutation(96),
                         epochs=2, eval_images=images, eval_labels=labels, use_scan=False, microbatch=32,
                         strategy=strategy)
-    start, _ = init_group(model, group.make, learning_rates, seeds, images.shape[1:])
 
     def loss(params, x, y):
         return optax.softmax_cross_entropy_with_integer_labels(model.apply(params, {}, x)[0], y).mean()
 
     for run, lr in enumerate(learning_rates):
-        params = jax.tree_util.tree_map(lambda a, run=run: a[run], start.params)
+        # fit(seed=seed)'s initialization
+        params, _ = model.init(jax.random.split(jax.random.key(int(seeds[run])))[1], (1, *images.shape[1:]))
         tx = optax.sgd(float(lr))
         opt_state = tx.init(params)
         for _ in range(2):

@@ -36,7 +36,14 @@ import numpy as np
 from jax import lax
 
 from jdl.nn.layers import auto_conv_method_as
-from jdl.train.engine import choose_mode, compile_lowered, uses_convolution, windows, with_device_transform
+from jdl.train.engine import (
+    choose_mode,
+    compile_lowered,
+    run_once,
+    uses_convolution,
+    windows,
+    with_device_transform,
+)
 from jdl.train.step import (
     Carry,
     Totals,
@@ -61,15 +68,36 @@ class Group(NamedTuple):
     seeds: np.ndarray
 
 
-def init_group(model, make: Callable, learning_rates, seeds, image_shape) -> tuple[Carry, jax.Array]:
-    """Stacked carry and base keys: run ``k`` is initialized as
-    ``fit(seed=seeds[k])`` would be."""
-    keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(jnp.asarray(seeds))
-    base_keys, init_keys = keys[:, 0], keys[:, 1]
-    params, state = jax.vmap(lambda k: model.init(k, (1, *image_shape)))(init_keys)
-    opt_state = jax.vmap(lambda p, lr: make(lr).init(p))(params, jnp.asarray(learning_rates, jnp.float32))
-    first_bad = jnp.full((len(seeds),), -1, jnp.int32)
-    return Carry(params, state, opt_state, first_bad), base_keys
+def init_groups(model, groups: list[Group], image_shape) -> tuple[tuple[Carry, ...], tuple[jax.Array, ...]]:
+    """Stacked carries and base keys of every group, in one program run once
+    (``run_once``): run ``k`` of a group is initialized as
+    ``fit(seed=seeds[k])`` would be.  The model is initialized once for the
+    seeds of all groups together (one copy of its initialization in the
+    program, which is what its compilation spends most time on)."""
+    sizes = np.cumsum([len(g.seeds) for g in groups])[:-1]
+
+    def init(seeds, learning_rates):
+        keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(seeds)
+        params, state = jax.vmap(lambda k: model.init(k, (1, *image_shape)))(keys[:, 1])
+        carries, base_keys = [], []
+        for group, run_keys, run_params, run_state, lrs in zip(
+            groups, jnp.split(keys[:, 0], sizes), _split_runs(params, sizes), _split_runs(state, sizes),
+            learning_rates, strict=True,
+        ):  # fmt: skip
+            opt_state = jax.vmap(lambda p, lr, make=group.make: make(lr).init(p))(run_params, lrs)
+            carries.append(Carry(run_params, run_state, opt_state, jnp.full((len(lrs),), -1, jnp.int32)))
+            base_keys.append(run_keys)
+        return tuple(carries), tuple(base_keys)
+
+    seeds = jnp.asarray(np.concatenate([g.seeds for g in groups]))
+    return run_once(init, seeds, tuple(jnp.asarray(g.learning_rates, jnp.float32) for g in groups))
+
+
+def _split_runs(stacked, sizes) -> list:
+    """A pytree stacked over runs, split along its run axis at ``sizes``."""
+    leaves, treedef = jax.tree_util.tree_flatten(stacked)
+    parts = [jnp.split(leaf, sizes) for leaf in leaves]
+    return [jax.tree_util.tree_unflatten(treedef, [p[i] for p in parts]) for i in range(len(sizes) + 1)]
 
 
 # How ``Conv(method='auto')`` convolves inside ``vmap_runs``, by backend: on a
@@ -261,11 +289,11 @@ def chunked_steps(model, loss_fn, makes: list[Callable], chunks: int, strategy: 
 
 
 def group_evaluator(model, loss_fn, batch_size: int) -> Callable:
-    """``fn(carry, images, labels, start, skip) -> (loss sum, correct)`` per
-    run, for one evaluation window (``jdl.train.step.eval_step``)."""
-    single = eval_step(model, loss_fn, batch_size)
-    return jax.jit(vmap_runs(lambda carry, x, y, start, skip: single(carry.params, carry.state, x, y, start, skip),
-                             in_axes=(0, None, None, None, None)))
+    """``fn(params, state, images, labels, start, skip) -> (loss sum,
+    correct)`` per run, for one evaluation window
+    (``jdl.train.step.eval_step``).  Groups with as many runs share its
+    compiled program, whatever their optimizer states."""
+    return jax.jit(vmap_runs(eval_step(model, loss_fn, batch_size), in_axes=(0, 0, None, None, None, None)))
 
 
 def evaluate_groups(evaluator, carries, images, labels, batch_size: int) -> list[dict[str, np.ndarray]]:
@@ -273,7 +301,8 @@ def evaluate_groups(evaluator, carries, images, labels, batch_size: int) -> list
     n = len(images)
     results = []
     for carry in carries:
-        sums = jax.device_get([evaluator(carry, images, labels, start, skip) for start, skip in windows(n, batch_size)])
+        sums = jax.device_get([evaluator(carry.params, carry.state, images, labels, start, skip)
+                               for start, skip in windows(n, batch_size)])  # fmt: skip
         loss = np.sum([np.asarray(s[0], np.float64) for s in sums], axis=0)
         correct = np.sum([np.asarray(s[1], np.float64) for s in sums], axis=0)
         results.append({"loss": loss / n, "accuracy": correct / n})
@@ -312,9 +341,7 @@ def train_cluster(
     n = len(images)
     steps = n // batch_size
     makes = [g.make for g in groups]
-    inits = [init_group(model, g.make, g.learning_rates, g.seeds, images.shape[1:]) for g in groups]
-    carries = tuple(c for c, _ in inits)
-    base_keys = tuple(k for _, k in inits)
+    carries, base_keys = init_groups(model, groups, images.shape[1:])
     lrs = tuple(jnp.asarray(g.learning_rates, jnp.float32) for g in groups)
     device_images, device_labels = jnp.asarray(images), jnp.asarray(labels)
     device_eval = (jnp.asarray(eval_images), jnp.asarray(eval_labels))
