@@ -18,6 +18,8 @@ goals need runs from this one script, saving its lines after each part:
    (the cnn step, the vmapped comparison), and the step with its extras
    removed; ``step_variants`` (``step_variants.py``): convolution method per
    layer, bias gradient, unrolled scan.
+5. ``cold_start`` (``cold_start.py``): from the call to the result in fresh
+   processes, no compilation cache, jdl against flax+optax.
 
 On the device machine, from the repository root, with Fashion-MNIST's four
 ``.gz`` files in ``.device-data/fashion-mnist`` (carried; no TensorFlow needed)::
@@ -210,6 +212,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--parts", help="comma-separated part names (default: all)")
     args = parser.parse_args()
+    import cold_start
     import comparison
     import profile_step
     import step_variants
@@ -231,6 +234,7 @@ def main() -> None:
         ("feed_more", lambda: feed(args.quick, ("chunk64", "chunk64_switch0.5ms", "chunk128"))),
         ("step_variants", lambda: step_variants.run(args.quick)),
         ("trace_comparison", lambda: profile_step.trace_comparison(args.quick)),
+        ("cold_start", lambda: cold_start.run(args.quick, models=("mlp", "cnn", "fmnist_2c2d"))),
     ]  # fmt: skip
     if args.parts:
         wanted = args.parts.split(",")

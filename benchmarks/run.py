@@ -30,6 +30,7 @@ BENCHMARKS = {
     "comparison": "comparison",  # (4) K vmapped configurations against K sequential runs
     "time_to_accuracy": "time_to_accuracy",  # (5) Fashion-MNIST to 92%
     "scaling": "scaling",  # (6) batch size and width
+    "cold_start": "cold_start",  # (7) from the call to the result, compilation included
 }
 QUICK_ARGS = {
     "train_epoch": {"names": ("mlp",)},

@@ -18,6 +18,6 @@ def test_quick_benchmarks_produce_their_json_lines(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     names = {line["benchmark"].split("/")[0] for line in lines}
-    assert {"train_epoch", "optimizer_update", "loader", "comparison", "scaling"} <= names, names
+    assert {"train_epoch", "optimizer_update", "loader", "comparison", "scaling", "cold_start"} <= names, names
     assert all(FIELDS <= set(line) for line in lines)
     assert json.loads(out.read_text())["results"] == lines

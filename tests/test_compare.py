@@ -233,9 +233,9 @@ def test_vmapped_runs_trace_convolutions_by_the_backend_table(monkeypatch):
     np.testing.assert_allclose(by_lax, by_matmul, rtol=1e-5, atol=1e-5)
 
 
-def test_runs_unrolled_one_by_one_in_the_scan_train_as_fit_does_alone():
-    """The CPU's way for convolutional models ('unroll' in the scan: each run's
-    carry on its own through the epoch's loop) against ``fit`` of each run."""
+def test_runs_taking_turns_in_the_scan_program_train_as_fit_does_alone():
+    """The CPU's way for convolutional models ('unroll' with the scan: the runs
+    take turns in one program, each its whole epoch) against ``fit`` of each run."""
     from jdl import nn
     from jdl.compare.engine import Group, train_cluster
 

@@ -3,8 +3,8 @@
 A *group* is the runs of one optimizer (over seeds and learning rates): their
 parameters, model state and optimizer state are stacked along a leading axis
 and one step is ``jax.vmap``-ed over it, with the learning rate a traced
-array.  (On the CPU a convolutional model's runs are unrolled in the program
-instead, each run's carry on its own through the epoch's loop: vmapped
+array.  (On the CPU a convolutional model's runs take turns in the program
+instead, each its whole epoch before the next (``_runs_in_turn``): vmapped
 convolutions become grouped convolutions or batched matrix products, several
 times slower there than one per run.  On a GPU vmapped convolutions are
 traced as matrix products: ``vmap_runs``.)  A *cluster* is the groups that
@@ -146,26 +146,41 @@ def _per_run(one: Callable, strategy: str, batched: int) -> Callable:
     return run
 
 
-def _run_by_run(one: Callable) -> Callable:
-    """``one`` over runs whose carries come as a tuple, one per run (the other
-    per-run arguments stacked): no run's state is sliced out of a stack and
-    stacked back every step, as ``_per_run``'s ``'unroll'`` does."""
+def _one_run_step(model, loss_fn, make, microbatch) -> Callable:
+    """``one(carry, lr, batch, base_key, epoch, index, global_step)``: one
+    run's fast training step at learning rate ``lr``."""
 
-    def run(carries, lrs, batch, base_keys, *shared):
-        batches = _unstack(batch, len(carries))
-        outs = [one(carry, lrs[k], batches[k], base_keys[k], *shared) for k, carry in enumerate(carries)]
-        return tuple(c for c, _ in outs), _stack([m for _, m in outs])
-
-    return run
-
-
-def _group_step(model, loss_fn, make, microbatch, strategy: str, run_by_run: bool = False) -> Callable:
     def one(carry, lr, batch, base_key, epoch, index, global_step):
         step = train_step(model, loss_fn, make(lr), microbatch=microbatch, guard=False)
-        run = with_device_transform(step, None)
-        return run(carry, batch, base_key, epoch, index, global_step)
+        return with_device_transform(step, None)(carry, batch, base_key, epoch, index, global_step)
 
-    return _run_by_run(one) if run_by_run else _per_run(one, strategy, batched=4)
+    return one
+
+
+def _runs_in_turn(one: Callable) -> Callable:
+    """An epoch of ``one`` for stacked runs, one run after another inside the
+    program (``lax.map`` over runs, ``lax.scan`` over each run's steps):
+    ``fn(carry, lrs, images, labels, order, base_keys, epoch, first_step) ->
+    (carry, losses)`` with ``order`` ``(steps, runs, batch)`` and losses
+    ``(steps, runs)``.  One copy of the step in the program, and one run's
+    parameters and optimizer state in the caches at a time."""
+
+    def epoch_of_runs(carry, lrs, images, labels, order, base_keys, epoch, first_step):
+        def run(xs):
+            carry, lr, run_order, base_key = xs
+
+            def body(carry, ys):
+                indices, index = ys
+                batch = {"image": images[indices], "label": labels[indices]}
+                carry, metrics = one(carry, lr, batch, base_key, epoch, index, first_step + index)
+                return carry, metrics["loss"]
+
+            return lax.scan(body, carry, (run_order, jnp.arange(run_order.shape[0], dtype=jnp.int32)))
+
+        carry, losses = lax.map(run, (carry, lrs, jnp.swapaxes(order, 0, 1), base_keys))
+        return carry, losses.T
+
+    return epoch_of_runs
 
 
 def choose_strategy(has_conv_layers: bool) -> str:
@@ -202,9 +217,17 @@ def cluster_epoch(model, loss_fn, makes: list[Callable], use_scan: bool, microba
     when not scanning); returns ``(carries, losses)`` with losses ``(steps,
     runs)`` per group.
     """
-    # In the scan with 'unroll', each run's carry goes through the loop on its own.
-    run_by_run = use_scan and strategy == "unroll"
-    steps = [_group_step(model, loss_fn, make, microbatch, strategy, run_by_run) for make in makes]
+    ones = [_one_run_step(model, loss_fn, make, microbatch) for make in makes]
+    if use_scan and strategy == "unroll":
+        epochs = [_runs_in_turn(one) for one in ones]
+
+        def in_turn(carries, lrs, images, labels, orders, base_keys, epoch, first_step):
+            outs = [fn(carry, lr, images, labels, order, keys, epoch, first_step)
+                    for fn, carry, lr, order, keys in zip(epochs, carries, lrs, orders, base_keys)]  # fmt: skip
+            return tuple(c for c, _ in outs), tuple(loss for _, loss in outs)
+
+        return jax.jit(in_turn, donate_argnums=0)
+    steps = [_per_run(one, strategy, batched=4) for one in ones]
 
     def all_groups(carries, lrs, images, labels, indices, base_keys, epoch, index, global_step):
         out_carries, losses = [], []
@@ -231,12 +254,7 @@ def cluster_epoch(model, loss_fn, makes: list[Callable], use_scan: bool, microba
             indices, index = xs
             return all_groups(carries, lrs, images, labels, indices, base_keys, epoch, index, first_step + index)
 
-        if run_by_run:
-            carries = tuple(_unstack(c, len(keys)) for c, keys in zip(carries, base_keys))
-        carries, losses = lax.scan(body, carries, (tuple(orders), jnp.arange(count, dtype=jnp.int32)))
-        if run_by_run:
-            carries = tuple(_stack(runs) for runs in carries)
-        return carries, losses
+        return lax.scan(body, carries, (tuple(orders), jnp.arange(count, dtype=jnp.int32)))
 
     return jax.jit(epoch_fn, donate_argnums=0)
 
