@@ -187,9 +187,11 @@ def choose_strategy(has_conv_layers: bool) -> str:
     """``'vmap'``, except ``'unroll'`` for convolutional models on the CPU:
     there a vmapped convolution is a grouped convolution or, as a matrix
     product, a batched one with few columns, up to several times slower than
-    one per run (8 flax-CNN configurations on 2 cores against the 8 run one
-    after another: vmapped 1.05-1.14x slower, run by run 0.90-1.03x;
-    ``benchmarks/comparison.py``)."""
+    one per run.  ``'unroll'`` has the runs take turns in the scan engine's
+    program (``_runs_in_turn``) and applies the step run by run in the loop
+    engine's (8 flax-CNN configurations on 2 cores against the 8 run one after
+    another: vmapped 0.99-1.14x, taking turns 0.93-1.03x, compiled in 1.8 s
+    against 10.9 s for the 8; ``benchmarks/comparison.py``)."""
     return "unroll" if has_conv_layers and jax.devices()[0].platform == "cpu" else "vmap"
 
 
