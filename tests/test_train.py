@@ -199,6 +199,15 @@ def test_parameters_going_non_finite_at_an_epochs_last_step_stop_training(mode):
     _assert_trees_close(good, three_steps.params, rtol=1e-6, atol=1e-7)
 
 
+def test_init_model_matches_the_models_own_init_and_names_the_shape_on_failure():
+    key = jax.random.key(3)
+    ours = train.init_model(models.cnn(), key, (28, 28, 1))  # one program compiled without LLVM's passes
+    eager = models.cnn().init(key, (1, 28, 28, 1))
+    _assert_trees_close(ours, eager, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"images of shape \(28, 28\) do not fit the model"):
+        train.init_model(models.cnn(), key, (28, 28))
+
+
 def test_shape_mismatches_fail_before_the_first_step():
     with pytest.raises(ValueError, match=r"images of shape \(28, 28, 1\) do not fit the model.*Conv"):
         train.fit(nn.serial(nn.Flatten(), nn.Conv(4, 3)), losses.cross_entropy, optim.sgd(0.1), _loader(),

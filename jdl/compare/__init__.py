@@ -27,7 +27,7 @@ import numpy as np
 
 from jdl import data as jdl_data
 from jdl import losses, models
-from jdl.compare.engine import Group, choose_engine, train_cluster
+from jdl.compare.engine import Group, choose_engine, init_groups, train_cluster
 from jdl.compare.presets import CLASSIC, FULL_BATCH, PRESETS, Preset, preset
 from jdl.compare.report import Comparison, format_table, plot
 
@@ -84,15 +84,18 @@ def _train(model, loss_fn, configs, images, labels, eval_images, eval_labels, pe
     for name, (p, lrs, seeds) in configs.items():
         clusters.setdefault(_batch(p, batch_size, n), []).append((name, p, lrs, seeds))
     runs, info = [], {"compile_s": {}, "train_s": {}}
+    cluster_groups = {size: [Group(name, p.make, np.asarray(lrs, np.float32), np.asarray(seeds))
+                             for name, p, lrs, seeds in members] for size, members in clusters.items()}  # fmt: skip
+    # Every run of every cluster initialized in one program (one copy of the model's initialization to compile).
+    carries, base_keys = init_groups(model, [g for groups in cluster_groups.values() for g in groups], images.shape[1:])
     for size, members in clusters.items():
-        count = len(members)
-        groups = [Group(name, p.make, np.asarray(lrs, np.float32), np.asarray(seeds))
-                  for name, p, lrs, seeds in members]
+        count, groups = len(members), cluster_groups[size]
+        start, (carries, base_keys) = (carries[:count], base_keys[:count]), (carries[count:], base_keys[count:])
         out = train_cluster(
             model, loss_fn, groups, batch_size=size, images=images, labels=labels, permutation=permutation,
             epochs=epochs, eval_images=eval_images, eval_labels=eval_labels, use_scan=use_scan, strategy=strategy,
             microbatch=FULL_BATCH_CHUNK if any(p.batch_size == FULL_BATCH for _, p, _, _ in members) else None,
-            on_epoch=(lambda epoch, k=count: bar.update(k)) if bar is not None else None,
+            on_epoch=(lambda epoch, k=count: bar.update(k)) if bar is not None else None, start=start,
         )  # fmt: skip
         info["compile_s"][str(size)] = out["compile_s"]
         info["train_s"][str(size)] = float(sum(out["times"]))

@@ -26,6 +26,7 @@ every parameter would cost every run for the sake of the diverged ones.)
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -308,11 +309,13 @@ def chunked_steps(model, loss_fn, makes: list[Callable], chunks: int, strategy: 
     return ChunkedSteps(jax.jit(start), jax.jit(accumulate, donate_argnums=0), jax.jit(apply, donate_argnums=0))
 
 
+@functools.lru_cache(maxsize=8)
 def group_evaluator(model, loss_fn, batch_size: int) -> Callable:
     """``fn(params, state, images, labels, start, skip) -> (loss sum,
     correct)`` per run, for one evaluation window
     (``jdl.train.step.eval_step``).  Groups with as many runs share its
-    compiled program, whatever their optimizer states."""
+    compiled program, whatever their optimizer states, and every cluster of
+    a comparison shares this function (and so its compiled programs)."""
     return jax.jit(vmap_runs(eval_step(model, loss_fn, batch_size), in_axes=(0, 0, None, None, None, None)))
 
 
@@ -355,13 +358,16 @@ def train_cluster(
     microbatch: int | None = None,
     strategy: str = "vmap",
     on_epoch: Callable[[int], None] | None = None,
+    start: tuple | None = None,
 ) -> dict[str, Any]:
     """Train every run of every group for ``epochs`` epochs; returns per-group
-    per-epoch metrics, divergence steps, the carries, and the timings."""
+    per-epoch metrics, divergence steps, the carries, and the timings.
+    ``start``: the groups' ``(carries, base_keys)`` from ``init_groups``
+    (default: initialized here)."""
     n = len(images)
     steps = n // batch_size
     makes = [g.make for g in groups]
-    carries, base_keys = init_groups(model, groups, images.shape[1:])
+    carries, base_keys = start if start is not None else init_groups(model, groups, images.shape[1:])
     lrs = tuple(jnp.asarray(g.learning_rates, jnp.float32) for g in groups)
     device_images, device_labels = jnp.asarray(images), jnp.asarray(labels)
     device_eval = (jnp.asarray(eval_images), jnp.asarray(eval_labels))
