@@ -97,6 +97,7 @@ def child(library: str, model_name: str, examples: int) -> dict:
     logger.setLevel(logging.DEBUG)
     jax.config.update("jax_log_compiles", True)
     jax.block_until_ready(jnp.zeros(1) + 1)  # the backend started, as in any program before its first model
+    log.compiled.clear()
     start = time.perf_counter()
     accuracy = (_jdl if library == "jdl" else _flax)(model_name, train, test)
     wall = time.perf_counter() - start

@@ -4,7 +4,7 @@ the same K trained one after another, with jdl.compare's engine.
 The flax examples/mnist CNN (``jdl.models.cnn``), Adam at K learning rates,
 batch 128, MNIST-shaped data on the device.  Sequential: the same engine with
 one configuration, K times, with the strategy the engine chooses (on the CPU
-for convolutional models ``'unroll'``: one run's plain program, no run axis).
+for convolutional models ``'unroll'``: a program of one run, taking its turn alone).
 Reported: seconds per epoch for all K together (median of its epochs, timed
 both before and after the sequential runs, as the machine drifts) vs the sum
 over the K sequential runs' medians (ratio < 1: training together wins),

@@ -185,11 +185,12 @@ def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_good_params(tmp_p
 
 
 @pytest.mark.parametrize("mode", ["scan", "stream"])
-def test_parameters_going_non_finite_at_an_epochs_last_step_stop_training(mode):
+@pytest.mark.parametrize("examples", [4000, 3500])  # 3500: the last step is a partial batch after the scan
+def test_parameters_going_non_finite_at_an_epochs_last_step_stop_training(mode, examples):
     # The learning rate is infinite at the 4th and last step of epoch 1: its loss, computed before the
     # update, is finite, only the parameters it leaves are not (found at the epoch's end, not in a loss).
     images, labels = jdl.data.mnist_sample.read_split("train")
-    loader = jdl.data.Loader(images[:4000], labels[:4000], batch_size=1000, shuffle=False)
+    loader = jdl.data.Loader(images[:examples], labels[:examples], batch_size=1000, shuffle=False, drop_remainder=False)
     blows_up = optim.sgd(lambda count: jnp.where(count == 3, jnp.inf, 0.1))
     with pytest.raises(train.NonFiniteLossError, match=r"epoch 1, step 3 \(of 4") as caught:
         train.fit(_small_mlp(), losses.cross_entropy, blows_up, loader, epochs=2, progress=False, mode=mode)
@@ -206,6 +207,19 @@ def test_init_model_matches_the_models_own_init_and_names_the_shape_on_failure()
     _assert_trees_close(ours, eager, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match=r"images of shape \(28, 28\) do not fit the model"):
         train.init_model(models.cnn(), key, (28, 28))
+
+
+@pytest.mark.parametrize("state", [None, {}])
+def test_given_parameters_train_as_fits_own_initialization_and_stay_usable(state):
+    model = _small_mlp()
+    init_key = jax.random.split(jax.random.key(7))[1]  # fit(seed=7)'s initialization key
+    params, _ = model.init(init_key, (1, 28, 28, 1))
+    given = train.fit(model, losses.cross_entropy, optim.adam(1e-3), _loader(), epochs=1, seed=7, params=params,
+                      state=state, progress=False)  # fmt: skip
+    own = train.fit(model, losses.cross_entropy, optim.adam(1e-3), _loader(), epochs=1, seed=7, progress=False)
+    _assert_trees_close(given.params, own.params, rtol=1e-5, atol=1e-6)
+    # The arrays passed in are not donated to the training programs.
+    _assert_trees_close(params, model.init(init_key, (1, 28, 28, 1))[0], rtol=0, atol=0)
 
 
 def test_shape_mismatches_fail_before_the_first_step():

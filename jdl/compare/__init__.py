@@ -27,7 +27,7 @@ import numpy as np
 
 from jdl import data as jdl_data
 from jdl import losses, models
-from jdl.compare.engine import Group, choose_engine, init_groups, train_cluster
+from jdl.compare.engine import Group, choose_engine, group_evaluator, init_groups, train_cluster
 from jdl.compare.presets import CLASSIC, FULL_BATCH, PRESETS, Preset, preset
 from jdl.compare.report import Comparison, format_table, plot
 
@@ -86,8 +86,10 @@ def _train(model, loss_fn, configs, images, labels, eval_images, eval_labels, pe
     runs, info = [], {"compile_s": {}, "train_s": {}}
     cluster_groups = {size: [Group(name, p.make, np.asarray(lrs, np.float32), np.asarray(seeds))
                              for name, p, lrs, seeds in members] for size, members in clusters.items()}  # fmt: skip
-    # Every run of every cluster initialized in one program (one copy of the model's initialization to compile).
+    # Every run of every cluster initialized in one program (one copy of the model's initialization to compile;
+    # every cluster's carries are on the device from the start), and one evaluation function for all.
     carries, base_keys = init_groups(model, [g for groups in cluster_groups.values() for g in groups], images.shape[1:])
+    evaluator = group_evaluator(model, loss_fn, min(1000, len(eval_images)))
     for size, members in clusters.items():
         count, groups = len(members), cluster_groups[size]
         start, (carries, base_keys) = (carries[:count], base_keys[:count]), (carries[count:], base_keys[count:])
@@ -96,6 +98,7 @@ def _train(model, loss_fn, configs, images, labels, eval_images, eval_labels, pe
             epochs=epochs, eval_images=eval_images, eval_labels=eval_labels, use_scan=use_scan, strategy=strategy,
             microbatch=FULL_BATCH_CHUNK if any(p.batch_size == FULL_BATCH for _, p, _, _ in members) else None,
             on_epoch=(lambda epoch, k=count: bar.update(k)) if bar is not None else None, start=start,
+            evaluator=evaluator,
         )  # fmt: skip
         info["compile_s"][str(size)] = out["compile_s"]
         info["train_s"][str(size)] = float(sum(out["times"]))

@@ -3,8 +3,9 @@
 A *group* is the runs of one optimizer (over seeds and learning rates): their
 parameters, model state and optimizer state are stacked along a leading axis
 and one step is ``jax.vmap``-ed over it, with the learning rate a traced
-array.  (On the CPU a convolutional model's runs take turns in the program
-instead, each its whole epoch before the next (``_runs_in_turn``): vmapped
+array.  (On the CPU a convolutional model's runs take turns instead: in the
+scan engine's program each run's whole epoch before the next
+(``_runs_in_turn``), in the loop engine's step run by run: vmapped
 convolutions become grouped convolutions or batched matrix products, several
 times slower there than one per run.  On a GPU vmapped convolutions are
 traced as matrix products: ``vmap_runs``.)  A *cluster* is the groups that
@@ -26,7 +27,6 @@ every parameter would cost every run for the sake of the diverged ones.)
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -53,6 +53,7 @@ from jdl.train.step import (
     eval_step,
     first_non_finite,
     mean_of_totals,
+    run_keys,
     step_key,
     train_step,
     update_step,
@@ -78,16 +79,16 @@ def init_groups(model, groups: list[Group], image_shape) -> tuple[tuple[Carry, .
     sizes = np.cumsum([len(g.seeds) for g in groups])[:-1]
 
     def init(seeds, learning_rates):
-        keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(seeds)
-        params, state = jax.vmap(lambda k: model.init(k, (1, *image_shape)))(keys[:, 1])
+        base_keys_all, init_keys = jax.vmap(run_keys)(seeds)
+        params, state = jax.vmap(lambda k: model.init(k, (1, *image_shape)))(init_keys)
         carries, base_keys = [], []
-        for group, run_keys, run_params, run_state, lrs in zip(
-            groups, jnp.split(keys[:, 0], sizes), _split_runs(params, sizes), _split_runs(state, sizes),
+        for group, group_keys, run_params, run_state, lrs in zip(
+            groups, jnp.split(base_keys_all, sizes), _split_runs(params, sizes), _split_runs(state, sizes),
             learning_rates, strict=True,
         ):  # fmt: skip
             opt_state = jax.vmap(lambda p, lr, make=group.make: make(lr).init(p))(run_params, lrs)
             carries.append(Carry(run_params, run_state, opt_state, jnp.full((len(lrs),), -1, jnp.int32)))
-            base_keys.append(run_keys)
+            base_keys.append(group_keys)
         return tuple(carries), tuple(base_keys)
 
     seeds = jnp.asarray(np.concatenate([g.seeds for g in groups]))
@@ -309,13 +310,11 @@ def chunked_steps(model, loss_fn, makes: list[Callable], chunks: int, strategy: 
     return ChunkedSteps(jax.jit(start), jax.jit(accumulate, donate_argnums=0), jax.jit(apply, donate_argnums=0))
 
 
-@functools.lru_cache(maxsize=8)
 def group_evaluator(model, loss_fn, batch_size: int) -> Callable:
     """``fn(params, state, images, labels, start, skip) -> (loss sum,
     correct)`` per run, for one evaluation window
     (``jdl.train.step.eval_step``).  Groups with as many runs share its
-    compiled program, whatever their optimizer states, and every cluster of
-    a comparison shares this function (and so its compiled programs)."""
+    compiled program, whatever their optimizer states."""
     return jax.jit(vmap_runs(eval_step(model, loss_fn, batch_size), in_axes=(0, 0, None, None, None, None)))
 
 
@@ -359,11 +358,14 @@ def train_cluster(
     strategy: str = "vmap",
     on_epoch: Callable[[int], None] | None = None,
     start: tuple | None = None,
+    evaluator: Callable | None = None,
 ) -> dict[str, Any]:
     """Train every run of every group for ``epochs`` epochs; returns per-group
     per-epoch metrics, divergence steps, the carries, and the timings.
     ``start``: the groups' ``(carries, base_keys)`` from ``init_groups``
-    (default: initialized here)."""
+    (default: initialized here); ``evaluator``: a ``group_evaluator`` for
+    windows of ``min(1000, len(eval_images))`` shared with other clusters
+    (default: made here)."""
     n = len(images)
     steps = n // batch_size
     makes = [g.make for g in groups]
@@ -372,7 +374,7 @@ def train_cluster(
     device_images, device_labels = jnp.asarray(images), jnp.asarray(labels)
     device_eval = (jnp.asarray(eval_images), jnp.asarray(eval_labels))
     eval_size = min(1000, len(eval_images))
-    evaluator = group_evaluator(model, loss_fn, eval_size)
+    evaluator = evaluator or group_evaluator(model, loss_fn, eval_size)
 
     def orders_for(epoch: int) -> tuple[np.ndarray, ...]:
         out = []
@@ -381,7 +383,7 @@ def train_cluster(
             out.append(np.stack(runs, axis=1).astype(np.int32))  # (steps, runs, batch)
         return tuple(out)
 
-    start = time.perf_counter()
+    began = time.perf_counter()
     chunks = batch_size // microbatch if microbatch and batch_size > microbatch and batch_size % microbatch == 0 else 0
     host_chunks = chunks and strategy == "unroll" and not use_scan
     if host_chunks:
@@ -402,14 +404,14 @@ def train_cluster(
         fn = cluster_epoch(model, loss_fn, makes, use_scan, microbatch, strategy)
         shapes = tuple(jax.ShapeDtypeStruct((1, len(g.seeds), batch_size), jnp.int32) for g in groups)
         compiled = compile_lowered(fn.lower(carries, lrs, device_images, device_labels, shapes, base_keys, 0, 0, 0))
-    compile_s = time.perf_counter() - start
+    compile_s = time.perf_counter() - began
 
     history: list[list[dict[str, np.ndarray]]] = []
     times = []
     first_bad = [np.full(len(g.seeds), -1) for g in groups]
     for epoch in range(epochs):
         orders = orders_for(epoch)
-        start = time.perf_counter()
+        began = time.perf_counter()
         if use_scan:
             carries, losses = compiled(carries, lrs, device_images, device_labels, orders, base_keys, epoch,
                                        epoch * steps)
@@ -426,7 +428,7 @@ def train_cluster(
                 per_step.append(loss)
             losses = tuple(np.concatenate(parts) for parts in zip(*jax.device_get(per_step)))  # on the host
         jax.block_until_ready(carries)
-        times.append(time.perf_counter() - start)
+        times.append(time.perf_counter() - began)
         scores = evaluate_groups(evaluator, carries, *device_eval, eval_size)
         losses = [np.asarray(loss) for loss in losses]  # (steps, runs) per group
         for bad, loss in zip(first_bad, losses):

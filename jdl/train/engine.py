@@ -136,17 +136,19 @@ def compile_lowered(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
     return lowered.compile()
 
 
-# XLA options for a program that runs once (initialization): without LLVM's
-# optimization passes, which take most of its compilation and would save little
-# on its one run.  jdl's CNN initialized on the CPU: 2.6 s to compile, 0.7 s
-# without them (python benchmarks/cold_start.py).
-RUN_ONCE_COMPILER_OPTIONS: dict[str, int] = {"xla_backend_optimization_level": 0}
+# XLA options on the CPU for a program that runs once (initialization):
+# without LLVM's optimization passes, which take most of its compilation and
+# would save little on its one run.  jdl's CNN initialized, 2 CPU cores: 1.5 s
+# to compile, 0.5 s without them (python benchmarks/cold_start.py).  Not on a
+# GPU: XLA's GPU backend does not support unoptimized code generation.
+CPU_RUN_ONCE_COMPILER_OPTIONS: dict[str, int] = {"xla_backend_optimization_level": 0}
 
 
 def run_once(fn: Callable, *args):
     """``jax.jit(fn)(*args)`` for a program called once, compiled with
-    ``RUN_ONCE_COMPILER_OPTIONS``."""
-    return jax.jit(fn).lower(*args).compile(compiler_options=dict(RUN_ONCE_COMPILER_OPTIONS))(*args)
+    ``CPU_RUN_ONCE_COMPILER_OPTIONS`` on the CPU."""
+    options = CPU_RUN_ONCE_COMPILER_OPTIONS if jax.default_backend() == "cpu" else {}
+    return jax.jit(fn).lower(*args).compile(compiler_options=dict(options))(*args)
 
 
 def stream_step(run: Callable) -> Callable:

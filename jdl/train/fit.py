@@ -24,7 +24,7 @@ from jdl.train.engine import (
     with_device_transform,
 )
 from jdl.train.runner import EpochRunner, timed
-from jdl.train.step import Carry, LossFn, eval_step, train_step
+from jdl.train.step import Carry, LossFn, eval_step, run_keys, train_step
 
 
 class TrainResult(NamedTuple):
@@ -268,7 +268,7 @@ def _fresh_start(model: Layer, loss_fn: LossFn, optimizer: GradientTransformatio
         state = {}
 
     def start(params, state):
-        base_key, init_key = jax.random.split(jax.random.key(seed))
+        base_key, init_key = run_keys(seed)
         if params is None:
             params, state = _init_for_images(model, init_key, images.shape[1:])
         return base_key, params, state, optimizer.init(params)

@@ -50,6 +50,14 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def run_keys(seed: int | jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(base_key, init_key)`` of the run with ``seed``: the steps' keys
+    derive from the first (``step_key``), the model's initialization uses the
+    second.  ``fit`` and ``jdl.compare`` both start runs this way."""
+    base_key, init_key = jax.random.split(jax.random.key(seed))
+    return base_key, init_key
+
+
 def step_key(base_key: jax.Array, epoch: int | jax.Array, step: int | jax.Array) -> jax.Array:
     """The PRNG key of (epoch, step): the same however a run is split or resumed."""
     return jax.random.fold_in(jax.random.fold_in(base_key, epoch), step)
