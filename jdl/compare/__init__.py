@@ -89,7 +89,7 @@ def _train(model, loss_fn, configs, images, labels, eval_images, eval_labels, pe
     # Every run of every cluster initialized in one program (one copy of the model's initialization to compile;
     # every cluster's carries are on the device from the start), and one evaluation function for all.
     carries, base_keys = init_groups(model, [g for groups in cluster_groups.values() for g in groups], images.shape[1:])
-    evaluator = group_evaluator(model, loss_fn, min(1000, len(eval_images)))
+    evaluator = group_evaluator(model, loss_fn, min(1000, len(eval_images)), strategy)
     for size, members in clusters.items():
         count, groups = len(members), cluster_groups[size]
         start, (carries, base_keys) = (carries[:count], base_keys[:count]), (carries[count:], base_keys[count:])

@@ -310,12 +310,19 @@ def chunked_steps(model, loss_fn, makes: list[Callable], chunks: int, strategy: 
     return ChunkedSteps(jax.jit(start), jax.jit(accumulate, donate_argnums=0), jax.jit(apply, donate_argnums=0))
 
 
-def group_evaluator(model, loss_fn, batch_size: int) -> Callable:
+def group_evaluator(model, loss_fn, batch_size: int, strategy: str = "vmap") -> Callable:
     """``fn(params, state, images, labels, start, skip) -> (loss sum,
     correct)`` per run, for one evaluation window
-    (``jdl.train.step.eval_step``).  Groups with as many runs share its
-    compiled program, whatever their optimizer states."""
-    return jax.jit(vmap_runs(eval_step(model, loss_fn, batch_size), in_axes=(0, 0, None, None, None, None)))
+    (``jdl.train.step.eval_step``): vmapped over the runs, or with
+    ``'unroll'`` the runs taking turns (``lax.map``; 8 runs of 1,000 images
+    on 2 CPU cores, cnn 1.4-1.8 s against 2.6-3.9 s vmapped, fmnist_2c2d 3.4
+    against 11.4 s).  Groups with as many runs share its compiled program,
+    whatever their optimizer states."""
+    single = eval_step(model, loss_fn, batch_size)
+    if strategy == "unroll":
+        return jax.jit(lambda params, state, images, labels, start, skip: lax.map(
+            lambda run: single(*run, images, labels, start, skip), (params, state)))  # fmt: skip
+    return jax.jit(vmap_runs(single, in_axes=(0, 0, None, None, None, None)))
 
 
 def evaluate_groups(evaluator, carries, images, labels, batch_size: int) -> list[dict[str, np.ndarray]]:
@@ -374,7 +381,7 @@ def train_cluster(
     device_images, device_labels = jnp.asarray(images), jnp.asarray(labels)
     device_eval = (jnp.asarray(eval_images), jnp.asarray(eval_labels))
     eval_size = min(1000, len(eval_images))
-    evaluator = evaluator or group_evaluator(model, loss_fn, eval_size)
+    evaluator = evaluator or group_evaluator(model, loss_fn, eval_size, strategy)
 
     def orders_for(epoch: int) -> tuple[np.ndarray, ...]:
         out = []
