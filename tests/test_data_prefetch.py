@@ -50,7 +50,8 @@ def test_loader_with_a_transform_goes_batch_by_batch():
         assert np.array_equal(np.asarray(d["label"]), h["label"])
 
 
-def test_prefetch_runs_ahead_by_at_most_size():
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_prefetch_runs_ahead_by_at_most_size_chunks(chunk):
     pulled = []
 
     def source():
@@ -58,11 +59,17 @@ def test_prefetch_runs_ahead_by_at_most_size():
             pulled.append(i)
             yield {"x": np.full(4, i)}
 
-    it = jd.prefetch_to_device(source(), size=2, chunk=1)
+    it = jd.prefetch_to_device(source(), size=2, chunk=chunk)
     first = next(it)
-    time.sleep(0.3)
+    limit = chunk * (1 + 2 + 1)  # the chunk being handed over, two queued, one being placed
+    deadline = time.monotonic() + 10
+    while len(pulled) < limit and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
     assert int(first["x"][0]) == 0
-    assert len(pulled) <= 1 + 2 + 1  # the one handed over, two queued, one being placed
+    ahead = len(pulled)
+    assert ahead == limit
+    assert [int(next(it)["x"][0]) for _ in range(ahead - 1)] == list(range(1, ahead))
     it.close()
 
 

@@ -33,7 +33,9 @@ Fashion-MNIST, uint8 Loader, a 108 µs resident step, 2000 steps; one run,
 thread switch interval at 0.5 ms instead of 5 ms 133 µs, chunk=64 122 µs
 (no prefetching: 489 µs). That a shorter switch interval helps says the
 cost is the feeding thread holding the GIL while the dispatching thread
-waits; fewer, larger transfers hold it less often, so chunk is 64. A 100 µs
+waits; fewer, larger transfers hold it less often, so chunk is 64. The
+queue holds whole chunks, so the feeding thread wakes once per chunk, not
+once per batch the consumer takes. A 100 µs
 step still waits about 12% of its time; for the smallest steps keep the
 whole split on the device (`Loader.arrays()` + `Loader.permutation(epoch)`,
 `fit`'s scan engine).
@@ -45,7 +47,8 @@ be a multiple of the device count (use drop_remainder=True). This is for one
 process; multi-host input pipelines are not handled.
 
 The loader's position (`state_dict()`) runs ahead of the consumer by the
-batches in flight, at most `(size + 1) * chunk`; save positions from the
+batches in flight, at most `(size + 2) * chunk` (the chunk being handed
+out, `size` queued, one being placed); save positions from the
 loader only when the prefetcher is exhausted or closed, or account for the
 lookahead. On the CPU backend the background thread competes with the
 computation for the same cores: there plain iteration is as fast or faster.
@@ -53,6 +56,7 @@ computation for the same cores: there plain iteration is as fast or faster.
 
 from __future__ import annotations
 
+import collections
 import functools
 import queue
 import threading
@@ -169,7 +173,11 @@ class Prefetcher(Iterator):
         self._loader = (iterable if isinstance(iterable, Loader) and iterable.transform is None
                         and self._stacked is not None else None)
         self._source = iter(iterable) if self._loader is None else None
-        self._queue: queue.Queue = queue.Queue(maxsize=size * self._chunk)
+        # The queue holds whole chunks (lists of device batches): the consumer
+        # walks its current chunk without waking the feeding thread, which
+        # wakes once per chunk rather than once per batch.
+        self._queue: queue.Queue = queue.Queue(maxsize=size)
+        self._current: collections.deque = collections.deque()
         self._stop = threading.Event()
         self._done = False
         self._thread = threading.Thread(target=self._run, name="jdl-prefetch", daemon=True)
@@ -194,7 +202,7 @@ class Prefetcher(Iterator):
         else:
             stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches)
             placed = _splitter(len(batches))(jax.device_put(stacked, self._stacked))
-        return all(self._put(p) for p in placed)
+        return self._put(list(placed))
 
     def _put(self, item) -> bool:
         while not self._stop.is_set():
@@ -257,7 +265,7 @@ class Prefetcher(Iterator):
             split = _loader_splitter(full, table is not None)
             placed = split(jax.device_put(x, self._stacked), jax.device_put(y, self._stacked),
                            table)
-            return all(self._put(p) for p in placed[:count])
+            return self._put(placed[:count])
 
         pending = []
         try:
@@ -282,9 +290,14 @@ class Prefetcher(Iterator):
 
     # -- consumer --------------------------------------------------------------
     def __next__(self):
+        if self._current:
+            return self._current.popleft()
         if self._done:
             raise StopIteration
         item = self._queue.get()
+        if isinstance(item, list):
+            self._current.extend(item)
+            return self._current.popleft()
         if item is _END:
             self._done = True
             raise StopIteration
@@ -297,6 +310,7 @@ class Prefetcher(Iterator):
         """Stops the background thread and drops the batches it prepared."""
         self._done = True
         self._stop.set()
+        self._current.clear()
         while True:
             try:
                 self._queue.get_nowait()
