@@ -227,7 +227,7 @@ def main() -> None:
         ("time_to_accuracy", lambda: time_to_accuracy.run(cpu=True, cached=True)),
         ("time_to_accuracy_matmul", time_to_accuracy_matmul),
         ("feed", lambda: feed(args.quick)),
-        ("comparison", lambda: comparison.run(args.quick, strategies=("vmap",))),
+        ("comparison", lambda: comparison.run(args.quick, strategies=("vmap", "vmap_seeds"))),
         ("comparison_matmul", lambda: comparison.run(args.quick, strategies=("vmap",), conv_method="matmul")),
         ("trace", lambda: profile_step.trace(args.quick, args.out)),
         ("profile_variants", lambda: profile_step.variants(args.quick, names=("cnn", "mlp"))),

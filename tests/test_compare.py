@@ -4,6 +4,7 @@ the report, the command line and its errors.  Data: the real mnist_sample."""
 from __future__ import annotations
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -234,9 +235,12 @@ def test_vmapped_runs_trace_convolutions_by_the_backend_table(monkeypatch):
     np.testing.assert_allclose(by_lax, by_matmul, rtol=1e-5, atol=1e-5)
 
 
-def test_runs_taking_turns_in_the_scan_program_train_as_fit_does_alone():
+@pytest.mark.parametrize("strategy, seeds", [("unroll", [0, 1]), ("vmap", [0, 1]), ("vmap", [1, 1])])
+def test_runs_of_a_convolutional_model_train_as_fit_does_alone(strategy, seeds):
     """The CPU's way for convolutional models ('unroll' with the scan: the runs
-    take turns in one program, each its whole epoch) against ``fit`` of each run."""
+    take turns in one program, each its whole epoch), vmapped runs, and
+    vmapped runs of one seed (a learning-rate grid: one batch for all) against
+    ``fit`` of each run."""
     from jdl import nn
     from jdl.compare.engine import Group, train_cluster
 
@@ -245,12 +249,12 @@ def test_runs_taking_turns_in_the_scan_program_train_as_fit_does_alone():
     test_data = jdl.data.load("mnist_sample", split="test", batch_size=500)
     images, labels = train_data.arrays()["image"], train_data.arrays()["label"]
     model = nn.serial(nn.Conv(4, (3, 3)), nn.relu, nn.AvgPool((2, 2)), nn.Flatten(), nn.Dense(10))
-    learning_rates, seeds = np.asarray([1e-3, 3e-3], np.float32), np.asarray([0, 1])
+    learning_rates, seeds = np.asarray([1e-3, 3e-3], np.float32), np.asarray(seeds)
     test = test_data.arrays()
     out = train_cluster(model, losses.cross_entropy, [Group("adam", optim.adam, learning_rates, seeds)], batch_size=64,
                         images=images, labels=labels, epochs=2, eval_images=test["image"], eval_labels=test["label"],
                         permutation=lambda seed, epoch: jdl.data.load("mnist_sample", seed=seed, **kwargs)
-                        .permutation(epoch), use_scan=True, strategy="unroll")  # fmt: skip
+                        .permutation(epoch), use_scan=True, strategy=strategy)  # fmt: skip
     for run, (lr, seed) in enumerate(zip(learning_rates, seeds, strict=True)):
         loader = jdl.data.load("mnist_sample", seed=int(seed), **kwargs)
         alone = train.fit(model, losses.cross_entropy, optim.adam(float(lr)), loader, epochs=2, eval_data=test_data,
@@ -262,6 +266,34 @@ def test_runs_taking_turns_in_the_scan_program_train_as_fit_does_alone():
         for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(alone.params), strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
     assert list(out["first_bad"][0]) == [-1, -1]
+
+
+@pytest.mark.parametrize("seeds, gathered", [([2, 2, 2], "16x8x8x1"), ([2, 3, 2], "3x16x8x8x1")])
+def test_vmapped_runs_of_one_seed_gather_one_batch_for_all(monkeypatch, seeds, gathered):
+    """A vmapped group whose runs share a seed gathers each step's batch once, not once per run."""
+    from jdl.compare import engine
+
+    lowered = []
+
+    class Recording:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def lower(self, *args):
+            lowered.append(self.fn.lower(*args))
+            return lowered[-1]
+
+    real = engine.cluster_epoch
+    monkeypatch.setattr(engine, "cluster_epoch", lambda *a, **k: Recording(real(*a, **k)))
+    model = models.mlp(hidden=(4,))
+    images, labels = np.zeros((64, 8, 8, 1), np.float32), np.zeros((64,), np.int32)
+    group = engine.Group("adam", optim.adam, np.full(3, 1e-3, np.float32), np.asarray(seeds))
+    out = engine.train_cluster(model, losses.cross_entropy, [group], batch_size=16, images=images, labels=labels,
+                               epochs=1, eval_images=images, eval_labels=labels, use_scan=True, strategy="vmap",
+                               permutation=lambda seed, epoch: np.random.default_rng(seed).permutation(64))
+    gathers = re.findall(r"stablehlo.gather.*-> tensor<([0-9x]+x8x8x1)xf32>", lowered[0].as_text())
+    assert gathers == [gathered]
+    assert out["history"][0][0]["test_accuracy"].shape == (3,)
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's rule (accelerators vmap every model)")

@@ -212,7 +212,7 @@ def choose_engine(model, images: np.ndarray) -> tuple[bool, str]:
 
 
 def cluster_epoch(model, loss_fn, makes: list[Callable], use_scan: bool, microbatch: int | None = None,
-                  strategy: str = "vmap") -> Callable:
+                  strategy: str = "vmap", shared: tuple[bool, ...] | None = None) -> Callable:
     """A compiled function running one epoch (``use_scan``) or one step
     (otherwise) of every group of a cluster.
 
@@ -220,7 +220,15 @@ def cluster_epoch(model, loss_fn, makes: list[Callable], use_scan: bool, microba
     where ``orders[g]`` is ``(steps, runs, batch)`` indices (one step's worth
     when not scanning); returns ``(carries, losses)`` with losses ``(steps,
     runs)`` per group.
+
+    ``shared[g]``: group ``g``'s runs share one seed (a learning-rate grid),
+    so they see the same batches and step keys.  Vmapped, its step then takes
+    the first run's batch and key unbatched: the batch is gathered once, not
+    once per run, and the first layer's product with it is one matrix product
+    with every run's weights side by side (JAX's batching rule for an
+    unbatched operand), not a batched product per run.
     """
+    shared = shared or (False,) * len(makes)
     ones = [_one_run_step(model, loss_fn, make, microbatch) for make in makes]
     if use_scan and strategy == "unroll":
         epochs = [_runs_in_turn(one) for one in ones]
@@ -231,11 +239,13 @@ def cluster_epoch(model, loss_fn, makes: list[Callable], use_scan: bool, microba
             return tuple(c for c, _ in outs), tuple(loss for _, loss in outs)
 
         return jax.jit(in_turn, donate_argnums=0)
-    steps = [_per_run(one, strategy, batched=4) for one in ones]
+    steps = [_per_run(one, strategy, batched=2 if share else 4) for one, share in zip(ones, shared, strict=True)]
 
     def all_groups(carries, lrs, images, labels, indices, base_keys, epoch, index, global_step):
         out_carries, losses = [], []
-        for step, carry, lr, idx, keys in zip(steps, carries, lrs, indices, base_keys):
+        for step, carry, lr, idx, keys, share in zip(steps, carries, lrs, indices, base_keys, shared):
+            if share:  # every run's indices and key are the first run's
+                idx, keys = idx[0], keys[0]
             batch = {"image": images[idx], "label": labels[idx]}
             carry, metrics = step(carry, lr, batch, keys, epoch, index, global_step)
             out_carries.append(carry)
@@ -384,12 +394,17 @@ def train_cluster(
     evaluator = evaluator or group_evaluator(model, loss_fn, eval_size, strategy)
 
     def orders_for(epoch: int) -> tuple[np.ndarray, ...]:
-        out = []
+        out, orders = [], {}
         for g in groups:
-            runs = [permutation(int(seed), epoch)[: steps * batch_size].reshape(steps, batch_size) for seed in g.seeds]
+            for seed in map(int, g.seeds):
+                if seed not in orders:
+                    orders[seed] = permutation(seed, epoch)[: steps * batch_size].reshape(steps, batch_size)
+            runs = [orders[int(seed)] for seed in g.seeds]
             out.append(np.stack(runs, axis=1).astype(np.int32))  # (steps, runs, batch)
         return tuple(out)
 
+    # Runs of one seed see the same batches (``cluster_epoch``'s ``shared``); taking turns, nothing to share.
+    shared = tuple(strategy == "vmap" and len(g.seeds) > 1 and bool(np.all(g.seeds == g.seeds[0])) for g in groups)
     began = time.perf_counter()
     chunks = batch_size // microbatch if microbatch and batch_size > microbatch and batch_size % microbatch == 0 else 0
     host_chunks = chunks and strategy == "unroll" and not use_scan
@@ -404,11 +419,11 @@ def train_cluster(
             steps_fns.apply.lower(carries, totals, lrs, 0).compile(),
         )  # fmt: skip
     elif use_scan:
-        fn = cluster_epoch(model, loss_fn, makes, use_scan, microbatch, strategy)
+        fn = cluster_epoch(model, loss_fn, makes, use_scan, microbatch, strategy, shared)
         shapes = tuple(jax.ShapeDtypeStruct((steps, len(g.seeds), batch_size), jnp.int32) for g in groups)
         compiled = compile_lowered(fn.lower(carries, lrs, device_images, device_labels, shapes, base_keys, 0, 0))
     else:
-        fn = cluster_epoch(model, loss_fn, makes, use_scan, microbatch, strategy)
+        fn = cluster_epoch(model, loss_fn, makes, use_scan, microbatch, strategy, shared)
         shapes = tuple(jax.ShapeDtypeStruct((1, len(g.seeds), batch_size), jnp.int32) for g in groups)
         compiled = compile_lowered(fn.lower(carries, lrs, device_images, device_labels, shapes, base_keys, 0, 0, 0))
     compile_s = time.perf_counter() - began
