@@ -28,7 +28,7 @@ def test_prefetched_batches_equal_host_batches_and_live_on_device():
     assert loader.state_dict()["epoch"] == 1  # the whole epoch was consumed
 
 
-@pytest.mark.parametrize("chunk", [2, 3, 8])
+@pytest.mark.parametrize("chunk", [2, 3, 8, 16])
 def test_chunked_transfers_give_the_same_batches_in_order(chunk):
     kwargs = dict(split="test[:999]", batch_size=64, shuffle=True, seed=4, drop_remainder=False)
     host = list(jd.load("mnist_sample", **kwargs))
@@ -50,18 +50,19 @@ def test_loader_with_a_transform_goes_batch_by_batch():
         assert np.array_equal(np.asarray(d["label"]), h["label"])
 
 
-@pytest.mark.parametrize("chunk", [1, 4])
-def test_prefetch_runs_ahead_by_at_most_size_chunks(chunk):
+@pytest.mark.parametrize("chunk, limit", [(1, 4), (4, 16), (16, 4 + 8 + 16 + 16)])
+def test_prefetch_runs_ahead_by_at_most_size_chunks(chunk, limit):
+    """The chunk being handed over, two queued, one being placed; the first
+    transfers are smaller (4, 8, ... batches up to ``chunk``)."""
     pulled = []
 
     def source():
-        for i in range(20):
+        for i in range(100):
             pulled.append(i)
             yield {"x": np.full(4, i)}
 
     it = jd.prefetch_to_device(source(), size=2, chunk=chunk)
     first = next(it)
-    limit = chunk * (1 + 2 + 1)  # the chunk being handed over, two queued, one being placed
     deadline = time.monotonic() + 10
     while len(pulled) < limit and time.monotonic() < deadline:
         time.sleep(0.01)
