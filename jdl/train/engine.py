@@ -144,11 +144,16 @@ def compile_lowered(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
 CPU_RUN_ONCE_COMPILER_OPTIONS: dict[str, int] = {"xla_backend_optimization_level": 0}
 
 
-def run_once(fn: Callable, *args):
-    """``jax.jit(fn)(*args)`` for a program called once, compiled with
+def compile_once(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
+    """``lowered.compile()`` for a program called once: with
     ``CPU_RUN_ONCE_COMPILER_OPTIONS`` on the CPU."""
     options = CPU_RUN_ONCE_COMPILER_OPTIONS if jax.default_backend() == "cpu" else {}
-    return jax.jit(fn).lower(*args).compile(compiler_options=dict(options))(*args)
+    return lowered.compile(compiler_options=dict(options))
+
+
+def run_once(fn: Callable, *args):
+    """``jax.jit(fn)(*args)`` for a program called once (``compile_once``)."""
+    return compile_once(jax.jit(fn).lower(*args))(*args)
 
 
 def stream_step(run: Callable) -> Callable:
