@@ -235,6 +235,9 @@ def main() -> None:
         ("step_variants", lambda: step_variants.run(args.quick)),
         ("trace_comparison", lambda: profile_step.trace_comparison(args.quick)),
         ("cold_start", lambda: cold_start.run(args.quick, models=("mlp", "cnn", "fmnist_2c2d"))),
+        ("bf16", lambda: train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn", "fmnist_2c2d"),
+                                         ways=("scan",), dtype="bfloat16")
+         + train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn",), ways=("scan",))),
     ]  # fmt: skip
     if args.parts:
         wanted = args.parts.split(",")

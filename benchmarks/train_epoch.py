@@ -1,7 +1,8 @@
 """Benchmark: one training epoch of jdl against flax.linen + optax, same model, batch and data.
 
 Models: ``mlp`` (784-128-10), ``cnn`` (the flax examples/mnist CNN) and
-``fmnist_2c2d`` (DeepOBS), Adam 1e-3, cross-entropy, fp32.  Two ways each:
+``fmnist_2c2d`` (DeepOBS), Adam 1e-3, cross-entropy, fp32 (``--dtype bfloat16``:
+both compute in bfloat16, parameters float32).  Two ways each:
 
 * ``loop``: the flax example's way, a Python loop of jitted steps fed host
   NumPy batches; jdl's ``fit(mode='stream')``.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import flax.linen as fnn
 import jax
@@ -41,38 +43,47 @@ from jdl.data.loader import Loader
 
 
 class FlaxMLP(fnn.Module):
+    dtype: Any = None  # the computation's dtype (bfloat16: mixed precision), as in jdl's layers
+
     @fnn.compact
     def __call__(self, x):
         x = x.reshape((x.shape[0], -1))
-        return fnn.Dense(10)(fnn.relu(fnn.Dense(128)(x)))
+        return fnn.Dense(10, dtype=self.dtype)(fnn.relu(fnn.Dense(128, dtype=self.dtype)(x)))
 
 
 class FlaxCNN(fnn.Module):
     """flax examples/mnist/train.py."""
 
+    dtype: Any = None
+
     @fnn.compact
     def __call__(self, x):
-        x = fnn.avg_pool(fnn.relu(fnn.Conv(32, (3, 3))(x)), (2, 2), strides=(2, 2))
-        x = fnn.avg_pool(fnn.relu(fnn.Conv(64, (3, 3))(x)), (2, 2), strides=(2, 2))
+        x = fnn.avg_pool(fnn.relu(fnn.Conv(32, (3, 3), dtype=self.dtype)(x)), (2, 2), strides=(2, 2))
+        x = fnn.avg_pool(fnn.relu(fnn.Conv(64, (3, 3), dtype=self.dtype)(x)), (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
-        return fnn.Dense(10)(fnn.relu(fnn.Dense(256)(x)))
+        return fnn.Dense(10, dtype=self.dtype)(fnn.relu(fnn.Dense(256, dtype=self.dtype)(x)))
 
 
 class Flax2c2d(fnn.Module):
     """DeepOBS fmnist_2c2d."""
 
+    dtype: Any = None
+
     @fnn.compact
     def __call__(self, x):
-        w, b = fnn.initializers.truncated_normal(0.05), fnn.initializers.constant(0.05)
-        x = fnn.max_pool(fnn.relu(fnn.Conv(32, (5, 5), kernel_init=w, bias_init=b)(x)), (2, 2), (2, 2), "SAME")
-        x = fnn.max_pool(fnn.relu(fnn.Conv(64, (5, 5), kernel_init=w, bias_init=b)(x)), (2, 2), (2, 2), "SAME")
+        w, b, dtype = fnn.initializers.truncated_normal(0.05), fnn.initializers.constant(0.05), self.dtype
+        x = fnn.max_pool(fnn.relu(fnn.Conv(32, (5, 5), kernel_init=w, bias_init=b, dtype=dtype)(x)), (2, 2), (2, 2),
+                         "SAME")  # fmt: skip
+        x = fnn.max_pool(fnn.relu(fnn.Conv(64, (5, 5), kernel_init=w, bias_init=b, dtype=dtype)(x)), (2, 2), (2, 2),
+                         "SAME")  # fmt: skip
         x = x.reshape((x.shape[0], -1))
-        x = fnn.relu(fnn.Dense(1024, kernel_init=w, bias_init=b)(x))
-        return fnn.Dense(10, kernel_init=w, bias_init=b)(x)
+        x = fnn.relu(fnn.Dense(1024, kernel_init=w, bias_init=b, dtype=dtype)(x))
+        return fnn.Dense(10, kernel_init=w, bias_init=b, dtype=dtype)(x)
 
 
 FLAX = {"mlp": FlaxMLP, "cnn": FlaxCNN, "fmnist_2c2d": Flax2c2d}
-JDL = {"mlp": lambda: models.mlp(hidden=(128,)), "cnn": models.cnn, "fmnist_2c2d": models.fmnist_2c2d}
+JDL = {"mlp": lambda dtype=None: models.mlp(hidden=(128,), dtype=dtype), "cnn": models.cnn,
+       "fmnist_2c2d": models.fmnist_2c2d}  # fmt: skip
 
 
 def _flax_state(module: fnn.Module, shape) -> train_state.TrainState:
@@ -160,12 +171,16 @@ def time_jdl(model, way: str, data: dict, test: dict, batch: int, epochs: int) -
     return common.median([h["time_s"] for h in history[1:]]), history[0]["compile_s"], score["accuracy"]
 
 
-def run(quick: bool = False, names=("mlp", "cnn", "fmnist_2c2d"), batch: int = 128, rounds: int = 1) -> list[dict]:
+def run(quick: bool = False, names=("mlp", "cnn", "fmnist_2c2d"), batch: int = 128, rounds: int = 1,
+        ways=("loop", "scan"), dtype: str | None = None) -> list[dict]:  # fmt: skip
     """One line per model and way.  With ``rounds`` > 1 both are timed that
     many times, jdl and flax+optax alternately, and the line gives the medians
     over rounds and the median of the per-round ratios (``round_ratios``): on
     a noisy machine epochs timed minutes apart differ more than the two
-    libraries do."""
+    libraries do.  ``dtype='bfloat16'``: both libraries' layers compute in
+    bfloat16 (mixed precision: float32 parameters and optimizer)."""
+    compute = None if dtype is None else jnp.dtype(dtype)
+    suffix = "" if dtype is None else f"/{dtype}"
     on_cpu = jax.devices()[0].platform == "cpu"
     n_train = 4096 if quick else (12800 if on_cpu else 60000)
     data, test, source = common.mnist_shaped(n_train)
@@ -173,11 +188,12 @@ def run(quick: bool = False, names=("mlp", "cnn", "fmnist_2c2d"), batch: int = 1
     epochs = 3 if quick else 4
     records = []
     for name in names:
-        for way in ("loop", "scan"):
+        for way in ways:
             # flax's convolutions in scan are ~25x slower on the CPU (FACTS): its faster way there is the loop
             ref_way = "loop" if on_cpu and way == "scan" and name != "mlp" else way
-            timed = [(time_jdl(JDL[name](), way, data, test, batch, epochs),
-                      time_flax(FLAX[name](), ref_way, data, test, batch, epochs)) for _ in range(rounds)]  # fmt: skip
+            timed = [(time_jdl(JDL[name](dtype=compute), way, data, test, batch, epochs),
+                      time_flax(FLAX[name](dtype=compute), ref_way, data, test, batch, epochs))
+                     for _ in range(rounds)]  # fmt: skip
             (jdl_s, jdl_compile, jdl_acc), (ref_s, ref_compile, ref_acc) = timed[-1]
             extra = {}
             if rounds > 1:
@@ -185,7 +201,7 @@ def run(quick: bool = False, names=("mlp", "cnn", "fmnist_2c2d"), batch: int = 1
                 ratios = [ours[0] / theirs[0] for ours, theirs in timed]
                 extra = {"round_ratios": ratios, "median_round_ratio": common.median(ratios)}
             records.append(common.line(
-                f"train_epoch/{name}/{way}", jdl_s, f"flax+optax {ref_way}", ref_s, batch_size=batch,
+                f"train_epoch/{name}/{way}{suffix}", jdl_s, f"flax+optax {ref_way}{suffix}", ref_s, batch_size=batch,
                 examples=len(data["label"]), data=source, jdl_compile_s=jdl_compile, reference_compile_s=ref_compile,
                 jdl_test_accuracy=jdl_acc, reference_test_accuracy=ref_acc, epochs=epochs, rounds=rounds,
                 **extra))  # fmt: skip
@@ -197,5 +213,8 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--models", default="mlp,cnn,fmnist_2c2d")
     parser.add_argument("--rounds", type=int, default=1, help="time both libraries this many times, alternately")
+    parser.add_argument("--ways", default="loop,scan")
+    parser.add_argument("--dtype", help="the layers' computation dtype, e.g. bfloat16 (default: float32)")
     args = parser.parse_args()
-    common.print_lines(run(args.quick, tuple(args.models.split(",")), rounds=args.rounds))
+    common.print_lines(run(args.quick, tuple(args.models.split(",")), rounds=args.rounds,
+                           ways=tuple(args.ways.split(",")), dtype=args.dtype))  # fmt: skip

@@ -146,8 +146,13 @@ def _nan_where_invalid(loss: jax.Array, valid: jax.Array) -> jax.Array:
 
 
 def _float(x) -> jax.Array:
+    """``x`` as a float array of at least float32: integers become floats,
+    and half precision (a mixed-precision model's bfloat16 outputs) is
+    computed with in float32, as the losses' logs and exponentials need."""
     x = jnp.asarray(x)
-    return x if jnp.issubdtype(x.dtype, jnp.inexact) else x.astype(jnp.result_type(float))
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        return x.astype(jnp.result_type(float))
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def _check_reduction(name: str, reduction: str) -> None:

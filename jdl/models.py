@@ -28,64 +28,69 @@ def mlp(
     num_classes: int = 10,
     hidden: Sequence[int] = (128,),
     activation: Callable = nn.relu,
+    dtype=None,
 ) -> nn.Layer:
     """Flatten, then ``Dense(h), activation`` for each ``h`` in ``hidden``,
-    then ``Dense(num_classes)``."""
+    then ``Dense(num_classes)``.  ``dtype``: the layers' computation dtype
+    (``jnp.bfloat16``: mixed precision, float32 parameters; see ``nn.Dense``)."""
     layers: list = [nn.Flatten()]
     for width in hidden:
-        layers += [nn.Dense(width), activation]
-    layers.append(nn.Dense(num_classes))
+        layers += [nn.Dense(width, dtype=dtype), activation]
+    layers.append(nn.Dense(num_classes, dtype=dtype))
     return nn.serial(*layers)
 
 
-def cnn(num_classes: int = 10, conv_method: str = "auto") -> nn.Layer:
+def cnn(num_classes: int = 10, conv_method: str = "auto", dtype=None) -> nn.Layer:
     """The flax examples/mnist CNN: conv32 3x3, relu, avgpool 2x2; conv64 3x3,
     relu, avgpool 2x2; dense256, relu; dense(num_classes).  flax's default
     initializers (LeCun normal weights, zero biases).  ``conv_method``: see
-    ``nn.Conv``."""
+    ``nn.Conv``; ``dtype``: the layers' computation dtype (``jnp.bfloat16``:
+    mixed precision, float32 parameters)."""
     return nn.serial(
-        nn.Conv(32, (3, 3), method=conv_method), nn.relu, nn.AvgPool((2, 2), strides=(2, 2)),
-        nn.Conv(64, (3, 3), method=conv_method), nn.relu, nn.AvgPool((2, 2), strides=(2, 2)),
+        nn.Conv(32, (3, 3), method=conv_method, dtype=dtype), nn.relu, nn.AvgPool((2, 2), strides=(2, 2)),
+        nn.Conv(64, (3, 3), method=conv_method, dtype=dtype), nn.relu, nn.AvgPool((2, 2), strides=(2, 2)),
         nn.Flatten(),
-        nn.Dense(256), nn.relu,
-        nn.Dense(num_classes),
+        nn.Dense(256, dtype=dtype), nn.relu,
+        nn.Dense(num_classes, dtype=dtype),
     )  # fmt: skip
 
 
-def fmnist_2c2d(num_classes: int = 10, conv_method: str = "auto") -> nn.Layer:
+def fmnist_2c2d(num_classes: int = 10, conv_method: str = "auto", dtype=None) -> nn.Layer:
     """DeepOBS 2c2d: conv32 5x5 same, relu, maxpool 2x2 stride 2 same; conv64
     5x5 same, relu, maxpool 2x2 stride 2 same; dense1024, relu;
     dense(num_classes).  Weights truncated normal (std 0.05), biases 0.05.
-    ``conv_method``: see ``nn.Conv``."""
+    ``conv_method``: see ``nn.Conv``; ``dtype``: the layers' computation dtype
+    (``jnp.bfloat16``: mixed precision, float32 parameters)."""
     w, b = init.truncated_normal(0.05), init.constant(0.05)
     return nn.serial(
-        nn.Conv(32, (5, 5), padding="SAME", w_init=w, b_init=b, method=conv_method), nn.relu,
+        nn.Conv(32, (5, 5), padding="SAME", w_init=w, b_init=b, method=conv_method, dtype=dtype), nn.relu,
         nn.MaxPool((2, 2), strides=(2, 2), padding="SAME"),
-        nn.Conv(64, (5, 5), padding="SAME", w_init=w, b_init=b, method=conv_method), nn.relu,
+        nn.Conv(64, (5, 5), padding="SAME", w_init=w, b_init=b, method=conv_method, dtype=dtype), nn.relu,
         nn.MaxPool((2, 2), strides=(2, 2), padding="SAME"),
         nn.Flatten(),
-        nn.Dense(1024, w_init=w, b_init=b), nn.relu,
-        nn.Dense(num_classes, w_init=w, b_init=b),
+        nn.Dense(1024, w_init=w, b_init=b, dtype=dtype), nn.relu,
+        nn.Dense(num_classes, w_init=w, b_init=b, dtype=dtype),
     )  # fmt: skip
 
 
-def cifar10_3c3d(num_classes: int = 10, conv_method: str = "auto") -> nn.Layer:
+def cifar10_3c3d(num_classes: int = 10, conv_method: str = "auto", dtype=None) -> nn.Layer:
     """DeepOBS 3c3d: conv64 5x5 valid, relu, maxpool 3x3 stride 2 same; conv96
     3x3 valid, relu, maxpool 3x3/2 same; conv128 3x3 same, relu, maxpool 3x3/2
     same; dense512, relu; dense256, relu; dense(num_classes).  Glorot uniform
-    weights, zero biases.  ``conv_method``: see ``nn.Conv``."""
+    weights, zero biases.  ``conv_method``: see ``nn.Conv``; ``dtype``: the layers' computation dtype
+    (``jnp.bfloat16``: mixed precision, float32 parameters)."""
     w = init.glorot_uniform
     return nn.serial(
-        nn.Conv(64, (5, 5), padding="VALID", w_init=w, method=conv_method), nn.relu,
+        nn.Conv(64, (5, 5), padding="VALID", w_init=w, method=conv_method, dtype=dtype), nn.relu,
         nn.MaxPool((3, 3), strides=(2, 2), padding="SAME"),
-        nn.Conv(96, (3, 3), padding="VALID", w_init=w, method=conv_method), nn.relu,
+        nn.Conv(96, (3, 3), padding="VALID", w_init=w, method=conv_method, dtype=dtype), nn.relu,
         nn.MaxPool((3, 3), strides=(2, 2), padding="SAME"),
-        nn.Conv(128, (3, 3), padding="SAME", w_init=w, method=conv_method), nn.relu,
+        nn.Conv(128, (3, 3), padding="SAME", w_init=w, method=conv_method, dtype=dtype), nn.relu,
         nn.MaxPool((3, 3), strides=(2, 2), padding="SAME"),
         nn.Flatten(),
-        nn.Dense(512, w_init=w), nn.relu,
-        nn.Dense(256, w_init=w), nn.relu,
-        nn.Dense(num_classes, w_init=w),
+        nn.Dense(512, w_init=w, dtype=dtype), nn.relu,
+        nn.Dense(256, w_init=w, dtype=dtype), nn.relu,
+        nn.Dense(num_classes, w_init=w, dtype=dtype),
     )  # fmt: skip
 
 

@@ -257,6 +257,18 @@ def test_integer_predictions_are_promoted():
     assert float(L.mse(jnp.array([1, 2]), jnp.array([0, 0]))) == 2.5
 
 
+def test_half_precision_predictions_are_computed_with_in_float32():
+    """A mixed-precision model's bfloat16 logits: the loss is computed in float32
+    from their values (NumPy in float64 on the same values as the reference)."""
+    logits = jax.random.normal(jax.random.key(3), (6, 5)).astype(jnp.bfloat16) * 8
+    labels = jnp.array([0, 1, 2, 3, 4, 0])
+    loss = L.cross_entropy(logits, labels, reduction="none")
+    x = np.asarray(logits, np.float64)
+    expected = np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)) + x.max(-1) - x[np.arange(6), labels]
+    assert loss.dtype == jnp.float32
+    np.testing.assert_allclose(loss, expected, rtol=1e-6, atol=1e-6)
+
+
 def test_docstrings_give_formula_labels_and_source():
     for fn in (L.cross_entropy, L.log_loss, L.exponential_loss, L.hinge_loss,
                L.multiclass_hinge_loss, L.kl_divergence, L.mse, L.mae, L.huber):

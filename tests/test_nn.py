@@ -81,6 +81,59 @@ def test_conv_matches_lax_and_flax(strides, padding, method):
     np.testing.assert_allclose(y, flax_y, rtol=1e-5, atol=1e-5)
 
 
+class _FlaxCNN(fnn.Module):
+    """flax examples/mnist/train.py, with flax's computation ``dtype``."""
+
+    dtype: object = None
+
+    @fnn.compact
+    def __call__(self, x):
+        x = fnn.avg_pool(fnn.relu(fnn.Conv(32, (3, 3), dtype=self.dtype)(x)), (2, 2), strides=(2, 2))
+        x = fnn.avg_pool(fnn.relu(fnn.Conv(64, (3, 3), dtype=self.dtype)(x)), (2, 2), strides=(2, 2))
+        x = fnn.relu(fnn.Dense(256, dtype=self.dtype)(x.reshape((x.shape[0], -1))))
+        return fnn.Dense(10, dtype=self.dtype)(x)
+
+
+def _from_flax_cnn(flax_params) -> dict:
+    pairs = [(kind, flax_params[f"{flax_kind}_{i}"], i) for kind, flax_kind in (("conv", "Conv"), ("dense", "Dense"))
+             for i in range(2)]  # fmt: skip
+    return {f"{kind}_{i}": {"w": layer["kernel"], "b": layer["bias"]} for kind, layer, i in pairs}
+
+
+@pytest.mark.parametrize("method", ["lax", "matmul"])
+def test_bfloat16_computation_matches_flax_with_float32_parameters_and_gradients(method):
+    """Mixed precision (``dtype=jnp.bfloat16``) against flax.linen's ``dtype``:
+    the same outputs, in bfloat16; parameters and their gradients float32."""
+    x = _images((4, 28, 28, 1))
+    flax_model = _FlaxCNN(dtype=jnp.bfloat16)
+    flax_params = flax_model.init(KEY, x)["params"]
+    params = _from_flax_cnn(flax_params)
+    model = models.cnn(conv_method=method, dtype=jnp.bfloat16)
+    ours, _ = model.apply(params, {}, x)
+    theirs = flax_model.apply({"params": flax_params}, x)
+    assert ours.dtype == theirs.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.float32(ours), np.float32(theirs), rtol=2e-2, atol=2e-2)
+    full, _ = models.cnn(conv_method=method).apply(params, {}, x)  # float32: bfloat16 is an approximation of it
+    assert full.dtype == jnp.float32 and 0 < np.max(np.abs(np.float32(ours) - full)) < 0.1
+
+    def loss(apply, p):
+        return jnp.mean(apply(p).astype(jnp.float32) ** 2)
+
+    ours_grad = jax.grad(lambda p: loss(lambda q: model.apply(q, {}, x)[0], p))(params)
+    flax_grad = _from_flax_cnn(jax.grad(lambda p: loss(lambda q: flax_model.apply({"params": q}, x), p))(flax_params))
+    for a, b in zip(jax.tree_util.tree_leaves(ours_grad), jax.tree_util.tree_leaves(flax_grad), strict=True):
+        assert a.dtype == jnp.float32
+        np.testing.assert_allclose(a, b, rtol=5e-2, atol=5e-2 * float(np.max(np.abs(b))))
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(model.init(KEY, x.shape)[0]))
+
+
+@pytest.mark.parametrize("layer", [nn.Dense, lambda dtype: nn.Conv(2, 3, dtype=dtype)])
+@pytest.mark.parametrize("dtype", [jnp.int32, "not a dtype", bool])
+def test_a_computation_dtype_must_be_floating(layer, dtype):
+    with pytest.raises(ValueError, match="dtype must be a floating dtype"):
+        layer(dtype=dtype) if layer is not nn.Dense else nn.Dense(3, dtype=dtype)
+
+
 def test_conv_rejects_an_unknown_method():
     with pytest.raises(ValueError, match="Conv: method must be 'auto', 'lax' or 'matmul'; got 'fft'"):
         nn.Conv(4, 3, method="fft")

@@ -84,6 +84,20 @@ def test_fit_learns_mnist_sample():
     assert all(h["time_s"] > 0 and h["compile_s"] > 0 for h in history)
 
 
+def test_mixed_precision_trains_like_float32_with_float32_parameters():
+    """``dtype=jnp.bfloat16`` layers: float32 parameters and optimizer state
+    throughout, float32 losses, and the accuracy of the same run in float32."""
+    runs = {dtype: train.fit(models.mlp(hidden=(32,), dtype=dtype), losses.cross_entropy, optim.adam(1e-3),
+                             _loader(), epochs=3, eval_data=_test_data(), progress=False)
+            for dtype in (None, jnp.bfloat16)}  # fmt: skip
+    half, full = runs[jnp.bfloat16], runs[None]
+    leaves = jax.tree_util.tree_leaves((half.params, half.opt_state))
+    assert all(leaf.dtype in (jnp.float32, jnp.int32) for leaf in leaves)
+    assert half.history[-1]["test_accuracy"] > 0.85
+    assert half.history[-1]["test_accuracy"] == pytest.approx(full.history[-1]["test_accuracy"], abs=0.03)
+    assert not np.allclose(np.asarray(half.params["dense_0"]["w"]), np.asarray(full.params["dense_0"]["w"]))
+
+
 def test_stream_and_scan_engines_agree():
     runs = {
         mode: train.fit(_small_mlp(), losses.cross_entropy, optim.momentum(0.05), _loader(batch_size=96), epochs=2,

@@ -49,20 +49,47 @@ def _check_features(layer: str, expected: int, x: jax.Array, what: str = "featur
         )
 
 
+def _compute_dtype(dtype, layer: str):
+    """``dtype`` checked to be a floating dtype (or None)."""
+    if dtype is None:
+        return None
+    try:
+        checked = jnp.dtype(dtype)
+    except TypeError:
+        checked = None
+    if checked is None or not jnp.issubdtype(checked, jnp.floating):
+        raise ValueError(f"{layer}: dtype must be a floating dtype such as jnp.bfloat16, or None; got {dtype!r}")
+    return checked
+
+
+def _cast(dtype, *arrays):
+    """The arrays in the computation's ``dtype`` (unchanged when None)."""
+    return arrays if dtype is None else tuple(None if a is None else a.astype(dtype) for a in arrays)
+
+
 def Dense(  # noqa: N802 - layer constructors are capitalized, as in stax and flax
     features: int,
     *,
     use_bias: bool = True,
     w_init: initializers.Initializer = initializers.lecun_normal,
     b_init: initializers.Initializer = initializers.zeros,
+    dtype=None,
 ) -> Layer:
     """Fully connected layer ``y = x @ w + b`` on the last axis.
 
     ``w`` has shape ``(in_features, features)``; ``w_init`` defaults to LeCun
     normal and ``b_init`` to zeros (flax.linen.Dense's defaults).
+
+    ``dtype``: the computation's dtype.  ``jnp.bfloat16`` gives mixed
+    precision: ``x``, ``w`` and ``b`` are cast to it and ``y`` comes out in
+    it, while the parameters (and so their gradients and the optimizer's
+    state) stay float32 (flax.linen.Dense's ``dtype``; Micikevicius et al.,
+    *Mixed Precision Training*, ICLR 2018).  None: the dtype ``x`` and ``w``
+    promote to.
     """
     if not isinstance(features, int) or features < 1:
         raise ValueError(f"Dense: features must be a positive int; got {features!r}")
+    dtype = _compute_dtype(dtype, "Dense")
 
     def init(key: jax.Array, input_shape: Sequence[int]) -> tuple[Params, State]:
         if len(input_shape) < 2:
@@ -77,9 +104,10 @@ def Dense(  # noqa: N802 - layer constructors are capitalized, as in stax and fl
 
     def apply(params, state, x, key=None, train=False):
         _check_features("Dense", params["w"].shape[0], x)
-        y = x @ params["w"]
+        x, w, b = _cast(dtype, x, params["w"], params.get("b"))
+        y = x @ w
         if use_bias:
-            y = y + params["b"]
+            y = y + b
         return y, state
 
     return make_layer("dense", init, apply)
@@ -192,6 +220,7 @@ def Conv(  # noqa: N802
     w_init: initializers.Initializer = initializers.lecun_normal,
     b_init: initializers.Initializer = initializers.zeros,
     method: str = "auto",
+    dtype=None,
 ) -> Layer:
     """Convolution (cross-correlation, as ``lax.conv_general_dilated``) with bias.
 
@@ -215,9 +244,13 @@ def Conv(  # noqa: N802
     Epochs on an H200 (``benchmarks/step_variants.py``), all ``'lax'`` /
     ``'auto'``: flax CNN 0.124 / 0.104 s, DeepOBS 3c3d 0.197 / 0.175 s,
     2c2d 0.179 / 0.182 s.  ``'lax'`` on TPUs.
+
+    ``dtype``: the computation's dtype, as for ``Dense`` (``jnp.bfloat16``:
+    mixed precision, float32 parameters).
     """
     if not isinstance(features, int) or features < 1:
         raise ValueError(f"Conv: features must be a positive int; got {features!r}")
+    dtype = _compute_dtype(dtype, "Conv")
     window = _window(kernel_size, "kernel_size", "Conv")
     n = len(window)
     stride = _tuple(strides, n, "strides", "Conv")
@@ -239,12 +272,13 @@ def Conv(  # noqa: N802
     def apply(params, state, x, key=None, train=False):
         _check_features("Conv", params["w"].shape[-2], x, "channels")
         chosen = auto_conv_method(x.shape[-1]) if method == "auto" else method
+        x, w, b = _cast(dtype, x, params["w"], params.get("b"))
         if chosen == "matmul":
-            y = conv_as_matmul(x, params["w"], stride, pad)
+            y = conv_as_matmul(x, w, stride, pad)
         else:
-            y = lax.conv_general_dilated(x, params["w"], stride, pad, dimension_numbers=dimension_numbers)
+            y = lax.conv_general_dilated(x, w, stride, pad, dimension_numbers=dimension_numbers)
         if use_bias:
-            y = y + params["b"]
+            y = y + b
         return y, state
 
     return make_layer("conv", init, apply)
