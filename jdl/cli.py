@@ -27,6 +27,9 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="tfds data folder (prepared datasets and jdl's caches)")
     parser.add_argument("--manual-dir", help="folder holding a dataset's source files (e.g. Debian's fashion-mnist)")
     parser.add_argument("--out", help="output folder (default: a fresh folder under jdl-runs/); must be new or empty")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="the model's computation dtype; bfloat16: mixed precision (float32 parameters), "
+                             "faster on accelerators with bfloat16 units")  # fmt: skip
     parser.add_argument("--compilation-cache", metavar="DIR",
                         help="keep compiled programs here for later runs (default: $JDL_CACHE_DIR, ~/.cache/jdl/xla)")
     parser.add_argument("--no-compilation-cache", action="store_true", help="compile everything afresh")
@@ -77,14 +80,15 @@ def run_train(args: argparse.Namespace) -> int:
     name = args.optimizer.strip().lower().replace("-", "_")  # as optim.get reads it
     learning_rate = optim.DEFAULT_LEARNING_RATES.get(name) if args.learning_rate is None else args.learning_rate
     optimizer = optim.get(args.optimizer, learning_rate=learning_rate)
+    dtype = None if args.dtype == "float32" else args.dtype
     models.get(args.model)  # unknown names fail before any data is read
     common = {"batch_size": args.batch_size, "data_dir": args.data_dir, "manual_dir": args.manual_dir}
     train_data = jdl.data.load(args.dataset, split="train", shuffle=True, seed=args.seed, **common)
     test_data = jdl.data.load(args.dataset, split="test", shuffle=False, **common)
-    model = models.get(args.model, num_classes=train_data.num_classes)
+    model = models.get(args.model, num_classes=train_data.num_classes, dtype=dtype)
     result = train.fit(model, losses.cross_entropy, optimizer, train_data, epochs=args.epochs, eval_data=test_data,
                        seed=args.seed)  # fmt: skip
-    record = {"dataset": args.dataset, "model": args.model, "runs": [{
+    record = {"dataset": args.dataset, "model": args.model, "dtype": args.dtype, "runs": [{
         "optimizer": args.optimizer, "learning_rate": learning_rate, "seed": args.seed,
         "batch_size": args.batch_size,
         "epochs": [{k: e[k] for k in ("epoch", "train_loss", "test_loss", "test_accuracy", "time_s", "compile_s")}
@@ -113,7 +117,7 @@ def run_compare(args: argparse.Namespace) -> int:
     result = compare.run(
         args.dataset, args.model, names, seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size,
         learning_rates=grid, target_accuracy=args.target_accuracy, data_dir=args.data_dir,
-        manual_dir=args.manual_dir,
+        manual_dir=args.manual_dir, dtype=None if args.dtype == "float32" else args.dtype,
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     path = result.save(out)

@@ -86,6 +86,22 @@ def test_cli_train_writes_results(tmp_path):
     assert run["batch_size"] == 32  # the documented default
 
 
+def test_cli_train_and_compare_in_mixed_precision(tmp_path):
+    """``--dtype bfloat16``: the model computes in bfloat16 (other numbers than
+    float32's, as good), and the results say so."""
+    accuracy = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / dtype
+        assert cli.main(["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "adam", "--epochs",
+                         "1", "--dtype", dtype, "--out", str(out), "--no-compilation-cache"]) == 0
+        record = json.loads((out / "results.json").read_text())
+        assert record["dtype"] == dtype
+        accuracy[dtype] = record["runs"][0]["epochs"][0]["test_accuracy"]
+    assert accuracy["bfloat16"] > 0.8 and accuracy["bfloat16"] != accuracy["float32"]
+    result = jdl.compare.run("mnist_sample", "mlp", ["adam"], seeds=1, epochs=1, dtype="bfloat16", progress=False)
+    assert result.info["dtype"] == "bfloat16" and result.runs[0]["epochs"][0]["test_accuracy"] > 0.8
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

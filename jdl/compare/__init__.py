@@ -136,6 +136,7 @@ def run(
     data_dir: str | None = None,
     manual_dir: str | None = None,
     progress: bool = True,
+    dtype=None,
 ) -> Comparison:
     """Train ``model`` on ``dataset`` with each optimizer (and seed, and
     learning rate), all at once; returns a ``Comparison`` that prints as a
@@ -148,7 +149,9 @@ def run(
     ``learning_rates`` each uses its preset's rate; with a grid (one list for
     all, or a dict per optimizer) the DeepOBS protocol picks one per optimizer
     on a validation split (a grid of one rate is simply used).  A run whose loss becomes NaN or infinite is
-    marked diverged and the others go on.
+    marked diverged and the others go on.  ``dtype``: the model's computation
+    dtype (``'bfloat16'``: mixed precision, float32 parameters; see
+    ``jdl.nn.Dense``).
     """
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
@@ -162,7 +165,7 @@ def run(
     grids = _grids(names, learning_rates)
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must lie in (0, 1); got {validation_fraction}")
-    models.get(model)  # fail fast on an unknown model name, before loading data
+    models.get(model, dtype=dtype)  # fail fast on an unknown model name or dtype, before loading data
 
     train = jdl_data.load(dataset, split="train", batch_size=batch_size, shuffle=True, seed=seed_list[0],
                           data_dir=data_dir, manual_dir=manual_dir)  # fmt: skip
@@ -171,7 +174,7 @@ def run(
     train_arrays, test_arrays = train.arrays(), test.arrays()
     images, labels = train_arrays["image"], train_arrays["label"]
     test_images, test_labels = test_arrays["image"], test_arrays["label"]
-    net = models.get(model, num_classes=train.num_classes)
+    net = models.get(model, num_classes=train.num_classes, dtype=dtype)
     use_scan, strategy = choose_engine(net, images)
     loss_fn = losses.cross_entropy
     started = time.perf_counter()
@@ -224,6 +227,7 @@ def run(
     if bar is not None:
         bar.close()
     info.update({"device": str(jax.devices()[0].device_kind), "jax_version": jax.__version__,
+                 "dtype": "float32" if dtype is None else jax.numpy.dtype(dtype).name,
                  "wall_s": time.perf_counter() - started, "engine": "scan" if use_scan else "loop",
                  "strategy": strategy})  # fmt: skip
     return Comparison(dataset, model, runs, target_accuracy, lr_search, info)
