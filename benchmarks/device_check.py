@@ -233,6 +233,7 @@ def main() -> None:
         ("profile_variants", lambda: profile_step.variants(args.quick, names=("cnn", "mlp"))),
         ("feed_more", lambda: feed(args.quick, ("chunk64", "chunk64_switch0.5ms", "chunk128"))),
         ("step_variants", lambda: step_variants.run(args.quick)),
+        ("step_variants_bf16", lambda: step_variants.run_bfloat16(args.quick)),
         ("trace_comparison", lambda: profile_step.trace_comparison(args.quick)),
         ("cold_start", lambda: cold_start.run(args.quick, models=("mlp", "cnn", "fmnist_2c2d"))),
         ("bf16", lambda: train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn", "fmnist_2c2d"),

@@ -100,9 +100,10 @@ def jdl_epoch_seconds(model, tx, step, images, labels, orders, unroll: int = 1) 
     return common.median(times[1:]), compile_s
 
 
-def flax_epoch_seconds(name: str, images, labels, orders) -> float:
-    """Median seconds per epoch of flax+optax's scan epoch (``train_epoch``), timed as ``jdl_epoch_seconds``."""
-    state = train_epoch._flax_state(train_epoch.FLAX[name](), tuple(images.shape[1:]))
+def flax_epoch_seconds(name: str, images, labels, orders, dtype=None) -> float:
+    """Median seconds per epoch of flax+optax's scan epoch (``train_epoch``), timed as ``jdl_epoch_seconds``;
+    ``dtype``: the layers' computation dtype."""
+    state = train_epoch._flax_state(train_epoch.FLAX[name](dtype=dtype), tuple(images.shape[1:]))
     flax_fn = train_epoch.flax_scan.lower(state, images, labels, orders[0]).compile()
     state = flax_fn(state, images, labels, orders[0])  # warm-up (it donates the state)
     times = []

@@ -14,9 +14,10 @@ which flax has no copy of here, against jdl's all-cuDNN variant):
 * ``auto_dot_bias``: ``auto`` with each convolution's bias gradient computed
   as a matrix-vector product instead of XLA's column reduction (26 µs a step
   on an H200 for the first layer's);
-* ``auto_unroll4``: ``auto`` with the scan unrolled four steps per iteration.
+* ``auto_unroll4``: ``auto`` with the scan unrolled four steps per iteration;
+* ``--bfloat16``: the flax CNN in mixed precision, each method (``run_bfloat16``).
 
-Usage: python benchmarks/step_variants.py [--quick]   (an accelerator run;
+Usage: python benchmarks/step_variants.py [--quick] [--bfloat16]   (an accelerator run;
 on the CPU ``auto`` is ``matmul`` for every layer)
 """
 
@@ -115,7 +116,28 @@ def run(quick: bool = False) -> list[dict]:
     return records
 
 
+def run_bfloat16(quick: bool = False) -> list[dict]:
+    """The flax CNN in mixed precision (``dtype=bfloat16``): each convolution
+    method, and ``auto`` with the scan unrolled two steps, against flax+optax
+    in bfloat16."""
+    data, _, source = common.mnist_shaped(2048 if quick else 60000)
+    images, labels = jnp.asarray(data["image"]), jnp.asarray(data["label"])
+    orders = profile_step.epoch_orders(len(data["label"]), 2 if quick else 4)
+    half = jnp.bfloat16
+    cases = {"lax": (models.cnn(conv_method="lax", dtype=half), -1, 1),
+             "matmul": (models.cnn(conv_method="matmul", dtype=half), -1, 1),
+             "auto": (models.cnn(dtype=half), 3, 1), "auto_unroll2": (models.cnn(dtype=half), 3, 2)}  # fmt: skip
+    times = {label: _time(model, images, labels, orders, threshold, unroll)
+             for label, (model, threshold, unroll) in cases.items()}  # fmt: skip
+    reference_s = profile_step.flax_epoch_seconds("cnn", images, labels, orders, dtype=half)
+    return [common.line(f"step_variants/cnn/bfloat16/{label}", seconds, "flax+optax scan (bfloat16)", reference_s,
+                        data=source, jdl_compile_s=compile_s, examples=len(data["label"]))
+            for label, (seconds, compile_s) in times.items()]  # fmt: skip
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    common.print_lines(run(parser.parse_args().quick))
+    parser.add_argument("--bfloat16", action="store_true", help="the flax CNN in mixed precision instead")
+    args = parser.parse_args()
+    common.print_lines((run_bfloat16 if args.bfloat16 else run)(args.quick))
