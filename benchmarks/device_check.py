@@ -226,6 +226,7 @@ def main() -> None:
         ("scan_variants", lambda: scan_variants(args.quick)),
         ("time_to_accuracy", lambda: time_to_accuracy.run(cpu=True, cached=True)),
         ("time_to_accuracy_matmul", time_to_accuracy_matmul),
+        ("time_to_accuracy_bf16", lambda: time_to_accuracy.run(cpu=True, dtype="bfloat16")),
         ("feed", lambda: feed(args.quick)),
         ("comparison", lambda: comparison.run(args.quick, strategies=("vmap", "vmap_seeds"))),
         ("comparison_matmul", lambda: comparison.run(args.quick, strategies=("vmap",), conv_method="matmul")),

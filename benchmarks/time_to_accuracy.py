@@ -13,7 +13,7 @@ steps.  Needs the real data (Debian's dataset-fashion-mnist or
 ``JDL_FASHION_MNIST_DIR``); without it the lines say so and give no times.
 Skipped on the CPU unless ``--cpu`` (many minutes there).
 
-Usage: python benchmarks/time_to_accuracy.py [--quick] [--cpu] [--cached] [--models cnn,fmnist_2c2d]
+Usage: python benchmarks/time_to_accuracy.py [--quick] [--cpu] [--cached] [--models cnn,fmnist_2c2d] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from jdl.data.loader import Loader
 TARGET = 0.92
 
 
-def jdl_time(name: str, data: dict, test: dict, max_epochs: int, conv_method: str = "auto") -> dict:
+def jdl_time(name: str, data: dict, test: dict, max_epochs: int, conv_method: str = "auto", dtype=None) -> dict:
     start = time.perf_counter()
     loader = Loader(data["image"], data["label"], batch_size=128, shuffle=True, seed=0, drop_remainder=True)
-    model = {"cnn": models.cnn, "fmnist_2c2d": models.fmnist_2c2d}[name](conv_method=conv_method)
+    model = {"cnn": models.cnn, "fmnist_2c2d": models.fmnist_2c2d}[name](conv_method=conv_method, dtype=dtype)
     result = train.fit(model, losses.cross_entropy, optim.adam(1e-3), loader, epochs=max_epochs, eval_data=test,
                        progress=False, stop_when=lambda r: r["test_accuracy"] >= TARGET)  # fmt: skip
     wall = time.perf_counter() - start
@@ -50,11 +50,11 @@ def jdl_time(name: str, data: dict, test: dict, max_epochs: int, conv_method: st
             "epochs": len(history), "reached": reached, "accuracy": history[-1]["test_accuracy"]}  # fmt: skip
 
 
-def flax_time(name: str, data: dict, test: dict, max_epochs: int, way: str = "scan") -> dict:
+def flax_time(name: str, data: dict, test: dict, max_epochs: int, way: str = "scan", dtype=None) -> dict:
     """flax+optax to the target, one epoch per ``lax.scan`` (``way='scan'``) or
     a Python loop of jitted steps over host batches (``way='loop'``)."""
     start = time.perf_counter()
-    state = train_epoch._flax_state(train_epoch.FLAX[name](), data["image"].shape[1:])
+    state = train_epoch._flax_state(train_epoch.FLAX[name](dtype=dtype), data["image"].shape[1:])
     rng = np.random.default_rng(0)
     n = len(data["label"]) // 128 * 128
     test_images, test_labels = jnp.asarray(test["image"]), jnp.asarray(test["label"])
@@ -106,7 +106,10 @@ def with_cache(name: str, data: dict, test: dict, max_epochs: int, way: str) -> 
     return out
 
 
-def run(quick: bool = False, cpu: bool = False, names=("cnn", "fmnist_2c2d"), cached: bool = False) -> list[dict]:
+def run(quick: bool = False, cpu: bool = False, names=("cnn", "fmnist_2c2d"), cached: bool = False,
+        dtype: str | None = None) -> list[dict]:  # fmt: skip
+    """``dtype='bfloat16'``: both libraries in mixed precision (lines named ``.../bfloat16``)."""
+    compute, suffix = (None, "") if dtype is None else (jnp.dtype(dtype), f"/{dtype}")
     on_cpu = jax.devices()[0].platform == "cpu"
     way = "loop" if on_cpu else "scan"  # flax+optax's faster way on each (both models have convolutions)
     reference = f"flax+optax {way}"
@@ -122,10 +125,11 @@ def run(quick: bool = False, cpu: bool = False, names=("cnn", "fmnist_2c2d"), ca
     records = []
     warm_backend()
     for name in names:
-        ours, ref = jdl_time(name, data, test, max_epochs), flax_time(name, data, test, max_epochs, way)
+        ours = jdl_time(name, data, test, max_epochs, dtype=compute)
+        ref = flax_time(name, data, test, max_epochs, way, dtype=compute)
         extra = with_cache(name, data, test, max_epochs, way) if cached else {}
         records.append(common.line(
-            f"time_to_92/{name}", ours["train_s"], reference, ref["train_s"], data=source,
+            f"time_to_92/{name}{suffix}", ours["train_s"], reference + suffix, ref["train_s"], data=source,
             jdl_compile_s=ours["compile_s"], reference_compile_s=ref["compile_s"], jdl_wall_s=ours["wall_s"],
             reference_wall_s=ref["wall_s"], jdl_epochs=ours["epochs"], reference_epochs=ref["epochs"],
             jdl_reached=ours["reached"], reference_reached=ref["reached"], jdl_accuracy=ours["accuracy"],
@@ -139,5 +143,6 @@ if __name__ == "__main__":
     parser.add_argument("--cpu", action="store_true")
     parser.add_argument("--models", default="cnn,fmnist_2c2d", help="comma-separated: cnn, fmnist_2c2d")
     parser.add_argument("--cached", action="store_true", help="also with a persistent compilation cache, warm")
+    parser.add_argument("--dtype", help="both libraries' computation dtype, e.g. bfloat16 (default: float32)")
     args = parser.parse_args()
-    common.print_lines(run(args.quick, args.cpu, tuple(args.models.split(",")), args.cached))
+    common.print_lines(run(args.quick, args.cpu, tuple(args.models.split(",")), args.cached, args.dtype))
