@@ -86,6 +86,38 @@ def test_errors_in_the_host_iterator_reach_the_consumer(chunk):
         next(it)
 
 
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_a_batch_that_cannot_be_transferred_raises_in_the_consumer(chunk):
+    """A failing transfer reaches the consumer as an error, never a wait for batches that will not come."""
+    def source():
+        yield {"x": np.zeros(2)}
+        yield {"x": np.array(["not", "numbers"])}
+
+    outcome = {}
+
+    def consume():
+        try:
+            outcome["batches"] = len(list(jd.prefetch_to_device(source(), chunk=chunk)))
+        except Exception as error:  # noqa: BLE001 - what the consumer sees is the point
+            outcome["error"] = error
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive(), "the consumer is still waiting"
+    assert "error" in outcome, outcome
+
+
+def test_close_mid_chunk_stops_the_thread():
+    loader = jd.load("mnist_sample", split="train", batch_size=16, shuffle=True, seed=0)
+    it = jd.prefetch_to_device(loader, chunk=8)
+    next(it)
+    it.close()
+    assert not it._thread.is_alive()
+    with pytest.raises(StopIteration):
+        next(it)
+
+
 def test_close_stops_the_thread():
     def endless():
         while True:

@@ -62,7 +62,7 @@ import collections
 import functools
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -152,7 +152,9 @@ def _chunk_sizes(chunk: int) -> Iterator[int]:
 
     The consumer waits for the first transfer; a small one starts it sooner,
     and each doubling is ready before the consumer is through the previous
-    one (an epoch's first 64 batches took ~4 ms to gather, move and split).
+    one (an epoch's first 64 batches took ~4 ms to gather, move and split),
+    once each size's splitting program has compiled (on its first use in a
+    process).
     """
     size = min(FIRST_CHUNK, chunk)
     while size < chunk:
@@ -236,30 +238,46 @@ class Prefetcher(Iterator):
     def _run(self) -> None:
         if self._loader is not None:
             return self._run_loader(self._loader)
-        pending, sizes = [], _chunk_sizes(self._chunk)
+
+        def signature(batch):
+            self._check(batch)
+            return _signature(batch) if self._chunk > 1 else None
+
+        self._chunks(self._source, signature, lambda batches, target: self._send(batches))
+
+    def _chunks(self, items: Iterator, signature: Callable, send: Callable) -> None:
+        """Groups ``items`` into chunks of the ramp's sizes (a change of
+        ``signature`` ends a chunk early) and ``send(chunk, size)``s them,
+        then the end.  An error from ``items`` reaches the consumer after the
+        items before it; an error sending a chunk, in its place."""
+        pending, sizes, last = [], _chunk_sizes(self._chunk), None
         target = next(sizes)
         try:
-            signature = None
-            for batch in self._source:
-                self._check(batch)
-                sig = _signature(batch) if self._chunk > 1 else None
-                if pending and sig != signature:
-                    if not self._send(pending):
+            for item in items:
+                key = signature(item)
+                if pending and key != last:
+                    chunk, pending = pending, []
+                    if not send(chunk, target):
                         return
-                    pending = []
-                pending.append(batch)
-                signature = sig
+                pending.append(item)
+                last = key
                 if len(pending) == target:
-                    if not self._send(pending):
+                    chunk, pending = pending, []  # nothing pending if the send fails
+                    if not send(chunk, target):
                         return
-                    pending, target = [], next(sizes)
-            if pending and not self._send(pending):
-                return
+                    target = next(sizes)
+            if pending:
+                chunk, pending = pending, []
+                if not send(chunk, target):
+                    return
             self._put(_END)
-        except BaseException as e:  # handed to the consumer after the batches before it
-            if pending and not self._send(pending):
-                return
-            self._put(_Raised(e))
+        except BaseException as error:
+            try:
+                if pending and not send(pending, target):
+                    return
+            except BaseException:  # the batches before the error are lost; the error still arrives
+                pass
+            self._put(_Raised(error))
 
     def _run_loader(self, loader) -> None:
         jax = self._jax
@@ -288,27 +306,11 @@ class Prefetcher(Iterator):
                            table)
             return self._put(placed[:count])
 
-        pending, sizes = [], _chunk_sizes(self._chunk)
-        target = next(sizes)
-        try:
-            for _, _, indices in loader.positions():
-                self._check({"label": indices})
-                if pending and len(indices) != len(pending[0]):
-                    if not send(pending, target):
-                        return
-                    pending = []
-                pending.append(indices)
-                if len(pending) == target:
-                    if not send(pending, target):
-                        return
-                    pending, target = [], next(sizes)
-            if pending and not send(pending, target):
-                return
-            self._put(_END)
-        except BaseException as e:
-            if pending and not send(pending, target):
-                return
-            self._put(_Raised(e))
+        def signature(indices):
+            self._check({"label": indices})
+            return len(indices)
+
+        self._chunks((indices for _, _, indices in loader.positions()), signature, send)
 
     # -- consumer --------------------------------------------------------------
     def __next__(self):
