@@ -27,7 +27,7 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="tfds data folder (prepared datasets and jdl's caches)")
     parser.add_argument("--manual-dir", help="folder holding a dataset's source files (e.g. Debian's fashion-mnist)")
     parser.add_argument("--out", help="output folder (default: a fresh folder under jdl-runs/); must be new or empty")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="the model's computation dtype; bfloat16: mixed precision (float32 parameters), "
                              "faster on accelerators with bfloat16 units")  # fmt: skip
     parser.add_argument("--compilation-cache", metavar="DIR",

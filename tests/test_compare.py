@@ -89,7 +89,7 @@ def test_cli_train_writes_results(tmp_path):
 def test_cli_train_and_compare_in_mixed_precision(tmp_path):
     """``--dtype bfloat16``: the model computes in bfloat16 (other numbers than
     float32's, as good), and the results say so."""
-    accuracy = {}
+    accuracy, loss = {}, {}
     for dtype in ("float32", "bfloat16"):
         out = tmp_path / dtype
         assert cli.main(["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "adam", "--epochs",
@@ -97,7 +97,8 @@ def test_cli_train_and_compare_in_mixed_precision(tmp_path):
         record = json.loads((out / "results.json").read_text())
         assert record["dtype"] == dtype
         accuracy[dtype] = record["runs"][0]["epochs"][0]["test_accuracy"]
-    assert accuracy["bfloat16"] > 0.8 and accuracy["bfloat16"] != accuracy["float32"]
+        loss[dtype] = record["runs"][0]["epochs"][0]["test_loss"]
+    assert accuracy["bfloat16"] > 0.8 and loss["bfloat16"] != loss["float32"]
     result = jdl.compare.run("mnist_sample", "mlp", ["adam"], seeds=1, epochs=1, dtype="bfloat16", progress=False)
     assert result.info["dtype"] == "bfloat16" and result.runs[0]["epochs"][0]["test_accuracy"] > 0.8
 
@@ -284,8 +285,9 @@ def test_runs_of_a_convolutional_model_train_as_fit_does_alone(strategy, seeds):
     assert list(out["first_bad"][0]) == [-1, -1]
 
 
+@pytest.mark.parametrize("use_scan", [True, False])
 @pytest.mark.parametrize("seeds, gathered", [([2, 2, 2], "16x8x8x1"), ([2, 3, 2], "3x16x8x8x1")])
-def test_vmapped_runs_of_one_seed_gather_one_batch_for_all(monkeypatch, seeds, gathered):
+def test_vmapped_runs_of_one_seed_gather_one_batch_for_all(monkeypatch, seeds, gathered, use_scan):
     """A vmapped group whose runs share a seed gathers each step's batch once, not once per run."""
     from jdl.compare import engine
 
@@ -305,7 +307,7 @@ def test_vmapped_runs_of_one_seed_gather_one_batch_for_all(monkeypatch, seeds, g
     images, labels = np.zeros((64, 8, 8, 1), np.float32), np.zeros((64,), np.int32)
     group = engine.Group("adam", optim.adam, np.full(3, 1e-3, np.float32), np.asarray(seeds))
     out = engine.train_cluster(model, losses.cross_entropy, [group], batch_size=16, images=images, labels=labels,
-                               epochs=1, eval_images=images, eval_labels=labels, use_scan=True, strategy="vmap",
+                               epochs=1, eval_images=images, eval_labels=labels, use_scan=use_scan, strategy="vmap",
                                permutation=lambda seed, epoch: np.random.default_rng(seed).permutation(64))
     gathers = re.findall(r"stablehlo.gather.*-> tensor<([0-9x]+x8x8x1)xf32>", lowered[0].as_text())
     assert gathers == [gathered]

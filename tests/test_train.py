@@ -140,6 +140,17 @@ def test_resume_after_an_epoch_is_exact(tmp_path):
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in uninterrupted.history]
 
 
+@pytest.mark.parametrize("mode", ["scan", "stream"])
+def test_resuming_a_checkpoint_of_another_model_fails_before_training(tmp_path, mode):
+    kwargs = dict(epochs=2, seed=5, progress=False, checkpoint_dir=str(tmp_path), mode=mode)
+    train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), _loader(), **{**kwargs, "epochs": 1})
+    message = (r"does not fit this model.*params\['dense_0'\]\['b'\] is \(32,\) float32 there, "
+               r"\(16,\) float32 here")
+    with pytest.raises(ValueError, match=message):
+        train.fit(models.mlp(hidden=(16,)), losses.cross_entropy, optim.adam(1e-3), _loader(), resume=True,
+                  eval_data=_test_data(), **kwargs)
+
+
 def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path):
     calls = {"n": 0}
 

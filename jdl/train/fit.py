@@ -123,6 +123,23 @@ def evaluate(model: Layer, loss_fn: LossFn, params, state, data, *, batch_size: 
     return evaluate_arrays(fn, params, state, jnp.asarray(images), jnp.asarray(labels), size)
 
 
+def _compile_side_by_side(lowered_start, lowered_eval, runner: EpochRunner):
+    """``(start program, evaluation program or None)`` compiled in threads
+    while this thread compiles the runner's epoch (XLA compiles without
+    holding Python's lock).  The flax CNN to 92% on an H200, from the call,
+    fresh processes: 5.9-6.3 s against 7.5-8.3 s one after another
+    (benchmarks/README.md, stop 15).  On an error or Ctrl-C nothing waits for
+    the other compilations."""
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jdl-compile")
+    try:
+        start = pool.submit(compile_once, lowered_start)
+        evaluation = pool.submit(compile_lowered, lowered_eval) if lowered_eval is not None else None
+        runner.compile()
+        return start.result(), evaluation.result() if evaluation is not None else None
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _lowered_evaluation(model, loss_fn, carry, images, labels, batch_size: int) -> jax.stages.Lowered:
     """The evaluation window (one program for the whole split), lowered for
     ``carry``'s parameters and state (arrays or their shapes)."""
@@ -162,8 +179,9 @@ def fit(
     ``train_accuracy``, ``test_loss`` and ``test_accuracy`` (with
     ``eval_data``), ``time_s`` (training, compilation excluded), ``eval_s``
     and ``compile_s`` (seconds compiling so far: before the first epoch the
-    start, epoch and evaluation programs compile side by side, counted once
-    as the wall time they took together).  Everything random derives from ``seed``: the same seed
+    start and evaluation programs compile side by side with the scan
+    engine's epoch, counted once as the wall time they took together; the
+    stream engine compiles its step at its first batch).  Everything random derives from ``seed``: the same seed
     gives the same result.
 
     With ``checkpoint_dir`` a checkpoint (params, state, optimizer state,
@@ -184,8 +202,8 @@ def fit(
     loader = train_data
     placement = Placement(loader.batch_size, data_parallel)
     start_program, start_args, shapes = _start_program(model, loss_fn, optimizer, loader, seed, params, state)
-    # The shapes, placed: the epoch and evaluation programs compile from these
-    # while the start program compiles (below), not one after another.
+    # The shapes, placed: the epoch and evaluation programs are lowered from
+    # these, to compile side by side with the start program.
     key_shape, *shapes = jax.tree_util.tree_map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=placement.replicated),
         (*shapes, jax.ShapeDtypeStruct((), jnp.int32)))  # fmt: skip
@@ -197,21 +215,15 @@ def fit(
     mode = choose_mode(mode, has_conv=uses_convolution(model, carry_shapes.params, carry_shapes.state, image_shape),
                        has_host_transform=loader.transform is not None, data_bytes=data_bytes)  # fmt: skip
     lowered_start = jax.jit(start_program).lower(*start_args)
+    lowered_eval = None
     if eval_data is not None:
         eval_images, eval_labels = (placement.replicate(jnp.asarray(a)) for a in _host_arrays(eval_data))
         lowered_eval = _lowered_evaluation(model, loss_fn, carry_shapes, eval_images, eval_labels, eval_batch_size)
-    # XLA compiles without holding Python's lock: the start and evaluation
-    # programs in threads while this thread compiles the epoch (the runner's).
-    # The flax CNN to 92% on an H200, from the call, fresh processes: 5.9-6.3 s
-    # against 7.5-8.3 s one after another (benchmarks/README.md, stop 15).
+    runner = EpochRunner(run, loader, placement, mode, carry_shapes, key_shape)  # the scan epoch lowered
     compile_began = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="jdl-compile") as pool:
-        start_compiled = pool.submit(compile_once, lowered_start)
-        eval_compiled = pool.submit(compile_lowered, lowered_eval) if eval_data is not None else None
-        runner = EpochRunner(run, loader, placement, mode, carry_shapes, key_shape)
-        base_key, params, state, opt_state = start_compiled.result()(*start_args)
-        eval_fn = eval_compiled.result() if eval_compiled is not None else None
+    start_program, eval_fn = _compile_side_by_side(lowered_start, lowered_eval, runner)
     runner.compile_s = time.perf_counter() - compile_began  # the wall time, not the sum of the three
+    base_key, params, state, opt_state = start_program(*start_args)
     start = _Start(params, state, opt_state, epoch=0, step=0, history=[], partial=_no_steps())
     if resume:
         start = _restore(checkpoint_dir if resume is True else resume, start, seed)
@@ -305,13 +317,30 @@ def _restore(directory, fresh: _Start, seed: int) -> _Start:
     """The checkpoint in ``directory``, read into the structure of ``fresh``."""
     if directory is None:
         raise ValueError("fit: resume=True needs checkpoint_dir")
-    restored = ckpt.load(directory, {"params": fresh.params, "state": fresh.state, "opt_state": fresh.opt_state})
+    like = {"params": fresh.params, "state": fresh.state, "opt_state": fresh.opt_state}
+    restored = ckpt.load(directory, like)
+    _check_restored(directory, like, restored)
     raw = ckpt.load_raw(directory)
     if int(raw["seed"]) != seed:
         raise ValueError(f"fit: the checkpoint in {directory} was made with seed {int(raw['seed'])}, not {seed}")
     return _Start(restored["params"], restored["state"], restored["opt_state"], int(raw["epoch"]),
                   int(raw["step"]), json.loads(bytes(raw["history"]).decode()),
                   json.loads(bytes(raw["partial"]).decode()))  # fmt: skip
+
+
+def _check_restored(directory, like: dict, restored: dict) -> None:
+    """A clear error when the checkpoint's arrays are not the shapes and dtypes of ``like``'s."""
+    def described(part: str, tree) -> dict[str, str]:
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return {part + jax.tree_util.keystr(path): f"{tuple(np.shape(a))} {jnp.result_type(a).name}"
+                for path, a in leaves}  # fmt: skip
+
+    for part in like:  # params first
+        expected, found = described(part, like[part]), described(part, restored[part])
+        for path in [*expected, *(path for path in found if path not in expected)]:
+            if expected.get(path) != found.get(path):
+                raise ValueError(f"fit: the checkpoint in {directory} does not fit this model and optimizer: "
+                                 f"{path} is {found.get(path, 'missing')} there, {expected.get(path, 'absent')} here")
 
 
 def _payload(carry: Carry, epoch: int, step: int, seed: int, loader_seed, history: list, partial: dict) -> dict:

@@ -47,19 +47,25 @@ class EpochRunner:
         self._finite = jax.jit(all_finite)
         self._copy = jax.jit(lambda tree: jax.tree_util.tree_map(jnp.copy, tree))
         self._on_accelerator = jax.devices()[0].platform != "cpu"
-        if mode == "scan":
-            self._compile_scan()
+        self._lowered = self._lower_scan() if mode == "scan" else None
 
-    def _compile_scan(self) -> None:
+    def _lower_scan(self) -> jax.stages.Lowered:
+        """The split on the device and the scan epoch lowered for it (``carry``
+        and ``base_key`` may be shapes: ``compile()`` compiles it)."""
         arrays = self.loader.arrays()
         self.images = self.placement.replicate(jnp.asarray(arrays["image"]))
         self.labels = self.placement.replicate(jnp.asarray(arrays["label"]))
         self.full_steps = self.loader.num_examples // self.batch_size
         order = jax.ShapeDtypeStruct((self.full_steps, self.batch_size), jnp.int32, sharding=self.placement.replicated)
-        lowered = scan_epoch(self.run, self.placement).lower(self.carry, self.images, self.labels, order,
-                                                             self.base_key, 0, 0)  # fmt: skip
-        self._epoch_fn, seconds = timed(compile_lowered, lowered)
-        self.compile_s += seconds
+        return scan_epoch(self.run, self.placement).lower(self.carry, self.images, self.labels, order,
+                                                          self.base_key, 0, 0)  # fmt: skip
+
+    def compile(self) -> None:
+        """Compiles the scan epoch (the stream engine compiles its step at its first batch)."""
+        if self._lowered is not None:
+            self._epoch_fn, seconds = timed(compile_lowered, self._lowered)
+            self.compile_s += seconds
+            self._lowered = None
 
     def _compiled_step(self, batch: dict) -> Callable:
         signature = tuple((k, v.shape) for k, v in batch.items())
