@@ -98,6 +98,19 @@ def test_mixed_precision_trains_like_float32_with_float32_parameters():
     assert not np.allclose(np.asarray(half.params["dense_0"]["w"]), np.asarray(full.params["dense_0"]["w"]))
 
 
+@pytest.mark.parametrize("mode", ["scan", "stream"])
+def test_compiling_side_by_side_or_one_after_another_trains_the_same(monkeypatch, mode):
+    """``fit``'s first programs compiled in threads (hosts of 4 cores or more) or in turn: the same run."""
+    fit_module = sys.modules["jdl.train.fit"]
+    runs = {}
+    for threads in (0, 2):
+        monkeypatch.setattr(fit_module, "COMPILE_THREADS", threads)
+        runs[threads] = train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), _loader(), epochs=2, seed=3,
+                                  mode=mode, eval_data=_test_data(), progress=False)  # fmt: skip
+    _assert_trees_equal(runs[0].params, runs[2].params)
+    assert [h["test_loss"] for h in runs[0].history] == [h["test_loss"] for h in runs[2].history]
+
+
 def test_stream_and_scan_engines_agree():
     runs = {
         mode: train.fit(_small_mlp(), losses.cross_entropy, optim.momentum(0.05), _loader(batch_size=96), epochs=2,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -123,14 +124,30 @@ def evaluate(model: Layer, loss_fn: LossFn, params, state, data, *, batch_size: 
     return evaluate_arrays(fn, params, state, jnp.asarray(images), jnp.asarray(labels), size)
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# Threads compiling the start and evaluation programs beside the epoch's (0:
+# one after another).  On 2 cores they only contend: the flax CNN's cold start
+# (benchmarks/cold_start.py's child, 4 alternating rounds) 4.4-4.9 s one after
+# another against 4.5-5.1 s side by side.  On a 16-core GPU host side by side
+# saved ~1.8 s of ~8 (``_compile_side_by_side``).
+COMPILE_THREADS = 2 if _cores() >= 4 else 0
+
+
 def _compile_side_by_side(lowered_start, lowered_eval, runner: EpochRunner):
     """``(start program, evaluation program or None)`` compiled in threads
     while this thread compiles the runner's epoch (XLA compiles without
     holding Python's lock).  The flax CNN to 92% on an H200, from the call,
     fresh processes: 5.9-6.3 s against 7.5-8.3 s one after another
     (benchmarks/README.md, stop 15).  On an error or Ctrl-C nothing waits for
-    the other compilations."""
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jdl-compile")
+    the other compilations.  With ``COMPILE_THREADS`` 0 (hosts of fewer than
+    4 cores) one after another."""
+    if not COMPILE_THREADS:
+        runner.compile()
+        return compile_once(lowered_start), compile_lowered(lowered_eval) if lowered_eval is not None else None
+    pool = ThreadPoolExecutor(max_workers=COMPILE_THREADS, thread_name_prefix="jdl-compile")
     try:
         start = pool.submit(compile_once, lowered_start)
         evaluation = pool.submit(compile_lowered, lowered_eval) if lowered_eval is not None else None
@@ -180,8 +197,9 @@ def fit(
     ``eval_data``), ``time_s`` (training, compilation excluded), ``eval_s``
     and ``compile_s`` (seconds compiling so far: before the first epoch the
     start and evaluation programs compile side by side with the scan
-    engine's epoch, counted once as the wall time they took together; the
-    stream engine compiles its step at its first batch).  Everything random derives from ``seed``: the same seed
+    engine's epoch on hosts of 4 cores or more, counted once as the wall time
+    they took together; the stream engine compiles its step at its first
+    batch).  Everything random derives from ``seed``: the same seed
     gives the same result.
 
     With ``checkpoint_dir`` a checkpoint (params, state, optimizer state,
