@@ -45,18 +45,20 @@ def _epoch_seconds(model, data, test, lrs, seeds, batch, epochs, use_scan, strat
 
 
 def run(quick: bool = False, k: int = 8, batch: int = 128, strategies=("unroll", "vmap"),
-        conv_method: str = "auto") -> list[dict]:  # fmt: skip
+        conv_method: str = "auto", dtype: str | None = None) -> list[dict]:  # fmt: skip
     """``conv_method``: the cnn's ``nn.Conv`` method (``'auto'``: matrix products
     on the CPU, cuDNN on a GPU); the engine (scan or loop) and the strategy it
-    would choose follow from it, as in ``jdl.compare.run``."""
+    would choose follow from it, as in ``jdl.compare.run``.  ``dtype``: the
+    model's computation dtype for every run, together and sequential (lines
+    named ``.../bfloat16``)."""
     on_cpu = jax.devices()[0].platform == "cpu"
     n_train = 1024 if quick else (4096 if on_cpu else 60000)
     data, test, source = common.mnist_shaped(n_train)
     test = {key: value[:1000] for key, value in test.items()}
     epochs = 2 if quick else 3
-    model, model_name = models.cnn(conv_method=conv_method), "cnn"
+    model, model_name = models.cnn(conv_method=conv_method, dtype=dtype), "cnn" + ("" if dtype is None else f"/{dtype}")
     if quick:  # the smoke run: a small MLP, fewer configurations
-        model, model_name, k, n_train = models.mlp(hidden=(32,)), "mlp", 2, 512
+        model, model_name, k, n_train = models.mlp(hidden=(32,), dtype=dtype), "mlp", 2, 512
         data = {key: value[:n_train] for key, value in data.items()}
     use_scan, chosen = choose_engine(model, data["image"])
     lrs = list(np.geomspace(1e-4, 3e-3, k))

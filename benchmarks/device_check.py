@@ -230,6 +230,7 @@ def main() -> None:
         ("feed", lambda: feed(args.quick)),
         ("comparison", lambda: comparison.run(args.quick, strategies=("vmap", "vmap_seeds"))),
         ("comparison_matmul", lambda: comparison.run(args.quick, strategies=("vmap",), conv_method="matmul")),
+        ("comparison_bf16", lambda: comparison.run(args.quick, strategies=("vmap",), dtype="bfloat16")),
         ("trace", lambda: profile_step.trace(args.quick, args.out)),
         ("profile_variants", lambda: profile_step.variants(args.quick, names=("cnn", "mlp"))),
         ("feed_more", lambda: feed(args.quick, ("chunk64", "chunk64_switch0.5ms", "chunk128"))),
