@@ -292,29 +292,11 @@ def test_serial_names_params_and_accepts_plain_functions():
 
 
 def test_cnn_matches_flax_mnist_example_with_copied_weights():
-    class FlaxCNN(fnn.Module):  # flax examples/mnist/train.py
-        @fnn.compact
-        def __call__(self, x):
-            x = fnn.Conv(features=32, kernel_size=(3, 3))(x)
-            x = fnn.relu(x)
-            x = fnn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
-            x = fnn.Conv(features=64, kernel_size=(3, 3))(x)
-            x = fnn.relu(x)
-            x = fnn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
-            x = x.reshape((x.shape[0], -1))
-            x = fnn.Dense(features=256)(x)
-            x = fnn.relu(x)
-            return fnn.Dense(features=10)(x)
-
     x = _images((3, 28, 28, 1))
-    flax_params = FlaxCNN().init(KEY, x)["params"]
-    params = {
-        f"{kind}_{i}": {"w": flax_params[f"{flax_kind}_{i}"]["kernel"], "b": flax_params[f"{flax_kind}_{i}"]["bias"]}
-        for kind, flax_kind in (("conv", "Conv"), ("dense", "Dense"))
-        for i in range(2)
-    }
+    flax_params = _FlaxCNN().init(KEY, x)["params"]
+    params = _from_flax_cnn(flax_params)
     ours, _ = models.cnn().apply(params, {}, x)
-    np.testing.assert_allclose(ours, FlaxCNN().apply({"params": flax_params}, x), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ours, _FlaxCNN().apply({"params": flax_params}, x), rtol=1e-4, atol=1e-5)
     assert nn.count_params(params) == 824_458
     jdl_params, _ = models.cnn().init(KEY, (1, 28, 28, 1))
     assert jax.tree_util.tree_map(jnp.shape, jdl_params) == jax.tree_util.tree_map(jnp.shape, params)
