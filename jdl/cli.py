@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _model_dtype(args: argparse.Namespace) -> str | None:
+    """``--dtype`` as the models' ``dtype`` argument (None: float32, the layers' own)."""
+    return None if args.dtype == "float32" else args.dtype
+
+
 def _out_dir(out: str | None, kind: str) -> Path:
     from jdl.compare import check_out_dir
 
@@ -80,12 +85,11 @@ def run_train(args: argparse.Namespace) -> int:
     name = args.optimizer.strip().lower().replace("-", "_")  # as optim.get reads it
     learning_rate = optim.DEFAULT_LEARNING_RATES.get(name) if args.learning_rate is None else args.learning_rate
     optimizer = optim.get(args.optimizer, learning_rate=learning_rate)
-    dtype = None if args.dtype == "float32" else args.dtype
     models.get(args.model)  # unknown names fail before any data is read
     common = {"batch_size": args.batch_size, "data_dir": args.data_dir, "manual_dir": args.manual_dir}
     train_data = jdl.data.load(args.dataset, split="train", shuffle=True, seed=args.seed, **common)
     test_data = jdl.data.load(args.dataset, split="test", shuffle=False, **common)
-    model = models.get(args.model, num_classes=train_data.num_classes, dtype=dtype)
+    model = models.get(args.model, num_classes=train_data.num_classes, dtype=_model_dtype(args))
     result = train.fit(model, losses.cross_entropy, optimizer, train_data, epochs=args.epochs, eval_data=test_data,
                        seed=args.seed)  # fmt: skip
     record = {"dataset": args.dataset, "model": args.model, "dtype": args.dtype, "runs": [{
@@ -117,7 +121,7 @@ def run_compare(args: argparse.Namespace) -> int:
     result = compare.run(
         args.dataset, args.model, names, seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size,
         learning_rates=grid, target_accuracy=args.target_accuracy, data_dir=args.data_dir,
-        manual_dir=args.manual_dir, dtype=None if args.dtype == "float32" else args.dtype,
+        manual_dir=args.manual_dir, dtype=_model_dtype(args),
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     path = result.save(out)
