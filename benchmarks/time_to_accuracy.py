@@ -83,7 +83,7 @@ def warm_backend() -> None:
     jax.block_until_ready(jnp.sum(y.reshape(2, -1) @ jnp.ones((256, 4))))
 
 
-def with_cache(name: str, data: dict, test: dict, max_epochs: int, way: str) -> dict:
+def with_cache(name: str, data: dict, test: dict, max_epochs: int, way: str, dtype=None) -> dict:
     """Each library's time to the target twice more with the persistent
     compilation cache on (``jdl.train.enable_compilation_cache``, a fresh
     folder): the first run fills it, the second loads every program from it,
@@ -96,8 +96,9 @@ def with_cache(name: str, data: dict, test: dict, max_epochs: int, way: str) -> 
     with tempfile.TemporaryDirectory() as folder:
         enable_compilation_cache(folder)
         try:
-            for label, timer in (("jdl", lambda: jdl_time(name, data, test, max_epochs)),
-                                 ("reference", lambda: flax_time(name, data, test, max_epochs, way))):  # fmt: skip
+            timers = (("jdl", lambda: jdl_time(name, data, test, max_epochs, dtype=dtype)),
+                      ("reference", lambda: flax_time(name, data, test, max_epochs, way, dtype)))
+            for label, timer in timers:
                 timer()
                 warm = timer()
                 out |= {f"{label}_cached_{key}": warm[key] for key in ("wall_s", "compile_s", "train_s", "epochs")}
@@ -127,7 +128,7 @@ def run(quick: bool = False, cpu: bool = False, names=("cnn", "fmnist_2c2d"), ca
     for name in names:
         ours = jdl_time(name, data, test, max_epochs, dtype=compute)
         ref = flax_time(name, data, test, max_epochs, way, dtype=compute)
-        extra = with_cache(name, data, test, max_epochs, way) if cached else {}
+        extra = with_cache(name, data, test, max_epochs, way, compute) if cached else {}
         records.append(common.line(
             f"time_to_92/{name}{suffix}", ours["train_s"], reference + suffix, ref["train_s"], data=source,
             jdl_compile_s=ours["compile_s"], reference_compile_s=ref["compile_s"], jdl_wall_s=ours["wall_s"],
