@@ -46,6 +46,7 @@ else:
     from benchmarks import common, train_epoch
 
 from jdl import losses, models, optim
+from jdl.nn import layers
 from jdl.train.engine import Placement, scan_epoch, with_device_transform
 from jdl.train.step import Carry, objective, train_step
 
@@ -141,20 +142,28 @@ def variants(quick: bool, names: tuple[str, ...] = ("mlp", "cnn"), unrolls: tupl
     return records
 
 
-def _cnn_program(which: str, images, labels, steps: int):
+def _cnn_program(which: str, images, labels, steps: int, dtype=None):
     """The compiled cnn scan epoch of ``steps`` steps and a maker of fresh inputs
-    (it donates them): flax+optax's, jdl's as ``fit`` runs it, or jdl's bare step."""
+    (it donates them): flax+optax's, jdl's as ``fit`` runs it, jdl's bare
+    step, or jdl's with the first layer's bias unfolded (``jdl_unfolded``:
+    ``nn.layers.MATMUL_BIAS_FOLD_MAX_CHANNELS = -1``); ``dtype``: the layers'
+    computation dtype."""
     order = jnp.arange(steps * BATCH, dtype=jnp.int32).reshape(steps, BATCH)
     if which == "flax":
-        state = train_epoch._flax_state(train_epoch.FLAX["cnn"](), (28, 28, 1))
+        state = train_epoch._flax_state(train_epoch.FLAX["cnn"](dtype=dtype), (28, 28, 1))
 
         def inputs():
             return (jax.tree_util.tree_map(jnp.copy, state), images, labels, order)
 
         return train_epoch.flax_scan.lower(*inputs()).compile(), inputs
-    model, tx = train_epoch.JDL["cnn"](), optim.adam(1e-3)
-    compiled, _, inputs = jdl_program(model, tx, _variant("full" if which == "jdl" else "bare", model, tx),
-                                      images, labels, order)  # fmt: skip
+    model, tx = train_epoch.JDL["cnn"](dtype=dtype), optim.adam(1e-3)
+    previous = layers.MATMUL_BIAS_FOLD_MAX_CHANNELS
+    layers.MATMUL_BIAS_FOLD_MAX_CHANNELS = -1 if which == "jdl_unfolded" else previous
+    try:
+        compiled, _, inputs = jdl_program(model, tx, _variant("bare" if which == "jdl_bare" else "full", model, tx),
+                                          images, labels, order)  # fmt: skip
+    finally:
+        layers.MATMUL_BIAS_FOLD_MAX_CHANNELS = previous
     return compiled, inputs
 
 
@@ -236,14 +245,17 @@ def trace_comparison(quick: bool, out_dir: str | None = None, k: int = 8) -> lis
     return records
 
 
-def trace(quick: bool, out_dir: str | None = None) -> list[dict]:
+def trace(quick: bool, out_dir: str | None = None, dtype=None,
+          programs: tuple[str, ...] = ("flax", "jdl", "jdl_bare")) -> list[dict]:  # fmt: skip
     """The cnn scan epoch of flax+optax, jdl (as fit runs it) and jdl's bare
-    step under ``jax.profiler``: the kernel table of each (``kernel_table``)."""
+    step (``programs``: see ``_cnn_program``) under ``jax.profiler``: the
+    kernel table of each (``kernel_table``); ``dtype``: the layers' computation dtype."""
     steps, records = (8 if quick else 100), []
     data, _, _ = common.mnist_shaped(steps * BATCH)
     images, labels = jnp.asarray(data["image"]), jnp.asarray(data["label"])
-    for which in ("flax", "jdl", "jdl_bare"):
-        fn, inputs = _cnn_program(which, images, labels, steps)
+    suffix = "" if dtype is None else f"-{jnp.dtype(dtype).name}"
+    for which in programs:
+        fn, inputs = _cnn_program(which, images, labels, steps, dtype)
         for _ in range(2):
             jax.block_until_ready(fn(*inputs()))
         ready = jax.block_until_ready(inputs())
@@ -251,9 +263,10 @@ def trace(quick: bool, out_dir: str | None = None) -> list[dict]:
         jax.block_until_ready(fn(*ready))
         wall = time.perf_counter() - start
         ready = jax.block_until_ready(inputs())
-        table = _traced(lambda fn=fn, ready=ready: jax.block_until_ready(fn(*ready)), steps, out_dir, f"cnn-{which}")
-        records.append({"benchmark": f"profile/trace/cnn/{which}", "device": common.device_name(),
-                        "jax_version": jax.__version__, "steps": steps,
+        table = _traced(lambda fn=fn, ready=ready: jax.block_until_ready(fn(*ready)), steps, out_dir,
+                        f"cnn-{which}{suffix}")  # fmt: skip
+        records.append({"benchmark": f"profile/trace/cnn{suffix.replace('-', '/')}/{which}",
+                        "device": common.device_name(), "jax_version": jax.__version__, "steps": steps,
                         "wall_us_per_step": round(1e6 * wall / steps, 2), **table})  # fmt: skip
     return records
 

@@ -11,11 +11,19 @@ which flax has no copy of here, against jdl's all-cuDNN variant):
   with at most ``nn.layers.GPU_MATMUL_MAX_CHANNELS`` input channels on a GPU,
   where cuDNN has no tensor-core kernel for one input channel (the flax CNN's
   first layer was its slowest kernels: ``profile_step.py trace``);
-* ``auto_dot_bias``: ``auto`` with each convolution's bias gradient computed
-  as a matrix-vector product instead of XLA's column reduction (26 µs a step
-  on an H200 for the first layer's);
+* ``auto_unfolded`` / ``auto_all_folded``: ``auto`` with the bias of every
+  matrix-product convolution added after the product
+  (``nn.layers.MATMUL_BIAS_FOLD_MAX_CHANNELS = -1``: its gradient a column
+  reduction of XLA's, 25 µs a step on an H200 for the first layer's) / folded
+  into it (``conv_as_matmul``); ``auto`` folds it for layers of at most 3
+  input channels;
 * ``auto_unroll4``: ``auto`` with the scan unrolled four steps per iteration;
-* ``--bfloat16``: the flax CNN in mixed precision, each method (``run_bfloat16``).
+* ``matmul_all_folded``: every convolution a matrix product with its bias folded in;
+* ``auto_window_pool``: the cnn's average pools as ``lax.reduce_window``
+  (flax's way, and jdl's before it summed tiling windows by a reshape);
+* ``--bfloat16``: the flax CNN in mixed precision, each method (``run_bfloat16``),
+  and two other first layers: ``auto_depth16`` (the folded product's depth
+  padded to 16) and ``auto_direct_first`` (nine multiply-adds, no patches).
 
 Usage: python benchmarks/step_variants.py [--quick] [--bfloat16]   (an accelerator run;
 on the CPU ``auto`` is ``matmul`` for every layer)
@@ -24,11 +32,10 @@ on the CPU ``auto`` is ``matmul`` for every layer)
 from __future__ import annotations
 
 import argparse
-import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 if __package__ in (None, ""):
     import common  # type: ignore[no-redef]
@@ -41,70 +48,92 @@ from jdl.nn import layers
 from jdl.train.step import train_step
 
 
-def _add_bias_by_dot():
-    """``y + b`` whose gradient for ``b`` is ``ones @ g`` (a matrix-vector product)."""
-
-    @jax.custom_vjp
-    def add(y, b):
-        return y + b
-
-    def backward(_, g):
-        return g, jnp.ones(math.prod(g.shape[:-1]), g.dtype) @ g.reshape(-1, g.shape[-1])
-
-    add.defvjp(lambda y, b: (y + b, None), backward)
-    return add
-
-
-def _conv_dot_bias(features: int, window) -> nn.Layer:
-    conv, add = nn.Conv(features, window, use_bias=False), _add_bias_by_dot()
-
-    def init(key, input_shape):
-        params, _ = conv.init(key, input_shape)
-        return {**params, "b": jnp.zeros((features,))}, {}
+def _first_conv(apply_first) -> nn.Layer:
+    """A 3x3, 32-feature convolution whose ``apply`` is ``apply_first(x, w, b)``
+    (``Conv``'s parameters and initialization)."""
+    conv = nn.Conv(32, (3, 3))
 
     def apply(params, state, x, key=None, train=False):
-        y, _ = conv.apply({"w": params["w"]}, {}, x)
-        return add(y, params["b"]), state
+        return apply_first(x, params["w"], params["b"]), state
 
-    return nn.make_layer("conv", init, apply)
+    return nn.make_layer("conv", conv.init, apply)
 
 
-def _cnn_dot_bias() -> nn.Layer:
+def _patches_padded_to_16(x, w, b):
+    """The first layer's folded product with its depth (9 windows and the bias'
+    column) padded with zeros to 16, a multiple of the tensor cores' 8 in
+    bfloat16 (XLA pads a bfloat16 product's dimensions itself otherwise)."""
+    half = jnp.bfloat16
+    xp = jnp.pad(x.astype(half), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    height, width = x.shape[1:3]
+    columns = [xp[:, i : i + height, j : j + width] for i in range(3) for j in range(3)]
+    columns += [jnp.ones_like(columns[0])] + [jnp.zeros_like(columns[0])] * 6
+    kernel = jnp.concatenate([w.reshape(9, 32), b.reshape(1, 32), jnp.zeros((6, 32), w.dtype)]).astype(half)
+    return jnp.concatenate(columns, axis=-1) @ kernel
+
+
+def _direct_sum(x, w, b):
+    """The first layer (one input channel) as nine broadcast multiply-adds in
+    float32, one element-wise fusion with no patches in memory; the output in
+    bfloat16."""
+    xp = jnp.pad(x.astype(jnp.float32), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    height, width = x.shape[1:3]
+    y = sum(xp[:, i : i + height, j : j + width] * w[i, j, 0] for i in range(3) for j in range(3))
+    return (y + b).astype(jnp.bfloat16)
+
+
+def _window_avg_pool() -> nn.Layer:
+    """2x2 average pooling as ``lax.reduce_window`` (``nn.AvgPool`` until stop 16,
+    and flax's ``avg_pool``); ``nn.AvgPool`` now sums windows that tile the
+    input by a reshape (``nn.layers._tiled_sum``)."""
+
+    def apply(params, state, x, key=None, train=False):
+        return lax.reduce_window(x, np.asarray(0, x.dtype), lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID") / 4, state
+
+    return nn.make_layer("avg_pool", lambda key, shape: ({}, {}), apply)
+
+
+def _cnn_with(first_conv=None, pool=None, dtype=jnp.bfloat16) -> nn.Layer:
+    """``models.cnn(dtype=dtype)`` with its first convolution's ``apply`` replaced
+    by ``first_conv(x, w, b)`` and its pools by ``pool()``, where given."""
+    first = nn.Conv(32, (3, 3), dtype=dtype) if first_conv is None else _first_conv(first_conv)
+    pool = pool or (lambda: nn.AvgPool((2, 2), strides=(2, 2)))
     return nn.serial(
-        _conv_dot_bias(32, (3, 3)), nn.relu, nn.AvgPool((2, 2), strides=(2, 2)),
-        _conv_dot_bias(64, (3, 3)), nn.relu, nn.AvgPool((2, 2), strides=(2, 2)),
-        nn.Flatten(), nn.Dense(256), nn.relu, nn.Dense(10),
+        first, nn.relu, pool(),
+        nn.Conv(64, (3, 3), dtype=dtype), nn.relu, pool(),
+        nn.Flatten(), nn.Dense(256, dtype=dtype), nn.relu, nn.Dense(10, dtype=dtype),
     )  # fmt: skip
 
 
-def _time(model, images, labels, orders, threshold: int, unroll: int = 1) -> tuple[float, float]:
-    previous = layers.GPU_MATMUL_MAX_CHANNELS
-    layers.GPU_MATMUL_MAX_CHANNELS = threshold
+def _time(model, images, labels, orders, threshold: int, unroll: int = 1, fold: int = 3) -> tuple[float, float]:
+    previous = layers.GPU_MATMUL_MAX_CHANNELS, layers.MATMUL_BIAS_FOLD_MAX_CHANNELS
+    layers.GPU_MATMUL_MAX_CHANNELS, layers.MATMUL_BIAS_FOLD_MAX_CHANNELS = threshold, fold
     try:
         tx = optim.adam(1e-3)
         step = train_step(model, losses.cross_entropy, tx, guard=False)
         return profile_step.jdl_epoch_seconds(model, tx, step, images, labels, orders, unroll)
     finally:
-        layers.GPU_MATMUL_MAX_CHANNELS = previous
+        layers.GPU_MATMUL_MAX_CHANNELS, layers.MATMUL_BIAS_FOLD_MAX_CHANNELS = previous
 
 
-def run(quick: bool = False) -> list[dict]:
+def run(quick: bool = False, names: tuple[str, ...] = ("cnn", "fmnist_2c2d", "cifar10_3c3d")) -> list[dict]:
     mnist, _, source = common.mnist_shaped(2048 if quick else 60000)
     rng = np.random.default_rng(0)
     cifar = {"image": rng.random((2048 if quick else 50000, 32, 32, 3), np.float32),
              "label": rng.integers(0, 10, 2048 if quick else 50000).astype(np.int32)}  # fmt: skip
     epochs, records = (2 if quick else 4), []
-    for name in ("cnn",) if quick else ("cnn", "fmnist_2c2d", "cifar10_3c3d"):
+    for name in ("cnn",) if quick else names:
         data = cifar if name == "cifar10_3c3d" else mnist
         images, labels = jnp.asarray(data["image"]), jnp.asarray(data["label"])
         orders = profile_step.epoch_orders(len(data["label"]), epochs)
         make = getattr(models, name)
-        cases = {"lax": (make(conv_method="lax"), -1, 1), "matmul": (make(conv_method="matmul"), -1, 1),
-                 "auto": (make(), 3, 1)}  # fmt: skip
+        cases = {"lax": (make(conv_method="lax"), -1), "matmul": (make(conv_method="matmul"), -1),
+                 "auto": (make(), 3), "auto_unfolded": (make(), 3, 1, -1), "auto_all_folded": (make(), 3, 1, 10**6),
+                 "matmul_all_folded": (make(conv_method="matmul"), -1, 1, 10**6)}
         if name == "cnn":
-            cases |= {"auto_dot_bias": (_cnn_dot_bias(), 3, 1), "auto_unroll4": (make(), 3, 4)}
-        times = {label: _time(model, images, labels, orders, threshold, unroll)
-                 for label, (model, threshold, unroll) in cases.items()}  # fmt: skip
+            window_pools = _cnn_with(pool=_window_avg_pool, dtype=None)
+            cases |= {"auto_unroll4": (make(), 3, 4), "auto_window_pool": (window_pools, 3)}
+        times = {label: _time(model, images, labels, orders, *how) for label, (model, *how) in cases.items()}
         if name == "cifar10_3c3d":
             reference, reference_s = "jdl lax (cuDNN) scan", times["lax"][0]
         else:
@@ -118,17 +147,21 @@ def run(quick: bool = False) -> list[dict]:
 
 def run_bfloat16(quick: bool = False) -> list[dict]:
     """The flax CNN in mixed precision (``dtype=bfloat16``): each convolution
-    method, and ``auto`` with the scan unrolled two steps, against flax+optax
-    in bfloat16."""
+    method, ``auto`` with its bias unfolded, and ``auto`` with the scan
+    unrolled two and four steps, against flax+optax in bfloat16."""
     data, _, source = common.mnist_shaped(2048 if quick else 60000)
     images, labels = jnp.asarray(data["image"]), jnp.asarray(data["label"])
     orders = profile_step.epoch_orders(len(data["label"]), 2 if quick else 4)
     half = jnp.bfloat16
-    cases = {"lax": (models.cnn(conv_method="lax", dtype=half), -1, 1),
-             "matmul": (models.cnn(conv_method="matmul", dtype=half), -1, 1),
-             "auto": (models.cnn(dtype=half), 3, 1), "auto_unroll2": (models.cnn(dtype=half), 3, 2)}  # fmt: skip
-    times = {label: _time(model, images, labels, orders, threshold, unroll)
-             for label, (model, threshold, unroll) in cases.items()}  # fmt: skip
+    cases = {"lax": (models.cnn(conv_method="lax", dtype=half), -1),
+             "matmul": (models.cnn(conv_method="matmul", dtype=half), -1),
+             "auto": (models.cnn(dtype=half), 3), "auto_unfolded": (models.cnn(dtype=half), 3, 1, -1),
+             "auto_unroll2": (models.cnn(dtype=half), 3, 2), "auto_unroll4": (models.cnn(dtype=half), 3, 4),
+             "matmul_all_folded": (models.cnn(conv_method="matmul", dtype=half), -1, 1, 10**6),
+             "auto_depth16": (_cnn_with(_patches_padded_to_16), 3),
+             "auto_direct_first": (_cnn_with(_direct_sum), 3),
+             "auto_window_pool": (_cnn_with(pool=_window_avg_pool), 3)}
+    times = {label: _time(model, images, labels, orders, *how) for label, (model, *how) in cases.items()}
     reference_s = profile_step.flax_epoch_seconds("cnn", images, labels, orders, dtype=half)
     return [common.line(f"step_variants/cnn/bfloat16/{label}", seconds, "flax+optax scan (bfloat16)", reference_s,
                         data=source, jdl_compile_s=compile_s, examples=len(data["label"]))

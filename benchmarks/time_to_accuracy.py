@@ -37,12 +37,14 @@ from jdl.data.loader import Loader
 TARGET = 0.92
 
 
-def jdl_time(name: str, data: dict, test: dict, max_epochs: int, conv_method: str = "auto", dtype=None) -> dict:
+def jdl_time(name: str, data: dict, test: dict, max_epochs: int, conv_method: str = "auto", dtype=None,
+             seed: int = 0) -> dict:  # fmt: skip
+    """``fit`` to the target; ``seed``: the loader's order and the model's initialization."""
     start = time.perf_counter()
-    loader = Loader(data["image"], data["label"], batch_size=128, shuffle=True, seed=0, drop_remainder=True)
+    loader = Loader(data["image"], data["label"], batch_size=128, shuffle=True, seed=seed, drop_remainder=True)
     model = {"cnn": models.cnn, "fmnist_2c2d": models.fmnist_2c2d}[name](conv_method=conv_method, dtype=dtype)
     result = train.fit(model, losses.cross_entropy, optim.adam(1e-3), loader, epochs=max_epochs, eval_data=test,
-                       progress=False, stop_when=lambda r: r["test_accuracy"] >= TARGET)  # fmt: skip
+                       progress=False, seed=seed, stop_when=lambda r: r["test_accuracy"] >= TARGET)  # fmt: skip
     wall = time.perf_counter() - start
     history = result.history
     reached = history[-1]["test_accuracy"] >= TARGET
@@ -50,12 +52,14 @@ def jdl_time(name: str, data: dict, test: dict, max_epochs: int, conv_method: st
             "epochs": len(history), "reached": reached, "accuracy": history[-1]["test_accuracy"]}  # fmt: skip
 
 
-def flax_time(name: str, data: dict, test: dict, max_epochs: int, way: str = "scan", dtype=None) -> dict:
+def flax_time(name: str, data: dict, test: dict, max_epochs: int, way: str = "scan", dtype=None,
+              seed: int = 0) -> dict:  # fmt: skip
     """flax+optax to the target, one epoch per ``lax.scan`` (``way='scan'``) or
-    a Python loop of jitted steps over host batches (``way='loop'``)."""
+    a Python loop of jitted steps over host batches (``way='loop'``);
+    ``seed``: the initialization's key and the epochs' orders."""
     start = time.perf_counter()
-    state = train_epoch._flax_state(train_epoch.FLAX[name](dtype=dtype), data["image"].shape[1:])
-    rng = np.random.default_rng(0)
+    state = train_epoch._flax_state(train_epoch.FLAX[name](dtype=dtype), data["image"].shape[1:], seed)
+    rng = np.random.default_rng(seed)
     n = len(data["label"]) // 128 * 128
     test_images, test_labels = jnp.asarray(test["image"]), jnp.asarray(test["label"])
     epoch, compile_s = train_epoch.compile_flax_epoch(state, way, data, 128)
@@ -105,6 +109,39 @@ def with_cache(name: str, data: dict, test: dict, max_epochs: int, way: str, dty
         finally:
             disable_compilation_cache()
     return out
+
+
+def over_seeds(name: str = "cnn", seeds: int = 5, dtype: str | None = None, max_epochs: int = 20) -> list[dict]:
+    """Epochs and training seconds to the target for each of ``seeds`` seeds,
+    both libraries (a seed sets the initialization and the orders: one seed's
+    luck moves the epochs needed by a few), the median against the median.
+    On an accelerator; a persistent compilation cache (filled by the first
+    seed) keeps the compilations short."""
+    import tempfile
+
+    from jdl.train.cache import disable_compilation_cache, enable_compilation_cache
+
+    real = common.fashion_mnist()
+    if real is None:
+        return [{"benchmark": f"time_to_92/{name}/seeds", "skipped": "real Fashion-MNIST not found"}]
+    data, test, source = real
+    compute, suffix = (None, "") if dtype is None else (jnp.dtype(dtype), f"/{dtype}")
+    warm_backend()
+    with tempfile.TemporaryDirectory() as folder:
+        enable_compilation_cache(folder)
+        try:
+            ours = [jdl_time(name, data, test, max_epochs, dtype=compute, seed=s) for s in range(seeds)]
+            ref = [flax_time(name, data, test, max_epochs, "scan", compute, seed=s) for s in range(seeds)]
+        finally:
+            disable_compilation_cache()
+    lists = {f"{who}_{key}": [one[key] for one in runs] for who, runs in (("jdl", ours), ("reference", ref))
+             for key in ("train_s", "epochs", "reached")}  # fmt: skip
+    return [common.line(
+        f"time_to_92/{name}{suffix}/seeds", common.median(lists["jdl_train_s"]), f"flax+optax scan{suffix}",
+        common.median(lists["reference_train_s"]), data=source, seeds=seeds, **lists,
+        jdl_median_epochs=common.median(lists["jdl_epochs"]),
+        reference_median_epochs=common.median(lists["reference_epochs"]),
+        note="median over seeds of the training seconds to 92%; the lists give each seed")]  # fmt: skip
 
 
 def run(quick: bool = False, cpu: bool = False, names=("cnn", "fmnist_2c2d"), cached: bool = False,

@@ -86,8 +86,8 @@ JDL = {"mlp": lambda dtype=None: models.mlp(hidden=(128,), dtype=dtype), "cnn": 
        "fmnist_2c2d": models.fmnist_2c2d}  # fmt: skip
 
 
-def _flax_state(module: fnn.Module, shape) -> train_state.TrainState:
-    params = module.init(jax.random.key(0), jnp.zeros((1, *shape)))["params"]
+def _flax_state(module: fnn.Module, shape, seed: int = 0) -> train_state.TrainState:
+    params = module.init(jax.random.key(seed), jnp.zeros((1, *shape)))["params"]
     return train_state.TrainState.create(apply_fn=module.apply, params=params, tx=optax.adam(1e-3))
 
 

@@ -204,6 +204,40 @@ def test_conv_by_matmul_matches_a_float64_loop_with_gradients(kernel, strides, p
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend, channels, folded", [("gpu", 1, True), ("gpu", 3, True), ("gpu", 4, False),
+                                                       ("cpu", 1, False)])  # fmt: skip
+def test_matmul_conv_folds_its_bias_into_the_product_on_a_gpu(monkeypatch, backend, channels, folded):
+    """Where the bias is folded (a GPU, at most 3 input channels) the layer's
+    program adds nothing after its one product, and value and gradients (of
+    input, kernel and bias) still match a float64 NumPy convolution plus bias
+    and its gradients written out by hand."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    x = _images((2, 6, 5, channels))
+    layer = nn.Conv(4, (3, 2), method="matmul")
+    params, _ = layer.init(KEY, x.shape)
+    params["b"] = jax.random.normal(jax.random.key(7), (4,))
+    primitives = _primitives(layer, x)
+    assert ("add" not in primitives) == folded and "dot_general" in primitives
+    xp = np.pad(np.asarray(x, np.float64), [(0, 0), (1, 1), (0, 1), (0, 0)])  # 'SAME' for a (3, 2) window
+    w, b = np.asarray(params["w"], np.float64), np.asarray(params["b"], np.float64)
+    windows = np.stack([xp[:, i : i + 6, j : j + 5] for i in range(3) for j in range(2)], axis=-2)
+    expected = np.einsum("nhwkc,kcf->nhwf", windows, w.reshape(6, channels, 4)) + b
+    y, _ = layer.apply(params, {}, x)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    # loss = sum(sin(y)): dL/dy = cos(y); dL/db = sum of dL/dy; dL/dw = windows^T dL/dy;
+    # dL/dx scatters dL/dy @ w^T back over the windows.
+    dy = np.cos(expected)
+    grads = jax.grad(lambda p, x: jnp.sum(jnp.sin(layer.apply(p, {}, x)[0])), (0, 1))(params, x)
+    np.testing.assert_allclose(grads[0]["b"], dy.sum((0, 1, 2)), rtol=1e-4, atol=1e-5)
+    dw = np.einsum("nhwkc,nhwf->kcf", windows, dy).reshape(w.shape)
+    np.testing.assert_allclose(grads[0]["w"], dw, rtol=1e-4, atol=1e-5)
+    dwindows = np.einsum("nhwf,kcf->nhwkc", dy, w.reshape(6, channels, 4))
+    dxp = np.zeros_like(xp)
+    for k, (i, j) in enumerate((i, j) for i in range(3) for j in range(2)):
+        dxp[:, i : i + 6, j : j + 5] += dwindows[..., k, :]
+    np.testing.assert_allclose(grads[1], dxp[:, 1:7, 0:5], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])
 @pytest.mark.parametrize("window, strides", [((2, 2), None), ((3, 3), (2, 2)), ((2, 3), (1, 1))])
 def test_pools_match_reduce_window_and_flax(window, strides, padding):
@@ -217,6 +251,35 @@ def test_pools_match_reduce_window_and_flax(window, strides, padding):
     np.testing.assert_allclose(avg_y, total / np.prod(window), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(max_y, fnn.max_pool(x, window, step, padding), rtol=1e-6)
     np.testing.assert_allclose(avg_y, fnn.avg_pool(x, window, step, padding), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, window, padding", [((2, 8, 6, 3), (2, 2), "VALID"), ((2, 8, 6, 3), (2, 3), "SAME"),
+                                                     ((2, 4, 6, 8, 3), (2, 3, 2), "VALID")])  # fmt: skip
+def test_average_pool_of_tiling_windows_is_a_block_mean_with_a_uniform_gradient(shape, window, padding):
+    """Windows that tile the input (strides = window, divisible sizes) are
+    summed by a reshape, not ``reduce_window``: the value is each block's mean
+    (NumPy, float64) and the gradient of ``sum(c * pool(x))`` spreads each
+    ``c / block size`` evenly over its block."""
+    x = _images(shape)
+    pool = nn.AvgPool(window, padding=padding)
+    assert "reduce_window_sum" not in _primitives(pool, x)
+    y, _ = pool.apply({}, {}, x)
+    n = len(window)
+    blocks = np.asarray(x, np.float64).reshape(
+        shape[0], *[v for size, w in zip(shape[1:-1], window) for v in (size // w, w)], shape[-1]
+    )
+    np.testing.assert_allclose(y, blocks.mean(axis=tuple(range(2, 2 * n + 1, 2))), rtol=1e-6, atol=1e-6)
+    c = np.asarray(_images(y.shape), np.float64)
+    grad = jax.grad(lambda x: jnp.sum(jnp.asarray(c, jnp.float32) * pool.apply({}, {}, x)[0]))(x)
+    expected = c / np.prod(window)
+    for axis, w in enumerate(window, start=1):
+        expected = np.repeat(expected, w, axis=axis)
+    np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-7)
+    assert "reduce_window_sum" in _primitives(nn.AvgPool(window, strides=1, padding=padding), x)
+    padded = nn.AvgPool(window, padding=[(w, w) for w in window])
+    assert "reduce_window_sum" in _primitives(padded, x)
+    padded_y, _ = padded.apply({}, {}, x)
+    assert padded_y.shape == (shape[0], *(size // w + 2 for size, w in zip(shape[1:-1], window)), shape[-1])
 
 
 def test_flatten():
