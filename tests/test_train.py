@@ -72,6 +72,35 @@ def test_make_train_step_matches_grad_and_optax():
     assert losses_seen[2] < losses_seen[0]
 
 
+@pytest.mark.parametrize("mode", ["scan", "stream"])
+def test_fit_trains_as_optax_over_the_loaders_documented_orders(mode):
+    """Two epochs of ``fit`` against ``optax.adam`` and ``jax.grad`` stepping
+    through ``loader.permutation(epoch)`` in batches (the last partial one
+    dropped), from the same initial parameters: each engine trains on exactly
+    those batches, reshuffled each epoch, with optax's update."""
+    model, loader = _small_mlp(), _loader(batch_size=128, drop_remainder=True)
+    params, state = model.init(jax.random.key(3), (1, 28, 28, 1))
+    result = train.fit(model, losses.cross_entropy, optim.adam(1e-3), loader, epochs=2, params=params, state=state,
+                       mode=mode, progress=False)  # fmt: skip
+
+    @jax.jit
+    def reference_step(p, opt_state, images, labels):
+        def objective(p):
+            return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, state, images)[0], labels).mean()
+
+        updates, opt_state = optax.adam(1e-3).update(jax.grad(objective)(p), opt_state, p)
+        return optax.apply_updates(p, updates), opt_state
+
+    ref_params, opt_state = params, optax.adam(1e-3).init(params)
+    for epoch in range(2):
+        order = loader.permutation(epoch)
+        for start in range(0, len(order) // 128 * 128, 128):
+            batch = loader.batch(order[start : start + 128])
+            ref_params, opt_state = reference_step(ref_params, opt_state, batch["image"], batch["label"])
+    _assert_trees_close(result.params, ref_params, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(np.asarray(result.params["dense_0"]["w"]), np.asarray(params["dense_0"]["w"]))
+
+
 def test_fit_learns_mnist_sample():
     result = train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), _loader(), epochs=3,
                        eval_data=_test_data(), progress=False)
