@@ -11,12 +11,11 @@ which flax has no copy of here, against jdl's all-cuDNN variant):
   with at most ``nn.layers.GPU_MATMUL_MAX_CHANNELS`` input channels on a GPU,
   where cuDNN has no tensor-core kernel for one input channel (the flax CNN's
   first layer was its slowest kernels: ``profile_step.py trace``);
-* ``auto_unfolded`` / ``auto_all_folded``: ``auto`` with the bias of every
-  matrix-product convolution added after the product
+* ``auto_unfolded``: ``auto`` with the bias of its matrix-product
+  convolutions added after the product
   (``nn.layers.MATMUL_BIAS_FOLD_MAX_CHANNELS = -1``: its gradient a column
-  reduction of XLA's, 25 µs a step on an H200 for the first layer's) / folded
-  into it (``conv_as_matmul``); ``auto`` folds it for layers of at most 3
-  input channels;
+  reduction of XLA's, 25 µs a step on an H200 for the first layer's) instead
+  of folded into it (``conv_as_matmul``, what ``auto`` does on a GPU);
 * ``auto_unroll4``: ``auto`` with the scan unrolled four steps per iteration;
 * ``matmul_all_folded``: every convolution a matrix product with its bias folded in;
 * ``auto_window_pool``: the cnn's average pools as ``lax.reduce_window``
@@ -128,7 +127,7 @@ def run(quick: bool = False, names: tuple[str, ...] = ("cnn", "fmnist_2c2d", "ci
         orders = profile_step.epoch_orders(len(data["label"]), epochs)
         make = getattr(models, name)
         cases = {"lax": (make(conv_method="lax"), -1), "matmul": (make(conv_method="matmul"), -1),
-                 "auto": (make(), 3), "auto_unfolded": (make(), 3, 1, -1), "auto_all_folded": (make(), 3, 1, 10**6),
+                 "auto": (make(), 3), "auto_unfolded": (make(), 3, 1, -1),
                  "matmul_all_folded": (make(conv_method="matmul"), -1, 1, 10**6)}
         if name == "cnn":
             window_pools = _cnn_with(pool=_window_avg_pool, dtype=None)

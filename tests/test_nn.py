@@ -275,6 +275,10 @@ def test_average_pool_of_tiling_windows_is_a_block_mean_with_a_uniform_gradient(
     for axis, w in enumerate(window, start=1):
         expected = np.repeat(expected, w, axis=axis)
     np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-7)
+    half = x.astype(jnp.bfloat16)  # added in bfloat16, as reduce_window adds (flax's avg_pool): the same values
+    dims = (1, *window, 1)
+    same = lax.reduce_window(half, np.asarray(0, half.dtype), lax.add, dims, dims, padding) / np.prod(window)
+    np.testing.assert_array_equal(np.asarray(pool.apply({}, {}, half)[0], np.float32), np.asarray(same, np.float32))
     assert "reduce_window_sum" in _primitives(nn.AvgPool(window, strides=1, padding=padding), x)
     padded = nn.AvgPool(window, padding=[(w, w) for w in window])
     assert "reduce_window_sum" in _primitives(padded, x)

@@ -75,9 +75,10 @@ def test_make_train_step_matches_grad_and_optax():
 @pytest.mark.parametrize("mode", ["scan", "stream"])
 def test_fit_trains_as_optax_over_the_loaders_documented_orders(mode):
     """Two epochs of ``fit`` against ``optax.adam`` and ``jax.grad`` stepping
-    through ``loader.permutation(epoch)`` in batches (the last partial one
-    dropped), from the same initial parameters: each engine trains on exactly
-    those batches, reshuffled each epoch, with optax's update."""
+    through the loader's documented order, ``default_rng([seed, epoch]).permutation(N)``,
+    in batches (the last partial one dropped), from the same initial
+    parameters: each engine trains on exactly those batches, reshuffled each
+    epoch, with optax's update."""
     model, loader = _small_mlp(), _loader(batch_size=128, drop_remainder=True)
     params, state = model.init(jax.random.key(3), (1, 28, 28, 1))
     result = train.fit(model, losses.cross_entropy, optim.adam(1e-3), loader, epochs=2, params=params, state=state,
@@ -93,7 +94,7 @@ def test_fit_trains_as_optax_over_the_loaders_documented_orders(mode):
 
     ref_params, opt_state = params, optax.adam(1e-3).init(params)
     for epoch in range(2):
-        order = loader.permutation(epoch)
+        order = np.random.default_rng([0, epoch]).permutation(loader.num_examples)  # _loader's seed is 0
         for start in range(0, len(order) // 128 * 128, 128):
             batch = loader.batch(order[start : start + 128])
             ref_params, opt_state = reference_step(ref_params, opt_state, batch["image"], batch["label"])

@@ -155,7 +155,7 @@ GPU_MATMUL_MAX_CHANNELS = 3
 # reduction for the bias gradient is then a large part of a shallow layer's
 # cost (flax CNN epoch on an H200, bias added / folded: float32 0.097 / 0.086 s,
 # bfloat16 0.071 / 0.065 s).  Not on the CPU, where folding made the flax CNN's
-# epoch slower (3.0-3.5 against 3.6-3.8 s for 8,192 images).  -1: never.
+# epoch slower (8,192 images: unfolded 3.0-3.5 s, folded 3.6-3.8 s).  -1: never.
 MATMUL_BIAS_FOLD_MAX_CHANNELS = 3
 
 
@@ -348,13 +348,16 @@ def _tiled_sum(x: jax.Array, window: Sequence[int]) -> jax.Array:
     """Sums over windows that tile ``x``'s spatial dimensions exactly (strides
     equal to the window, sizes divisible by it: no padding either way): a
     reshape to ``(batch, H / h, h, W / w, w, C)`` and a sum over the window's
-    axes.  The same sums as ``lax.reduce_window``, whose gradient is a
-    padded strided window sum of its own; this one's is a broadcast, which
-    XLA fuses into its neighbours (the flax CNN's two 2x2 average pools)."""
+    axes, added in ``x``'s dtype as ``lax.reduce_window`` adds (``jnp.sum``
+    would add bfloat16 in float32), so either way gives the same values.
+    ``reduce_window``'s gradient is a padded strided window sum of its own;
+    this one's is a broadcast, which XLA fuses into its neighbours (the flax
+    CNN's two 2x2 average pools)."""
     shape = [x.shape[0]]
     for size, w in zip(x.shape[1:-1], window):
         shape += [size // w, w]
-    return x.reshape(*shape, x.shape[-1]).sum(axis=tuple(range(2, 2 * len(window) + 1, 2)))
+    axes = tuple(range(2, 2 * len(window) + 1, 2))
+    return lax.reduce(x.reshape(*shape, x.shape[-1]), np.asarray(0, x.dtype), lax.add, axes)
 
 
 def MaxPool(  # noqa: N802
