@@ -22,6 +22,9 @@ goals need runs from this one script, saving its lines after each part:
    processes, no compilation cache, jdl against flax+optax; ``cold_start_cnn``
    against ``cold_start_threefry_kernel``: the cnn's, without and with JAX's
    threefry kernel lowering on the GPU (``threefry_kernel``).
+6. ``bf16_unroll2``: the cnn's bfloat16 epoch and time to 92% with ``fit``'s
+   scan unrolled two steps per iteration (``unrolled``), against ``bf16`` and
+   ``time_to_accuracy_bf16``.
 
 On the device machine, from the repository root, with Fashion-MNIST's four
 ``.gz`` files in ``.device-data/fashion-mnist`` (carried; no TensorFlow needed)::
@@ -209,6 +212,19 @@ def feed(quick: bool, names=tuple(FEEDS)) -> list[dict]:
     return records  # fmt: skip
 
 
+def unrolled(part: Callable[[], list[dict]], steps: int = 2) -> list[dict]:
+    """``part()`` with ``fit``'s scan epoch unrolled ``steps`` steps per loop
+    iteration on a GPU (``engine.SCAN_UNROLL``); lines renamed ``.../unroll{steps}``."""
+    previous = dict(engine.SCAN_UNROLL)
+    engine.SCAN_UNROLL["gpu"] = steps
+    try:
+        lines = part()
+    finally:
+        engine.SCAN_UNROLL.clear()
+        engine.SCAN_UNROLL.update(previous)
+    return [{**line, "benchmark": f"{line['benchmark']}/unroll{steps}"} for line in lines]
+
+
 def threefry_kernel(part: Callable[[], list[dict]]) -> list[dict]:
     """``part()`` with ``JAX_THREEFRY_GPU_KERNEL_LOWERING=true`` in the
     environment of the fresh processes it starts: on a GPU, JAX then lowers
@@ -269,6 +285,10 @@ def main() -> None:
         ("trace_comparison", lambda: profile_step.trace_comparison(args.quick)),
         ("cold_start", lambda: cold_start.run(args.quick, models=("mlp", "cnn", "fmnist_2c2d"))),
         ("cold_start_cnn", lambda: cold_start.run(args.quick, models=("cnn",))),
+        ("bf16_unroll2", lambda: unrolled(lambda: train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn",),
+                                                                 ways=("scan",), dtype="bfloat16")
+                                          + ([] if args.quick else time_to_accuracy.run(
+                                              cpu=True, names=("cnn",), dtype="bfloat16")))),
         ("cold_start_threefry_kernel", lambda: threefry_kernel(lambda: cold_start.run(args.quick, models=("cnn",)))),
         ("bf16", lambda: train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn", "fmnist_2c2d"),
                                          ways=("scan",), dtype="bfloat16")

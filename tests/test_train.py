@@ -72,17 +72,27 @@ def test_make_train_step_matches_grad_and_optax():
     assert losses_seen[2] < losses_seen[0]
 
 
-@pytest.mark.parametrize("mode", ["scan", "stream"])
-def test_fit_trains_as_optax_over_the_loaders_documented_orders(mode):
+@pytest.mark.parametrize("mode, unroll", [("scan", 1), ("scan", 2), ("stream", 1)])
+def test_fit_trains_as_optax_over_the_loaders_documented_orders(monkeypatch, mode, unroll):
     """Two epochs of ``fit`` against ``optax.adam`` and ``jax.grad`` stepping
     through the loader's documented order, ``default_rng([seed, epoch]).permutation(N)``,
     in batches (the last partial one dropped), from the same initial
     parameters: each engine trains on exactly those batches, reshuffled each
-    epoch, with optax's update."""
+    epoch, with optax's update; so does the scan engine unrolled two steps
+    per iteration (``engine.SCAN_UNROLL``, 31 steps: a remainder step too)."""
+    monkeypatch.setitem(train.engine.SCAN_UNROLL, jax.default_backend(), unroll)
+    unrolls_lowered = []
+
+    def recording_scan_epoch(run, placement, unroll=1):
+        unrolls_lowered.append(unroll)
+        return train.engine.scan_epoch(run, placement, unroll)
+
+    monkeypatch.setattr(sys.modules["jdl.train.runner"], "scan_epoch", recording_scan_epoch)
     model, loader = _small_mlp(), _loader(batch_size=128, drop_remainder=True)
     params, state = model.init(jax.random.key(3), (1, 28, 28, 1))
     result = train.fit(model, losses.cross_entropy, optim.adam(1e-3), loader, epochs=2, params=params, state=state,
                        mode=mode, progress=False)  # fmt: skip
+    assert unrolls_lowered == ([unroll] if mode == "scan" else [])
 
     @jax.jit
     def reference_step(p, opt_state, images, labels):

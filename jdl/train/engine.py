@@ -129,6 +129,20 @@ class Placement:
 GPU_COMPILER_OPTIONS: dict[str, str] = {}
 
 
+# Steps per loop iteration of ``fit``'s scan epoch, by backend (absent: 1).
+# Unrolling trades compilation for step time: the flax CNN's scan epoch on an
+# H200 (benchmarks/step_variants.py, bfloat16) took 0.0587 / 0.0569 / 0.0562 s
+# with 1 / 2 / 4 steps per iteration, compiling in 0.81 / 1.03 / 1.71 s;
+# measured in that harness only, not yet through ``fit`` (device_check.py's
+# ``bf16_unroll2``), so ``fit`` does not unroll.
+SCAN_UNROLL: dict[str, int] = {}
+
+
+def scan_unroll() -> int:
+    """``SCAN_UNROLL``'s steps per iteration on the default backend."""
+    return SCAN_UNROLL.get(jax.default_backend(), 1)
+
+
 def compile_lowered(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
     """``lowered.compile()``, with ``GPU_COMPILER_OPTIONS`` on a GPU."""
     if jax.default_backend() == "gpu" and GPU_COMPILER_OPTIONS:

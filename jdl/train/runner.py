@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdl.data.prefetch import prefetch_to_device
-from jdl.train.engine import Placement, compile_lowered, scan_epoch, stream_step
+from jdl.train.engine import Placement, compile_lowered, scan_epoch, scan_unroll, stream_step
 from jdl.train.step import Carry, all_finite, first_non_finite
 
 
@@ -57,7 +57,7 @@ class EpochRunner:
         self.labels = self.placement.replicate(jnp.asarray(arrays["label"]))
         self.full_steps = self.loader.num_examples // self.batch_size
         order = jax.ShapeDtypeStruct((self.full_steps, self.batch_size), jnp.int32, sharding=self.placement.replicated)
-        return scan_epoch(self.run, self.placement).lower(self.carry, self.images, self.labels, order,
+        return scan_epoch(self.run, self.placement, scan_unroll()).lower(self.carry, self.images, self.labels, order,
                                                           self.base_key, 0, 0)  # fmt: skip
 
     def compile(self) -> None:
