@@ -300,13 +300,12 @@ def Conv(  # noqa: N802
         _check_features("Conv", params["w"].shape[-2], x, "channels")
         chosen = auto_conv_method(x.shape[-1]) if method == "auto" else method
         x, w, b = _cast(dtype, x, params["w"], params.get("b"))
-        if chosen == "matmul" and _folds_bias(x.shape[-1]):
-            return conv_as_matmul(x, w, stride, pad, b), state
+        folded = chosen == "matmul" and _folds_bias(x.shape[-1])
         if chosen == "matmul":
-            y = conv_as_matmul(x, w, stride, pad)
+            y = conv_as_matmul(x, w, stride, pad, b if folded else None)
         else:
             y = lax.conv_general_dilated(x, w, stride, pad, dimension_numbers=dimension_numbers)
-        if use_bias:
+        if use_bias and not folded:
             y = y + b
         return y, state
 

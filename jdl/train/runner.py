@@ -57,8 +57,8 @@ class EpochRunner:
         self.labels = self.placement.replicate(jnp.asarray(arrays["label"]))
         self.full_steps = self.loader.num_examples // self.batch_size
         order = jax.ShapeDtypeStruct((self.full_steps, self.batch_size), jnp.int32, sharding=self.placement.replicated)
-        return scan_epoch(self.run, self.placement, scan_unroll()).lower(self.carry, self.images, self.labels, order,
-                                                          self.base_key, 0, 0)  # fmt: skip
+        epoch_fn = scan_epoch(self.run, self.placement, scan_unroll())
+        return epoch_fn.lower(self.carry, self.images, self.labels, order, self.base_key, 0, 0)
 
     def compile(self) -> None:
         """Compiles the scan epoch (the stream engine compiles its step at its first batch)."""
