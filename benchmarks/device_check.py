@@ -47,6 +47,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -212,17 +213,16 @@ def feed(quick: bool, names=tuple(FEEDS)) -> list[dict]:
     return records  # fmt: skip
 
 
+def _suffixed(lines: list[dict], suffix: str) -> list[dict]:
+    """The lines with ``/suffix`` appended to their benchmark names."""
+    return [{**line, "benchmark": f"{line['benchmark']}/{suffix}"} for line in lines]
+
+
 def unrolled(part: Callable[[], list[dict]], steps: int = 2) -> list[dict]:
     """``part()`` with ``fit``'s scan epoch unrolled ``steps`` steps per loop
     iteration on a GPU (``engine.SCAN_UNROLL``); lines renamed ``.../unroll{steps}``."""
-    previous = dict(engine.SCAN_UNROLL)
-    engine.SCAN_UNROLL["gpu"] = steps
-    try:
-        lines = part()
-    finally:
-        engine.SCAN_UNROLL.clear()
-        engine.SCAN_UNROLL.update(previous)
-    return [{**line, "benchmark": f"{line['benchmark']}/unroll{steps}"} for line in lines]
+    with mock.patch.dict(engine.SCAN_UNROLL, {"gpu": steps}):
+        return _suffixed(part(), f"unroll{steps}")
 
 
 def threefry_kernel(part: Callable[[], list[dict]]) -> list[dict]:
@@ -235,17 +235,8 @@ def threefry_kernel(part: Callable[[], list[dict]]) -> list[dict]:
     program without them there, ``engine.compile_once``, which XLA's GPU
     backend cannot do).  The same values either way; on the CPU the variable
     changes nothing.  The lines are renamed ``.../threefry_kernel``."""
-    name = "JAX_THREEFRY_GPU_KERNEL_LOWERING"
-    previous = os.environ.get(name)
-    os.environ[name] = "true"
-    try:
-        lines = part()
-    finally:
-        if previous is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = previous
-    return [{**line, "benchmark": f"{line['benchmark']}/threefry_kernel"} for line in lines]
+    with mock.patch.dict(os.environ, {"JAX_THREEFRY_GPU_KERNEL_LOWERING": "true"}):
+        return _suffixed(part(), "threefry_kernel")
 
 
 def main() -> None:

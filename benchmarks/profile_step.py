@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -157,13 +158,10 @@ def _cnn_program(which: str, images, labels, steps: int, dtype=None):
 
         return train_epoch.flax_scan.lower(*inputs()).compile(), inputs
     model, tx = train_epoch.JDL["cnn"](dtype=dtype), optim.adam(1e-3)
-    previous = layers.MATMUL_BIAS_FOLD_MAX_CHANNELS
-    layers.MATMUL_BIAS_FOLD_MAX_CHANNELS = -1 if which == "jdl_unfolded" else previous
-    try:
+    fold = -1 if which == "jdl_unfolded" else layers.MATMUL_BIAS_FOLD_MAX_CHANNELS
+    with mock.patch.object(layers, "MATMUL_BIAS_FOLD_MAX_CHANNELS", fold):
         compiled, _, inputs = jdl_program(model, tx, _variant("bare" if which == "jdl_bare" else "full", model, tx),
                                           images, labels, order)  # fmt: skip
-    finally:
-        layers.MATMUL_BIAS_FOLD_MAX_CHANNELS = previous
     return compiled, inputs
 
 

@@ -31,6 +31,7 @@ on the CPU ``auto`` is ``matmul`` for every layer)
 from __future__ import annotations
 
 import argparse
+from unittest import mock
 
 import jax.numpy as jnp
 import numpy as np
@@ -105,14 +106,11 @@ def _cnn_with(first_conv=None, pool=None, dtype=jnp.bfloat16) -> nn.Layer:
 
 
 def _time(model, images, labels, orders, threshold: int, unroll: int = 1, fold: int = 3) -> tuple[float, float]:
-    previous = layers.GPU_MATMUL_MAX_CHANNELS, layers.MATMUL_BIAS_FOLD_MAX_CHANNELS
-    layers.GPU_MATMUL_MAX_CHANNELS, layers.MATMUL_BIAS_FOLD_MAX_CHANNELS = threshold, fold
-    try:
+    with (mock.patch.object(layers, "GPU_MATMUL_MAX_CHANNELS", threshold),
+          mock.patch.object(layers, "MATMUL_BIAS_FOLD_MAX_CHANNELS", fold)):  # fmt: skip
         tx = optim.adam(1e-3)
         step = train_step(model, losses.cross_entropy, tx, guard=False)
         return profile_step.jdl_epoch_seconds(model, tx, step, images, labels, orders, unroll)
-    finally:
-        layers.GPU_MATMUL_MAX_CHANNELS, layers.MATMUL_BIAS_FOLD_MAX_CHANNELS = previous
 
 
 def run(quick: bool = False, names: tuple[str, ...] = ("cnn", "fmnist_2c2d", "cifar10_3c3d")) -> list[dict]:

@@ -19,7 +19,10 @@ Usage: python benchmarks/time_to_accuracy.py [--quick] [--cpu] [--cached] [--mod
 from __future__ import annotations
 
 import argparse
+import contextlib
+import tempfile
 import time
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -87,27 +90,33 @@ def warm_backend() -> None:
     jax.block_until_ready(jnp.sum(y.reshape(2, -1) @ jnp.ones((256, 4))))
 
 
-def with_cache(name: str, data: dict, test: dict, max_epochs: int, way: str, dtype=None) -> dict:
-    """Each library's time to the target twice more with the persistent
-    compilation cache on (``jdl.train.enable_compilation_cache``, a fresh
-    folder): the first run fills it, the second loads every program from it,
-    as a rerun of the same script or notebook would."""
-    import tempfile
-
+@contextlib.contextmanager
+def fresh_compilation_cache() -> Iterator[None]:
+    """The persistent compilation cache on (``jdl.train.enable_compilation_cache``)
+    in a new temporary folder for the block, off after it."""
     from jdl.train.cache import disable_compilation_cache, enable_compilation_cache
 
-    out = {}
     with tempfile.TemporaryDirectory() as folder:
         enable_compilation_cache(folder)
         try:
-            timers = (("jdl", lambda: jdl_time(name, data, test, max_epochs, dtype=dtype)),
-                      ("reference", lambda: flax_time(name, data, test, max_epochs, way, dtype)))
-            for label, timer in timers:
-                timer()
-                warm = timer()
-                out |= {f"{label}_cached_{key}": warm[key] for key in ("wall_s", "compile_s", "train_s", "epochs")}
+            yield
         finally:
             disable_compilation_cache()
+
+
+def with_cache(name: str, data: dict, test: dict, max_epochs: int, way: str, dtype=None) -> dict:
+    """Each library's time to the target twice more with the persistent
+    compilation cache on (``fresh_compilation_cache``): the first run fills
+    it, the second loads every program from it, as a rerun of the same script
+    or notebook would."""
+    out = {}
+    with fresh_compilation_cache():
+        timers = (("jdl", lambda: jdl_time(name, data, test, max_epochs, dtype=dtype)),
+                  ("reference", lambda: flax_time(name, data, test, max_epochs, way, dtype)))
+        for label, timer in timers:
+            timer()
+            warm = timer()
+            out |= {f"{label}_cached_{key}": warm[key] for key in ("wall_s", "compile_s", "train_s", "epochs")}
     return out
 
 
@@ -117,23 +126,15 @@ def over_seeds(name: str = "cnn", seeds: int = 5, dtype: str | None = None, max_
     luck moves the epochs needed by a few), the median against the median.
     On an accelerator; a persistent compilation cache (filled by the first
     seed) keeps the compilations short."""
-    import tempfile
-
-    from jdl.train.cache import disable_compilation_cache, enable_compilation_cache
-
     real = common.fashion_mnist()
     if real is None:
         return [{"benchmark": f"time_to_92/{name}/seeds", "skipped": "real Fashion-MNIST not found"}]
     data, test, source = real
     compute, suffix = (None, "") if dtype is None else (jnp.dtype(dtype), f"/{dtype}")
     warm_backend()
-    with tempfile.TemporaryDirectory() as folder:
-        enable_compilation_cache(folder)
-        try:
-            ours = [jdl_time(name, data, test, max_epochs, dtype=compute, seed=s) for s in range(seeds)]
-            ref = [flax_time(name, data, test, max_epochs, "scan", compute, seed=s) for s in range(seeds)]
-        finally:
-            disable_compilation_cache()
+    with fresh_compilation_cache():
+        ours = [jdl_time(name, data, test, max_epochs, dtype=compute, seed=s) for s in range(seeds)]
+        ref = [flax_time(name, data, test, max_epochs, "scan", compute, seed=s) for s in range(seeds)]
     lists = {f"{who}_{key}": [one[key] for one in runs] for who, runs in (("jdl", ours), ("reference", ref))
              for key in ("train_s", "epochs", "reached")}  # fmt: skip
     return [common.line(
