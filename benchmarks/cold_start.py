@@ -17,7 +17,12 @@ Each line gives the medians over ``--repeats`` fresh processes of each
 spent compiling (XLA) and of the number of programs compiled, and the
 programs that took longest to compile in jdl's last process.
 
-Usage: python benchmarks/cold_start.py [--quick] [--models mlp,cnn] [--repeats 3]
+``lab`` (``--lab``) is the same cold start of jdl under candidate settings
+for its compilation (``LAB``: environment variables, XLA flags,
+``jdl.train.engine`` settings), each against jdl's defaults in the same
+rounds.
+
+Usage: python benchmarks/cold_start.py [--quick] [--models mlp,cnn] [--repeats 3] [--lab]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import argparse
 import collections
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -44,7 +50,7 @@ else:
 from jdl import losses, optim
 from jdl.data import mnist_sample
 from jdl.data.loader import Loader
-from jdl.train import fit
+from jdl.train import engine, fit
 
 _COMPILED = re.compile(r"Finished XLA compilation of (?:jit\()?([^ )]+)\)? in ([0-9.]+) sec")
 
@@ -86,9 +92,14 @@ def _flax(model_name: str, train: dict, test: dict) -> float:
     return float(train_epoch.flax_accuracy(state, jnp.asarray(test["image"]), jnp.asarray(test["label"])))
 
 
-def child(library: str, model_name: str, examples: int) -> dict:
+def child(library: str, model_name: str, examples: int, settings: dict | None = None) -> dict:
     """One cold run in this (fresh) process: wall seconds from the call to the
-    accuracy, and every compilation JAX logged on the way."""
+    accuracy, and every compilation JAX logged on the way.  ``settings``:
+    ``jdl.train.engine`` attributes to set first (e.g. ``RUN_ONCE_ON_HOST``)."""
+    for name, value in (settings or {}).items():
+        if not hasattr(engine, name):
+            raise ValueError(f"jdl.train.engine has no setting {name!r}")
+        setattr(engine, name, value)
     train, test = _data(examples)
     jax.config.update("jax_enable_compilation_cache", False)
     log = _CompileLog()
@@ -104,9 +115,17 @@ def child(library: str, model_name: str, examples: int) -> dict:
     return {"wall_s": wall, "accuracy": accuracy, "compiled": log.compiled}
 
 
-def _spawn(library: str, model_name: str, examples: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", library, model_name, str(examples)],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+def _spawn(library: str, model_name: str, examples: int, env: dict | None = None,
+           settings: dict | None = None) -> dict:  # fmt: skip
+    """``child`` in a fresh process, with ``env`` added to its environment
+    (``XLA_FLAGS`` appended to the present ones)."""
+    environment = dict(os.environ)
+    for name, value in (env or {}).items():
+        environment[name] = f"{environment.get(name, '')} {value}".strip() if name == "XLA_FLAGS" else value
+    out = subprocess.run([sys.executable, __file__, "--child", library, model_name, str(examples),
+                          json.dumps(settings or {})], capture_output=True, text=True, env=environment)  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"cold start child {library} {model_name} {env} {settings} failed: {out.stderr[-1500:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -146,19 +165,79 @@ def run(quick: bool = False, models: tuple[str, ...] = ("mlp", "cnn"), repeats: 
     return results
 
 
+# Candidate settings for the compilation of a cold start: name -> (environment,
+# ``jdl.train.engine`` settings).  Environment variables apply to the whole
+# process (every program); engine settings to the programs they name.
+_AUTOTUNE_OFF = {"xla_gpu_autotune_level": 0}
+LAB: dict[str, tuple[dict, dict]] = {
+    "default": ({}, {}),
+    # jax.random's threefry hash as a precompiled kernel, not unrolled rounds for XLA to compile
+    "threefry_kernel": ({"JAX_THREEFRY_GPU_KERNEL_LOWERING": "true"}, {}),
+    # the initialization and the optimizer's first state compiled and run on the host's CPU
+    "start_on_host": ({}, {"RUN_ONCE_ON_HOST": True}),
+    # the evaluation program compiled without timing candidate kernels
+    "evaluation_autotune0": ({}, {"GPU_EVALUATION_COMPILER_OPTIONS": _AUTOTUNE_OFF}),
+    # every program compiled without timing candidate kernels (the epoch may run slower)
+    "autotune0": ({"XLA_FLAGS": "--xla_gpu_autotune_level=0"}, {}),
+    # matrix products through cuBLAS, not Triton kernels tuned for each shape
+    "triton_gemm_off": ({"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=false"}, {}),
+    "threefry_kernel+evaluation_autotune0": ({"JAX_THREEFRY_GPU_KERNEL_LOWERING": "true"},
+                                             {"GPU_EVALUATION_COMPILER_OPTIONS": _AUTOTUNE_OFF}),
+    "start_on_host+evaluation_autotune0": ({}, {"RUN_ONCE_ON_HOST": True,
+                                                "GPU_EVALUATION_COMPILER_OPTIONS": _AUTOTUNE_OFF}),
+}  # fmt: skip
+
+
+def lab(quick: bool = False, model_name: str = "cnn", repeats: int = 2, examples: int = 2560,
+        names: tuple[str, ...] = tuple(LAB)) -> list[dict]:  # fmt: skip
+    """jdl's cold start (``child``) under each of ``LAB``'s settings named in
+    ``names``, and flax+optax's under none, ``repeats`` rounds, each round in
+    a rotated order (the host drifts); one line per setting: the median wall
+    seconds against jdl's ``default`` in the same rounds."""
+    if quick:
+        model_name, repeats, examples, names = "mlp", 1, 512, ("default", "start_on_host")
+    labels = ["default", *(name for name in names if name != "default"), "flax+optax"]
+    runs: dict[str, list[dict]] = {label: [] for label in labels}
+    for repeat in range(repeats):
+        shift = repeat % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            if label == "flax+optax":
+                runs[label].append(_spawn("flax", model_name, examples))
+            else:
+                env, settings = LAB[label]
+                runs[label].append(_spawn("jdl", model_name, examples, env, settings))
+    baseline = _summary(runs["default"])
+    records = []
+    for label in labels:
+        mine = _summary(runs[label])
+        env, settings = LAB.get(label, ({}, {}))
+        records.append(common.line(
+            f"cold_start_lab/{model_name}/{label}", mine["wall_s"], "jdl default", baseline["wall_s"],
+            examples=examples, repeats=repeats, walls=[round(r["wall_s"], 3) for r in runs[label]],
+            compile_s=mine["compile_s"], programs=mine["programs"], accuracy=mine["accuracy"], env=env,
+            settings=settings, slowest_compiles=_slowest(runs[label][-1]["compiled"])))  # fmt: skip
+    return records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--examples", type=int, default=2560)
-    parser.add_argument("--child", nargs=3, metavar=("LIBRARY", "MODEL", "EXAMPLES"), help=argparse.SUPPRESS)
+    parser.add_argument("--lab", action="store_true", help="jdl under each of LAB's settings (first model)")
+    parser.add_argument("--child", nargs=4, metavar=("LIBRARY", "MODEL", "EXAMPLES", "SETTINGS"),
+                        help=argparse.SUPPRESS)  # fmt: skip
     args = parser.parse_args()
     if args.child:
-        library, model_name, examples = args.child
-        print(json.dumps(child(library, model_name, int(examples))))
+        library, model_name, examples, settings = args.child
+        print(json.dumps(child(library, model_name, int(examples), json.loads(settings))))
         return
-    common.print_lines(run(args.quick, tuple(args.models.split(",")), args.repeats, args.examples))
+    models = tuple(args.models.split(","))
+    if args.lab:
+        common.print_lines(lab(args.quick, models[0], args.repeats, args.examples))
+        return
+    common.print_lines(run(args.quick, models, args.repeats, args.examples))
 
 
 if __name__ == "__main__":

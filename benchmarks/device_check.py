@@ -21,7 +21,10 @@ goals need runs from this one script, saving its lines after each part:
 5. ``cold_start`` (``cold_start.py``): from the call to the result in fresh
    processes, no compilation cache, jdl against flax+optax; ``cold_start_cnn``
    against ``cold_start_threefry_kernel``: the cnn's, without and with JAX's
-   threefry kernel lowering on the GPU (``threefry_kernel``).
+   threefry kernel lowering on the GPU (``threefry_kernel``); ``cold_start_lab``
+   (``cold_start.lab``): jdl's cold start under each candidate setting for
+   its compilation (``cold_start.LAB``) against its defaults, and
+   ``epoch_flags``: what the XLA flags among them cost the cnn's epoch.
 6. ``bf16_unroll2``: the cnn's bfloat16 epoch and time to 92% with ``fit``'s
    scan unrolled two steps per iteration (``unrolled``), against ``bf16`` and
    ``time_to_accuracy_bf16``.
@@ -122,18 +125,43 @@ def _seconds_per_call(step, first, calls: int) -> float:
     return common.median(times)
 
 
-def command_buffers(quick: bool) -> list[dict]:
-    """The cnn epoch (``train_epoch``) in a subprocess with command buffers for loops."""
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_gpu_enable_command_buffer={COMMAND_BUFFERS}".strip()
-    code = ("import json, sys; sys.path[:0] = ['benchmarks', '.']; import train_epoch; "
-            f"print(json.dumps(train_epoch.run({quick}, ('mlp',) if {quick} else ('cnn', 'mlp'))))")  # fmt: skip
+def _train_epoch_with_flags(flags: str, code: str) -> list[dict]:
+    """The lines ``train_epoch`` gives when ``code`` (an expression for a
+    list of them) runs in a fresh process with ``flags`` added to
+    ``XLA_FLAGS``; one line saying why when it fails."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+    code = f"import json, sys; sys.path[:0] = ['benchmarks', '.']; import train_epoch; print(json.dumps({code}))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE.parent,
                           env={**os.environ, "XLA_FLAGS": flags}, timeout=600)  # fmt: skip
     if done.returncode != 0:
-        return [common.line("command_buffers", float("nan"), "default flags", float("nan"),
+        return [common.line("train_epoch", float("nan"), "default flags", float("nan"),
                             failed=done.stderr[-2000:], xla_flags=flags)]  # fmt: skip
-    lines = json.loads(done.stdout.strip().splitlines()[-1])
-    return [{**line, "benchmark": f"command_buffers/{line['benchmark']}", "xla_flags": flags} for line in lines]
+    return [{**line, "xla_flags": flags} for line in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+def command_buffers(quick: bool) -> list[dict]:
+    """The cnn epoch (``train_epoch``) in a subprocess with command buffers for loops."""
+    lines = _train_epoch_with_flags(f"--xla_gpu_enable_command_buffer={COMMAND_BUFFERS}",
+                                    f"train_epoch.run({quick}, ('mlp',) if {quick} else ('cnn', 'mlp'))")  # fmt: skip
+    return [{**line, "benchmark": f"command_buffers/{line['benchmark']}"} for line in lines]
+
+
+# XLA flags that may shorten compilation (``cold_start.LAB``), for their cost
+# to the epoch they compile: label -> flags.
+EPOCH_FLAGS = {"default": "", "autotune0": "--xla_gpu_autotune_level=0",
+               "triton_gemm_off": "--xla_gpu_enable_triton_gemm=false"}  # fmt: skip
+
+
+def epoch_flags(quick: bool) -> list[dict]:
+    """The cnn's bfloat16 scan epoch (``train_epoch``, jdl and flax+optax)
+    in a fresh process under each of ``EPOCH_FLAGS``: what compiling without
+    timing candidate kernels, or without Triton's matrix products, costs the
+    epoch (the lines give each library's compile seconds too)."""
+    code = f"train_epoch.run({quick}, ('mlp',) if {quick} else ('cnn',), ways=('scan',), dtype='bfloat16')"
+    records = []
+    for label, flags in EPOCH_FLAGS.items():
+        records += _suffixed(_train_epoch_with_flags(flags, code), label)
+    return records
 
 
 def scan_variants(quick: bool) -> list[dict]:
@@ -281,6 +309,8 @@ def main() -> None:
                                           + ([] if args.quick else time_to_accuracy.run(
                                               cpu=True, names=("cnn",), dtype="bfloat16")))),
         ("cold_start_threefry_kernel", lambda: threefry_kernel(lambda: cold_start.run(args.quick, models=("cnn",)))),
+        ("cold_start_lab", lambda: cold_start.lab(args.quick)),
+        ("epoch_flags", lambda: epoch_flags(args.quick)),
         ("bf16", lambda: train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn", "fmnist_2c2d"),
                                          ways=("scan",), dtype="bfloat16")
          + train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn",), ways=("scan",))),

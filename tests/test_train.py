@@ -151,6 +151,51 @@ def test_compiling_side_by_side_or_one_after_another_trains_the_same(monkeypatch
     assert [h["test_loss"] for h in runs[0].history] == [h["test_loss"] for h in runs[2].history]
 
 
+def test_start_program_on_the_host_trains_the_same(monkeypatch):
+    """``engine.RUN_ONCE_ON_HOST`` with the backend reported as a GPU: the
+    start program (initialization, optimizer state) is lowered for the host's
+    CPU device and compiled as a CPU program run once, and the run is the
+    one the CPU gives without it."""
+    fit_module = sys.modules["jdl.train.fit"]
+    platforms = []
+
+    def recording_compile_once(lowered, platform=None):
+        platforms.append(platform)
+        return train.engine.compile_once(lowered, platform)
+
+    def run():
+        return train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), _loader(), epochs=1, seed=5,
+                         eval_data=_test_data(), progress=False)  # fmt: skip
+
+    monkeypatch.setattr(fit_module, "compile_once", recording_compile_once)
+    on_cpu = run()
+    monkeypatch.setattr(train.engine, "RUN_ONCE_ON_HOST", True)
+    with monkeypatch.context() as patch:
+        patch.setattr(jax, "default_backend", lambda: "gpu")
+        placement = train.engine.run_once_placement()
+        on_host = run()
+    assert platforms == [None, "cpu"]
+    assert placement.device_set == {jax.devices("cpu")[0]}
+    _assert_trees_equal(on_cpu.params, on_host.params)
+    assert on_cpu.history[0]["test_loss"] == on_host.history[0]["test_loss"]
+
+
+def test_evaluation_programs_compile_with_their_own_gpu_options(monkeypatch):
+    """On a GPU, ``engine.GPU_EVALUATION_COMPILER_OPTIONS`` go over
+    ``GPU_COMPILER_OPTIONS`` for evaluation programs only; on the CPU neither applies."""
+
+    class Lowered:
+        def compile(self, compiler_options=None):
+            return compiler_options
+
+    monkeypatch.setattr(train.engine, "GPU_COMPILER_OPTIONS", {"a": 1, "b": 2})
+    monkeypatch.setattr(train.engine, "GPU_EVALUATION_COMPILER_OPTIONS", {"b": 3})
+    assert train.engine.compile_lowered(Lowered(), evaluation=True) is None  # the CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert train.engine.compile_lowered(Lowered()) == {"a": 1, "b": 2}
+    assert train.engine.compile_lowered(Lowered(), evaluation=True) == {"a": 1, "b": 3}
+
+
 def test_stream_and_scan_engines_agree():
     runs = {
         mode: train.fit(_small_mlp(), losses.cross_entropy, optim.momentum(0.05), _loader(batch_size=96), epochs=2,

@@ -91,8 +91,8 @@ def init_groups(model, groups: list[Group], image_shape) -> tuple[tuple[Carry, .
             base_keys.append(group_keys)
         return tuple(carries), tuple(base_keys)
 
-    seeds = jnp.asarray(np.concatenate([g.seeds for g in groups]))
-    return run_once(init, seeds, tuple(jnp.asarray(g.learning_rates, jnp.float32) for g in groups))
+    seeds = np.concatenate([g.seeds for g in groups])
+    return run_once(init, seeds, tuple(np.asarray(g.learning_rates, np.float32) for g in groups))
 
 
 def _split_runs(stacked, sizes) -> list:
@@ -387,9 +387,9 @@ def train_cluster(
     steps = n // batch_size
     makes = [g.make for g in groups]
     carries, base_keys = start if start is not None else init_groups(model, groups, images.shape[1:])
-    lrs = tuple(jnp.asarray(g.learning_rates, jnp.float32) for g in groups)
-    device_images, device_labels = jnp.asarray(images), jnp.asarray(labels)
-    device_eval = (jnp.asarray(eval_images), jnp.asarray(eval_labels))
+    # device_put, not jnp.asarray: host arrays go to the device without a program compiled for each
+    lrs = jax.device_put(tuple(np.asarray(g.learning_rates, np.float32) for g in groups))
+    device_images, device_labels, *device_eval = jax.device_put((images, labels, eval_images, eval_labels))
     eval_size = min(1000, len(eval_images))
     evaluator = evaluator or group_evaluator(model, loss_fn, eval_size, strategy)
 

@@ -143,10 +143,22 @@ def scan_unroll() -> int:
     return SCAN_UNROLL.get(jax.default_backend(), 1)
 
 
-def compile_lowered(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
-    """``lowered.compile()``, with ``GPU_COMPILER_OPTIONS`` on a GPU."""
-    if jax.default_backend() == "gpu" and GPU_COMPILER_OPTIONS:
-        return lowered.compile(compiler_options=dict(GPU_COMPILER_OPTIONS))
+# XLA options for ``fit``'s evaluation program on a GPU, over
+# ``GPU_COMPILER_OPTIONS``.  Empty until measured.  The candidate is
+# ``{"xla_gpu_autotune_level": 0}``: the evaluation runs once an epoch, so
+# timing candidate kernels for its shapes (batch 1000 against training's 128)
+# may cost more compilation than it saves running (device_check.py's
+# ``cold_start_lab``).
+GPU_EVALUATION_COMPILER_OPTIONS: dict[str, Any] = {}
+
+
+def compile_lowered(lowered: jax.stages.Lowered, evaluation: bool = False) -> jax.stages.Compiled:
+    """``lowered.compile()``, with ``GPU_COMPILER_OPTIONS`` on a GPU (and
+    ``GPU_EVALUATION_COMPILER_OPTIONS`` over them for an ``evaluation`` program)."""
+    if jax.default_backend() == "gpu":
+        options = GPU_COMPILER_OPTIONS | (GPU_EVALUATION_COMPILER_OPTIONS if evaluation else {})
+        if options:
+            return lowered.compile(compiler_options=dict(options))
     return lowered.compile()
 
 
@@ -158,11 +170,31 @@ def compile_lowered(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
 CPU_RUN_ONCE_COMPILER_OPTIONS: dict[str, int] = {"xla_backend_optimization_level": 0}
 
 
-def compile_once(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
+def compile_once(lowered: jax.stages.Lowered, platform: str | None = None) -> jax.stages.Compiled:
     """``lowered.compile()`` for a program called once: with
-    ``CPU_RUN_ONCE_COMPILER_OPTIONS`` on the CPU."""
-    options = CPU_RUN_ONCE_COMPILER_OPTIONS if jax.default_backend() == "cpu" else {}
+    ``CPU_RUN_ONCE_COMPILER_OPTIONS`` when it runs on the CPU (``platform``:
+    where it was lowered for; default, the default backend)."""
+    options = CPU_RUN_ONCE_COMPILER_OPTIONS if (platform or jax.default_backend()) == "cpu" else {}
     return lowered.compile(compiler_options=dict(options))
+
+
+# Whether ``fit`` runs its start program (the model's initialization and the
+# optimizer's first state, run once) on the host's CPU when the default
+# backend is an accelerator, then copies what it returns to the device.  On
+# the CPU that program compiles without LLVM's optimizations in 0.5 s for the
+# flax CNN (2 cores); on an H200's host XLA's GPU backend took 1.4 s for it
+# alone and 4.3-4.7 s side by side with the epoch and evaluation programs, the
+# longest of the three (benchmarks/README.md, stop 15).  Off until measured
+# (device_check.py's ``cold_start_lab``).
+RUN_ONCE_ON_HOST = False
+
+
+def run_once_placement() -> jax.sharding.Sharding | None:
+    """Where ``fit``'s start program runs: the host CPU's device under
+    ``RUN_ONCE_ON_HOST`` on an accelerator, else None (the default device)."""
+    if RUN_ONCE_ON_HOST and jax.default_backend() != "cpu":
+        return jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    return None
 
 
 def run_once(fn: Callable, *args):

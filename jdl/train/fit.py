@@ -24,6 +24,7 @@ from jdl.train.engine import (
     compile_once,
     evaluate_arrays,
     run_once,
+    run_once_placement,
     uses_convolution,
     with_device_transform,
 )
@@ -136,21 +137,23 @@ def _cores() -> int:
 COMPILE_THREADS = 2 if _cores() >= 4 else 0
 
 
-def _compile_side_by_side(lowered_start, lowered_eval, runner: EpochRunner):
+def _compile_side_by_side(lowered_start, start_platform: str | None, lowered_eval, runner: EpochRunner):
     """``(start program, evaluation program or None)`` compiled in threads
     while this thread compiles the runner's epoch (XLA compiles without
     holding Python's lock).  The flax CNN to 92% on an H200, from the call,
     fresh processes: 5.9-6.3 s against 7.5-8.3 s one after another
     (benchmarks/README.md, stop 15).  On an error or Ctrl-C nothing waits for
     the other compilations.  With ``COMPILE_THREADS`` 0 (hosts of fewer than
-    4 cores) one after another."""
+    4 cores) one after another.  ``start_platform``: where the start program
+    runs (None: the default backend)."""
     if not COMPILE_THREADS:
         runner.compile()
-        return compile_once(lowered_start), compile_lowered(lowered_eval) if lowered_eval is not None else None
+        evaluation = compile_lowered(lowered_eval, evaluation=True) if lowered_eval is not None else None
+        return compile_once(lowered_start, start_platform), evaluation
     pool = ThreadPoolExecutor(max_workers=COMPILE_THREADS, thread_name_prefix="jdl-compile")
     try:
-        start = pool.submit(compile_once, lowered_start)
-        evaluation = pool.submit(compile_lowered, lowered_eval) if lowered_eval is not None else None
+        start = pool.submit(compile_once, lowered_start, start_platform)
+        evaluation = pool.submit(compile_lowered, lowered_eval, True) if lowered_eval is not None else None
         runner.compile()
         return start.result(), evaluation.result() if evaluation is not None else None
     finally:
@@ -232,21 +235,24 @@ def fit(
     data_bytes = loader.num_examples * int(np.prod(image_shape)) * 4  # float32 on the device
     mode = choose_mode(mode, has_conv=uses_convolution(model, carry_shapes.params, carry_shapes.state, image_shape),
                        has_host_transform=loader.transform is not None, data_bytes=data_bytes)  # fmt: skip
-    lowered_start = jax.jit(start_program).lower(*start_args)
+    # On an accelerator the start program may run on the host (``RUN_ONCE_ON_HOST``);
+    # parameters given by the caller stay where they are.
+    host = run_once_placement() if params is None and state is None else None
+    lowered_start = jax.jit(start_program, **({"out_shardings": host} if host else {})).lower(*start_args)
     lowered_eval = None
     if eval_data is not None:
-        eval_images, eval_labels = (placement.replicate(jnp.asarray(a)) for a in _host_arrays(eval_data))
+        eval_images, eval_labels = placement.replicate(_host_arrays(eval_data))  # host arrays: no program
         lowered_eval = _lowered_evaluation(model, loss_fn, carry_shapes, eval_images, eval_labels, eval_batch_size)
     runner = EpochRunner(run, loader, placement, mode, carry_shapes, key_shape)  # the scan epoch lowered
     compile_began = time.perf_counter()
-    start_program, eval_fn = _compile_side_by_side(lowered_start, lowered_eval, runner)
+    start_program, eval_fn = _compile_side_by_side(lowered_start, "cpu" if host else None, lowered_eval, runner)
     runner.compile_s = time.perf_counter() - compile_began  # the wall time, not the sum of the three
     base_key, params, state, opt_state = start_program(*start_args)
     start = _Start(params, state, opt_state, epoch=0, step=0, history=[], partial=_no_steps())
     if resume:
         start = _restore(checkpoint_dir if resume is True else resume, start, seed)
     history, partial = start.history, start.partial
-    runner.carry = placement.replicate(Carry(start.params, start.state, start.opt_state, jnp.int32(-1)))
+    runner.carry = placement.replicate(Carry(start.params, start.state, start.opt_state, np.int32(-1)))
     runner.base_key = placement.replicate(base_key)
     runner.done = start.step
 

@@ -45,7 +45,6 @@ class EpochRunner:
         self._steps: dict[tuple, Any] = {}
         self._orders: dict[int, np.ndarray] = {}
         self._finite = jax.jit(all_finite)
-        self._copy = jax.jit(lambda tree: jax.tree_util.tree_map(jnp.copy, tree))
         self._on_accelerator = jax.devices()[0].platform != "cpu"
         self._lowered = self._lower_scan() if mode == "scan" else None
 
@@ -53,8 +52,10 @@ class EpochRunner:
         """The split on the device and the scan epoch lowered for it (``carry``
         and ``base_key`` may be shapes: ``compile()`` compiles it)."""
         arrays = self.loader.arrays()
-        self.images = self.placement.replicate(jnp.asarray(arrays["image"]))
-        self.labels = self.placement.replicate(jnp.asarray(arrays["label"]))
+        # Host arrays go straight to the device (``jnp.asarray`` first would
+        # compile a program for each, a few more for a cold start to wait on).
+        self.images = self.placement.replicate(np.asarray(arrays["image"]))
+        self.labels = self.placement.replicate(np.asarray(arrays["label"]))
         self.full_steps = self.loader.num_examples // self.batch_size
         order = jax.ShapeDtypeStruct((self.full_steps, self.batch_size), jnp.int32, sharding=self.placement.replicated)
         epoch_fn = scan_epoch(self.run, self.placement, scan_unroll())
@@ -76,8 +77,9 @@ class EpochRunner:
         return self._steps[signature]
 
     def snapshot(self) -> Carry:
-        """A copy of the carry that the next (donating) step leaves intact."""
-        return self._copy(self.carry)
+        """A copy of the carry that the next (donating) step leaves intact
+        (``device_put`` copies buffers without compiling a program)."""
+        return jax.device_put(self.carry, may_alias=False)
 
     def train_epoch(self, epoch: int, first_step: int = 0) -> None:
         """Run ``epoch`` from ``first_step``; the metrics stay on the device in ``pending``."""
@@ -98,7 +100,7 @@ class EpochRunner:
         last batch (unless the loader drops it) for the stream step."""
         loader, size, full_steps = self.loader, self.batch_size, self.full_steps
         order = self._orders.pop(epoch) if epoch in self._orders else loader.permutation(epoch)
-        full = self.placement.replicate(jnp.asarray(order[: full_steps * size].reshape(full_steps, size), jnp.int32))
+        full = self.placement.replicate(np.asarray(order[: full_steps * size].reshape(full_steps, size), np.int32))
         self.carry, metrics = self._epoch_fn(self.carry, self.images, self.labels, full, self.base_key, epoch,
                                              epoch * self.steps_per_epoch)  # fmt: skip
         self.pending.append((metrics, [size] * full_steps))
