@@ -43,7 +43,7 @@ class EpochRunner:
         self.done: int = 0  # steps of the current epoch done
         self.pending: list[tuple[dict, list[int]]] = []  # (metrics on the device, batch sizes) not yet fetched
         self._steps: dict[tuple, Any] = {}
-        self._orders: dict[int, np.ndarray] = {}
+        self._orders: dict[int, tuple[np.ndarray, jax.Array]] = {}  # epoch -> (order, its full steps placed)
         self._finite = jax.jit(all_finite)
         self._on_accelerator = jax.devices()[0].platform != "cpu"
         self._lowered = self._lower_scan() if mode == "scan" else None
@@ -99,17 +99,23 @@ class EpochRunner:
         """The epoch's full batches in one compiled scan; returns the partial
         last batch (unless the loader drops it) for the stream step."""
         loader, size, full_steps = self.loader, self.batch_size, self.full_steps
-        order = self._orders.pop(epoch) if epoch in self._orders else loader.permutation(epoch)
-        full = self.placement.replicate(np.asarray(order[: full_steps * size].reshape(full_steps, size), np.int32))
+        order, full = self._orders.pop(epoch) if epoch in self._orders else self._placed_order(epoch)
         self.carry, metrics = self._epoch_fn(self.carry, self.images, self.labels, full, self.base_key, epoch,
                                              epoch * self.steps_per_epoch)  # fmt: skip
         self.pending.append((metrics, [size] * full_steps))
-        self._orders[epoch + 1] = loader.permutation(epoch + 1)  # on the host while the device trains
+        self._orders[epoch + 1] = self._placed_order(epoch + 1)  # drawn and moved while the device trains
         self.done = full_steps
         rest = order[full_steps * size :]
         if len(rest) == 0 or loader.drop_remainder:
             return []
         return [(full_steps, {"image": self.images[rest], "label": self.labels[rest]})]
+
+    def _placed_order(self, epoch: int) -> tuple[np.ndarray, jax.Array]:
+        """The loader's order for ``epoch`` and its full steps' indices
+        ``(steps, batch)`` on the device."""
+        order, size = self.loader.permutation(epoch), self.batch_size
+        full = np.asarray(order[: self.full_steps * size].reshape(self.full_steps, size), np.int32)
+        return order, self.placement.replicate(full)
 
     def _stream(self, epoch: int, first_step: int) -> Iterator[tuple[int, dict]]:
         """The loader's batches from ``first_step``; on an accelerator put on
