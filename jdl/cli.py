@@ -6,6 +6,7 @@ import argparse
 import datetime as _dt
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -74,7 +75,26 @@ def _out_dir(out: str | None, kind: str) -> Path:
     from jdl.compare import check_out_dir
 
     path = Path(out) if out else Path("jdl-runs") / _dt.datetime.now().strftime(f"{kind}-%Y%m%d-%H%M%S")
-    return check_out_dir(path)
+    _check_writable(check_out_dir(path))
+    return path
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before any training if ``out`` cannot be made and written in; the
+    folders this check makes are removed again."""
+    made = []
+    try:
+        for folder in [*reversed(out.parents), out]:
+            if not folder.exists():
+                folder.mkdir()
+                made.append(folder)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ValueError(f"cannot write the results to the output folder {out}: {error}") from None
+    finally:
+        for folder in reversed(made):
+            folder.rmdir()
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -152,9 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _use_compilation_cache(args)
         return run_train(args) if args.command == "train" else run_compare(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # bad input: names, shapes, files, folders
         print(f"jdl {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except FloatingPointError as error:  # train.NonFiniteLossError: the run diverged
+        print(f"jdl {args.command}: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as interrupt:
         print(f"\njdl {args.command}: {interrupt}", file=sys.stderr)
         return 130

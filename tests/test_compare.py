@@ -126,6 +126,34 @@ def test_cli_refuses_an_output_folder_with_earlier_results(tmp_path, capsys):
     assert (tmp_path / "results.json").read_text() == "{}"
 
 
+@pytest.mark.parametrize("option", ["--out", "--data-dir"])
+def test_cli_refuses_a_folder_it_cannot_write_before_training(option, tmp_path, capsys, monkeypatch):
+    """An --out or --data-dir under a file: a one-line error (exit 2), no
+    traceback, before anything trains; the output folder is not made."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr(jdl.train, "fit", lambda *a, **k: pytest.fail("trained before the error"))
+    out = blocker / "out" if option == "--out" else tmp_path / "new"
+    argv = ["train", "--dataset", "mnist", "--model", "mlp", "--optimizer", "adam", "--out", str(out),
+            "--no-compilation-cache"]  # fmt: skip
+    if option == "--data-dir":
+        argv += ["--data-dir", str(blocker / "data")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jdl train: error: ") and "Traceback" not in err
+    assert str(blocker) in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_cli_reports_a_diverged_training_in_one_line(tmp_path, capsys):
+    argv = ["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "gd", "--learning-rate", "1e30",
+            "--out", str(tmp_path / "new"), "--no-compilation-cache"]  # fmt: skip
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"^jdl train: error: the loss became non-finite at epoch 1, step \d+", err, re.M)
+    assert "Traceback" not in err
+
+
 def test_cli_keeps_compiled_programs_and_a_second_run_gives_the_same_results(tmp_path):
     """Each run in its own process (the cache is a process-wide JAX option)."""
     import subprocess
@@ -154,6 +182,31 @@ def test_cli_refuses_a_compilation_cache_it_cannot_write(tmp_path, capsys):
             "--out", str(tmp_path / "new"), "--compilation-cache", str(blocker / "cache")]  # fmt: skip
     assert cli.main(argv) == 2
     assert "cannot write to" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"optimizers": "adam"}, r"a list of names, e.g. \['adam'\]"),
+    ({"target_accuracy": 90}, r"target_accuracy is a fraction in \(0, 1\]"),
+    ({"seeds": [0, -1]}, r"seeds >= 0"),
+    ({"learning_rates": {"adam": [1e-3], "sgd": [0.1]}}, r"given for \['sgd'\], which are not among"),
+    ({"learning_rates": [True]}, r"positive finite numbers"),
+])
+def test_run_refuses_bad_arguments_before_loading_data(kwargs, message, monkeypatch):
+    monkeypatch.setattr(jdl.compare.jdl_data, "load", lambda *a, **k: pytest.fail("loaded data before the error"))
+    with pytest.raises(ValueError, match=message):
+        jdl.compare.run("mnist_sample", "mlp", **{"optimizers": ["adam"], **kwargs})
+
+
+def test_results_record_the_learning_rates_as_given():
+    """NumPy numbers are rates too; the JSON holds the values given (and the
+    presets'), not the float32 copies the device trains with."""
+    result = jdl.compare.run("mnist_sample", "mlp", ["adam", "momentum"], seeds=np.int64(1), epochs=np.int64(1),
+                             learning_rates={"adam": [np.float64(0.003)], "momentum": [0.01, 0.1]}, progress=False)
+    rates = {r["optimizer"]: r["learning_rate"] for r in result.runs}
+    assert rates["adam"] == 0.003 and rates["momentum"] in (0.01, 0.1)
+    assert sorted(e["learning_rate"] for e in result.lr_search) == [0.01, 0.1]
+    default = jdl.compare.run("mnist_sample", "mlp", ["adam"], seeds=1, epochs=1, progress=False)
+    assert default.runs[0]["learning_rate"] == jdl.compare.preset("adam").learning_rate
 
 
 def test_table_reports_mean_and_std_over_seeds():

@@ -68,6 +68,13 @@ def test_debian_files_verify_against_the_pinned_content(tmp_path):
     assert verified.how == {name: "pinned-sha256" for name in idx.IDX_FILES.values()}
 
 
+def test_fashion_mnist_files_given_as_mnist_are_refused(tmp_path):
+    """MNIST has no pinned sums (its files pass on structure), but these
+    files are Fashion-MNIST's by theirs."""
+    with pytest.raises(idx.IdxVerificationError, match="is fashion_mnist's file"):
+        idx.verify_idx_folder("mnist", DEBIAN, tmp_path)
+
+
 @pytest.mark.parametrize("split, n", [("train", 60000), ("test", 10000)])
 def test_one_epoch_holds_every_example_exactly_once(data_dir, raw, split, n):
     loader = fmnist(data_dir, split, shuffle=True, seed=0, drop_remainder=False)

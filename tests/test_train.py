@@ -249,6 +249,14 @@ def test_resuming_a_checkpoint_of_another_model_fails_before_training(tmp_path, 
                   eval_data=_test_data(), **kwargs)
 
 
+def test_resuming_with_another_optimizer_fails_before_training(tmp_path):
+    kwargs = dict(epochs=1, seed=5, progress=False, checkpoint_dir=str(tmp_path))
+    train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), _loader(), **kwargs)
+    with pytest.raises(ValueError, match="does not fit this model and optimizer: its state has another structure"):
+        train.fit(_small_mlp(), losses.cross_entropy, optim.momentum(0.1), _loader(), resume=True,
+                  **{**kwargs, "epochs": 2})  # fmt: skip
+
+
 def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path):
     calls = {"n": 0}
 
@@ -274,6 +282,61 @@ def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path):
     resumed = fit(identity, checkpoint_dir=str(tmp_path), resume=True)
     _assert_trees_equal(resumed.params, uninterrupted.params)
     assert resumed.history[0]["train_loss"] == pytest.approx(uninterrupted.history[0]["train_loss"], rel=1e-12)
+
+
+@pytest.mark.parametrize("where", ["evaluation", "after_record"])
+def test_interrupt_between_epochs_resumes_exactly(tmp_path, monkeypatch, where):
+    """Ctrl-C in an epoch's evaluation (after its last step) or after its
+    record (in ``stop_when``): the resumed run trains no step twice and ends
+    on the uninterrupted run's parameters and history."""
+    fit_module = sys.modules["jdl.train.fit"]
+
+    def fit(**kwargs):
+        return train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), _loader(batch_size=500), epochs=3,
+                         seed=2, eval_data=_test_data(), progress=False, checkpoint_dir=str(tmp_path), **kwargs)
+
+    uninterrupted = fit()
+    if where == "evaluation":
+        evaluate, calls = fit_module.evaluate_arrays, []
+
+        def interrupted_once(*args):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return evaluate(*args)
+
+        monkeypatch.setattr(fit_module, "evaluate_arrays", interrupted_once)
+        kwargs = {}
+    else:
+        def interrupt_after_second(record):
+            if record["epoch"] == 2:
+                raise KeyboardInterrupt
+            return False
+
+        kwargs = {"stop_when": interrupt_after_second}
+    with pytest.raises(train.TrainingInterrupted):
+        fit(**kwargs)
+    monkeypatch.undo()
+    saved = checkpoint.load_raw(tmp_path)
+    steps = len(_loader(batch_size=500))
+    assert (int(saved["epoch"]), int(saved["step"])) == ((1, steps) if where == "evaluation" else (2, 0))
+    resumed = fit(resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    _assert_trees_equal(resumed.params, uninterrupted.params)
+    for ours, theirs in zip(resumed.history, uninterrupted.history, strict=True):
+        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-12)
+        assert ours["test_loss"] == theirs["test_loss"]
+
+
+@pytest.mark.parametrize("change", [{"seed": 7}, {"batch_size": 250}, {"shuffle": False}])
+def test_resuming_with_another_loader_fails_naming_what_differs(tmp_path, change):
+    kwargs = dict(epochs=1, seed=5, progress=False, checkpoint_dir=str(tmp_path))
+    train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), _loader(batch_size=500), **kwargs)
+    other = jdl.data.load("mnist_sample", split="train", **{"batch_size": 500, "shuffle": True, "seed": 0, **change})
+    key, value = next(iter(change.items()))
+    with pytest.raises(ValueError, match=rf"loader of {key}=.*this one has {key}={int(value)}"):
+        train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), other, resume=True,
+                  **{**kwargs, "epochs": 2})  # fmt: skip
 
 
 def test_checkpoint_interrupted_mid_write_leaves_previous_readable(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import numbers
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -59,16 +60,27 @@ def _grids(optimizers: Sequence[str], learning_rates) -> dict[str, list[float]] 
     if learning_rates is None:
         return None
     if isinstance(learning_rates, Mapping):
+        strangers = sorted(set(learning_rates) - set(optimizers))
+        if strangers:
+            raise ValueError(f"learning rates given for {strangers}, which are not among the optimizers compared "
+                             f"({list(optimizers)})")
         grids = {name: list(learning_rates.get(name, [])) for name in optimizers}
     else:
         grids = {name: list(learning_rates) for name in optimizers}
     for name, grid in grids.items():
         if not grid:
             raise ValueError(f"the learning-rate grid for {name!r} is empty; give at least one positive rate")
-        bad = [lr for lr in grid if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0)]
+        bad = [lr for lr in grid if not (_is_real(lr) and math.isfinite(lr) and lr > 0)]
         if bad:
             raise ValueError(f"learning rates must be positive finite numbers; got {bad} for {name!r}")
+        grids[name] = [float(lr) for lr in grid]
     return grids
+
+
+def _is_real(value) -> bool:
+    """A real number (Python's, NumPy's or a 0-d array's), not a bool."""
+    value = value.item() if isinstance(value, np.ndarray | np.generic) and np.ndim(value) == 0 else value
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _batch(p: Preset, batch_size: int, n: int) -> int:
@@ -102,8 +114,9 @@ def _train(model, loss_fn, configs, images, labels, eval_images, eval_labels, pe
         )  # fmt: skip
         info["compile_s"][str(size)] = out["compile_s"]
         info["train_s"][str(size)] = float(sum(out["times"]))
-        for g_index, group in enumerate(groups):
-            for k, (lr, seed) in enumerate(zip(group.learning_rates, group.seeds)):
+        for g_index, (group, (_, _, rates, _)) in enumerate(zip(groups, members, strict=True)):
+            # the rates as given (the device trains with their float32 copies, group.learning_rates)
+            for k, (lr, seed) in enumerate(zip(rates, group.seeds, strict=True)):
                 bad = int(out["first_bad"][g_index][k])
                 last = epochs if bad < 0 else bad // out["steps_per_epoch"]  # complete epochs before it
                 record = {"optimizer": group.name, "learning_rate": float(lr), "seed": int(seed), "batch_size": size,
@@ -153,13 +166,21 @@ def run(
     dtype (``'bfloat16'``: mixed precision, float32 parameters; see
     ``jdl.nn.Dense``).
     """
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seed_list:
-        raise ValueError(f"seeds must be a positive count or a non-empty list; got {seeds!r}")
-    if not isinstance(epochs, int) or epochs < 1:
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
+        seed_list = list(range(int(seeds)))
+    else:
+        seed_list = [int(s) for s in seeds]
+    if not seed_list or any(s < 0 for s in seed_list):
+        raise ValueError(f"seeds must be a positive count or a non-empty list of seeds >= 0; got {seeds!r}")
+    if not isinstance(epochs, numbers.Integral) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"epochs must be a positive int; got {epochs!r}")
+    epochs = int(epochs)
+    if isinstance(optimizers, str):
+        raise ValueError(f"optimizers must be a list of names, e.g. [{optimizers!r}]; got the string {optimizers!r}")
     if not optimizers:
         raise ValueError("optimizers is empty; name at least one, e.g. ['sgd', 'adam']")
+    if not (_is_real(target_accuracy) and 0.0 < target_accuracy <= 1.0):
+        raise ValueError(f"target_accuracy is a fraction in (0, 1], e.g. 0.9; got {target_accuracy!r}")
     names = list(dict.fromkeys(optimizers))
     chosen = {name: preset(name) for name in names}
     grids = _grids(names, learning_rates)

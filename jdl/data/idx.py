@@ -205,6 +205,19 @@ def _upstream_url_infos(name: str) -> Mapping[str, tuple[int, str]]:
             for url, info in infos.items()}
 
 
+def _refuse_other_datasets_content(name: str, src: Path, dst: Path) -> None:
+    """An IdxVerificationError if the decompressed ``dst`` is, by its pinned
+    SHA-256, one of another dataset's files (e.g. Fashion-MNIST's images
+    given as MNIST's, which have the same structure)."""
+    digest = _sha256(dst)
+    for other, sums in PINNED_SHA256.items():
+        if other != name and digest in sums.values():
+            raise IdxVerificationError(
+                f"{name}: {src} is {other}'s file (its content has {other}'s pinned SHA-256), "
+                f"not {name}'s: point manual_dir at {name}'s own files"
+            )
+
+
 def verify_idx_folder(name: str, folder: str | os.PathLike,
                       workdir: str | os.PathLike) -> VerifiedIdx:
     """Verifies the four IDX files of `name` in `folder`; decompresses them into `workdir`.
@@ -245,6 +258,7 @@ def verify_idx_folder(name: str, folder: str | os.PathLike,
                 )
             verdict = "pinned-sha256"
         if verdict is None:
+            _refuse_other_datasets_content(name, src, dst)
             verdict = "structure-only"
             log.warning(
                 "%s: %s has the right structure, but jdl has no checksum to compare its "

@@ -250,7 +250,7 @@ def fit(
     base_key, params, state, opt_state = start_program(*start_args)
     start = _Start(params, state, opt_state, epoch=0, step=0, history=[], partial=_no_steps())
     if resume:
-        start = _restore(checkpoint_dir if resume is True else resume, start, seed)
+        start = _restore(checkpoint_dir if resume is True else resume, start, seed, loader)
     history, partial = start.history, start.partial
     runner.carry = placement.replicate(Carry(start.params, start.state, start.opt_state, np.int32(-1)))
     runner.base_key = placement.replicate(base_key)
@@ -259,7 +259,7 @@ def fit(
     def save(epoch: int, step: int, carry: Carry, partial: dict):
         if checkpoint_dir is None:
             return None
-        return ckpt.save(checkpoint_dir, _payload(carry, epoch, step, seed, loader.seed, history, partial))
+        return ckpt.save(checkpoint_dir, _payload(carry, epoch, step, seed, loader, history, partial))
 
     def result(carry: Carry) -> TrainResult:
         return TrainResult(carry.params, carry.state, carry.opt_state, history)
@@ -296,8 +296,11 @@ def fit(
     except KeyboardInterrupt as interrupt:
         if not runner.carry_alive():
             raise TrainingInterrupted(TrainResult(None, None, None, history)) from interrupt
-        so_far = _append(partial, runner.fetch_pending(), runner.pending)
-        raise TrainingInterrupted(result(runner.carry), save(epoch, runner.done, runner.carry, so_far)) from interrupt
+        if history and history[-1]["epoch"] == epoch + 1:  # the epoch is recorded: the next one starts
+            path = save(epoch + 1, 0, runner.carry, _no_steps())
+        else:
+            path = save(epoch, runner.done, runner.carry, _append(partial, runner.fetch_pending(), runner.pending))
+        raise TrainingInterrupted(result(runner.carry), path) from interrupt
     return result(runner.carry)
 
 
@@ -337,16 +340,27 @@ def _start_program(model: Layer, loss_fn: LossFn, optimizer: GradientTransformat
     return start, (params, state), shapes
 
 
-def _restore(directory, fresh: _Start, seed: int) -> _Start:
-    """The checkpoint in ``directory``, read into the structure of ``fresh``."""
+def _restore(directory, fresh: _Start, seed: int, loader) -> _Start:
+    """The checkpoint in ``directory``, read into the structure of ``fresh``;
+    an error if it was made with another seed or another loader (its order,
+    batches or examples)."""
     if directory is None:
         raise ValueError("fit: resume=True needs checkpoint_dir")
     like = {"params": fresh.params, "state": fresh.state, "opt_state": fresh.opt_state}
-    restored = ckpt.load(directory, like)
+    try:
+        restored = ckpt.load(directory, like)
+    except (ValueError, KeyError, TypeError) as error:  # another structure: e.g. another optimizer's state
+        raise ValueError(f"fit: the checkpoint in {directory} does not fit this model and optimizer: "
+                         f"its state has another structure ({error})") from error
     _check_restored(directory, like, restored)
     raw = ckpt.load_raw(directory)
     if int(raw["seed"]) != seed:
         raise ValueError(f"fit: the checkpoint in {directory} was made with seed {int(raw['seed'])}, not {seed}")
+    here = _loader_identity(loader)
+    for key, value in raw["loader"].items():
+        if key in here and int(value) != here[key]:
+            raise ValueError(f"fit: the checkpoint in {directory} was made with a loader of {key}={int(value)}, "
+                             f"this one has {key}={here[key]}: its position would not be the same batches")
     return _Start(restored["params"], restored["state"], restored["opt_state"], int(raw["epoch"]),
                   int(raw["step"]), json.loads(bytes(raw["history"]).decode()),
                   json.loads(bytes(raw["partial"]).decode()))  # fmt: skip
@@ -367,14 +381,21 @@ def _check_restored(directory, like: dict, restored: dict) -> None:
                                  f"{path} is {found.get(path, 'missing')} there, {expected.get(path, 'absent')} here")
 
 
-def _payload(carry: Carry, epoch: int, step: int, seed: int, loader_seed, history: list, partial: dict) -> dict:
+def _loader_identity(loader) -> dict[str, int]:
+    """What fixes a loader's batches: its seed, batch size, number of
+    examples, shuffling and whether it drops the last partial batch."""
+    return {"seed": int(loader.seed), "batch_size": int(loader.batch_size), "num_examples": int(loader.num_examples),
+            "shuffle": int(bool(loader.shuffle)), "drop_remainder": int(bool(loader.drop_remainder))}  # fmt: skip
+
+
+def _payload(carry: Carry, epoch: int, step: int, seed: int, loader, history: list, partial: dict) -> dict:
     """A checkpoint's contents: the carry, where training stands, and the
     history (JSON in bytes: msgpack keeps arrays, not nested lists of dicts)."""
     return {
         "params": carry.params, "state": carry.state, "opt_state": carry.opt_state,
         "epoch": np.int64(epoch), "step": np.int64(step), "seed": np.int64(seed),
         "rng": jax.random.key_data(jax.random.key(seed)),
-        "loader": {k: np.int64(v) for k, v in {"epoch": epoch, "step": step, "seed": loader_seed}.items()},
+        "loader": {k: np.int64(v) for k, v in {"epoch": epoch, "step": step, **_loader_identity(loader)}.items()},
         "history": np.frombuffer(json.dumps(history).encode(), np.uint8),
         "partial": np.frombuffer(json.dumps(partial).encode(), np.uint8),
     }  # fmt: skip

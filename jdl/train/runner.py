@@ -84,6 +84,8 @@ class EpochRunner:
     def train_epoch(self, epoch: int, first_step: int = 0) -> None:
         """Run ``epoch`` from ``first_step``; the metrics stay on the device in ``pending``."""
         self.done, self.pending = first_step, []
+        if first_step >= self.steps_per_epoch:  # resumed after its last step (Ctrl-C in its evaluation)
+            return
         if self.mode == "scan" and first_step == 0:
             batches = self._scan_full_steps(epoch)
         else:

@@ -175,6 +175,8 @@ def first_non_finite(losses: np.ndarray, axis: int = 0) -> np.ndarray:
     per step, stacked in order), -1 where all are finite; for the fast step's
     callers, which record divergence from the losses instead of in the carry."""
     bad = ~np.isfinite(np.asarray(losses))
+    if bad.shape[axis] == 0:  # no steps
+        return np.full(np.delete(bad.shape, axis), -1)
     return np.where(bad.any(axis=axis), np.argmax(bad, axis=axis), -1)
 
 
