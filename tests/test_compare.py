@@ -47,6 +47,16 @@ def test_a_diverged_run_is_reported_and_the_others_finish():
     assert "1/1 diverged" in result.table()
 
 
+def test_parameters_broken_by_the_last_step_mark_the_run_diverged():
+    """gd takes one full-batch step per epoch: with a huge rate its only
+    step's loss is finite, but the parameters it leaves are not usable."""
+    result = jdl.compare.run("mnist_sample", "mlp", ["gd", "adam"], seeds=1, epochs=1,
+                             learning_rates={"gd": [1e30], "adam": [1e-3]}, progress=False)  # fmt: skip
+    runs = {r["optimizer"]: r for r in result.runs}
+    assert runs["gd"]["diverged"] == {"epoch": 1, "step": 0} and runs["gd"]["epochs"] == []
+    assert runs["adam"]["diverged"] is None
+
+
 def test_learning_rate_search_picks_a_rate_from_the_grid_on_validation_data():
     grid = [1e-5, 1e-3, 1e4]
     result = jdl.compare.run("mnist_sample", "mlp", ["adam"], seeds=2, epochs=1, learning_rates=grid, progress=False)

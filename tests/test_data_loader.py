@@ -169,7 +169,9 @@ def test_load_state_dict_validates():
         loader.load_state_dict({"epoch": 0})
     with pytest.raises(ValueError, match="step"):
         loader.load_state_dict({"epoch": 0, "step": 11, "seed": 0})
-    loader.load_state_dict({"epoch": 2, "step": 10, "seed": 0})  # end of epoch 2 = start of 3
+    with pytest.raises(ValueError, match=r"must be integers; got \{'epoch': 0.5, 'step': 1.7\}"):
+        loader.load_state_dict({"epoch": 0.5, "step": 1.7, "seed": 0})
+    loader.load_state_dict({"epoch": np.int64(2), "step": 10, "seed": 0})  # end of epoch 2 = start of 3
     assert loader.state_dict() == {"epoch": 3, "step": 0, "seed": 0}
 
 

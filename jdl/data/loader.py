@@ -16,6 +16,7 @@ examples `permutation(e)[s * B:(s + 1) * B]`.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -169,6 +170,10 @@ class Loader:
         missing = {"epoch", "step", "seed"} - set(state)
         if missing:
             raise ValueError(f"state needs keys epoch, step, seed; missing {sorted(missing)}")
+        not_whole = {k: state[k] for k in ("epoch", "step", "seed")
+                     if not isinstance(state[k], numbers.Integral) or isinstance(state[k], bool)}
+        if not_whole:
+            raise ValueError(f"state epoch, step and seed must be integers; got {not_whole}")
         epoch, step, seed = int(state["epoch"]), int(state["step"]), int(state["seed"])
         if epoch < 0 or not 0 <= step <= len(self):
             raise ValueError(f"state epoch={epoch}, step={step} out of range: expected "
@@ -237,9 +242,11 @@ def load(name: str, *, split: str, batch_size: int, shuffle: bool | None = None,
       download: let tfds download when the data is neither prepared nor in
         `manual_dir` and the network answers.
 
-    Errors, all raised before anything is prepared: ValueError for an
-    unknown dataset (with close names), an unknown split, batch_size < 1 or
-    larger than the split with drop_remainder; PermissionError when data_dir
+    Errors, all raised before anything is prepared (for a dataset outside
+    `sources.KNOWN_SPLITS` the split's size is known only once it is
+    prepared, so a bad split or batch size is found then): ValueError for
+    an unknown dataset (with close names), an unknown split, batch_size < 1
+    or larger than the split with drop_remainder; PermissionError when data_dir
     is not writable and the dataset must be prepared there;
     DatasetUnavailableError (a FileNotFoundError) within seconds when the
     data is not on disk and cannot be downloaded, saying how to provide it.
