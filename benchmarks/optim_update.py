@@ -17,7 +17,11 @@ bootstrap 95% interval of the median of the per-repeat ratios jdl / optax
      "reference_s": ..., "ratio": ..., "device": ..., "jax_version": ...}
 
 `same_hlo_op_counts` says whether XLA compiled the two steps to programs
-with the same count of every operation (then a ratio away from 1 is noise).
+with the same count of every operation; `same_program`, whether the two
+optimized programs are the same text once every name is replaced by its
+order of first appearance (`canonical_program`): the same instructions,
+shapes, fusions and order, so the same machine code, and a ratio away from
+1 is the machine's noise.
 
 Usage: python benchmarks/optim_update.py [--quick] [--only adam,gd]
 """
@@ -90,6 +94,7 @@ class _Runner:
         compiled = jax.jit(step, donate_argnums=(0, 1)).lower(self.params, self.state, grads).compile()
         self.step = compiled
         self.op_counts = collections.Counter(re.findall(r"= \S+ (\w+)\(", compiled.as_text()))
+        self.program = canonical_program(compiled.as_text())
 
     def time(self, calls: int) -> float:
         """Seconds per step over `calls` consecutive steps."""
@@ -99,6 +104,25 @@ class _Runner:
             self.params, self.state = self.step(self.params, self.state, self.grads)
         jax.block_until_ready((self.params, self.state))
         return (time.perf_counter() - start) / calls
+
+
+def canonical_program(hlo_text: str) -> list[str]:
+    """The computations of an optimized HLO module without what names the
+    source: metadata and stack frames dropped, the entry's parameter names
+    dropped, and every ``%name`` replaced by its order of first appearance."""
+    lines = [line for line in hlo_text.splitlines() if re.match(r"^\s*(ROOT\s+)?%|^ENTRY|^\s*}", line)]
+    names: dict[str, str] = {}
+
+    def rename(match: re.Match) -> str:
+        return names.setdefault(match.group(0), f"%{len(names)}")
+
+    canonical = []
+    for line in lines:
+        line = re.sub(r", metadata=\{[^}]*\}|stack_frame_id=\d+", "", line)
+        if line.startswith("ENTRY"):
+            line = re.sub(r"[\w.]+: ", "", line)
+        canonical.append(re.sub(r"%[\w.\-]+", rename, line))
+    return canonical
 
 
 def bootstrap_median_ci(values: np.ndarray, draws: int = 2000, seed: int = 0) -> list[float]:
@@ -149,6 +173,7 @@ def run(quick: bool = False, names: list[str] | None = None) -> list[dict]:
                 "optax_version": optax.__version__,
                 # the two compiled programs have the same count of each HLO op
                 "same_hlo_op_counts": runners["jdl"].op_counts == runners["optax"].op_counts,
+                "same_program": runners["jdl"].program == runners["optax"].program,
                 "leaves": len(jax.tree_util.tree_leaves(params)),
                 "parameters": sum(p.size for p in jax.tree_util.tree_leaves(params)),
             }

@@ -259,11 +259,14 @@ def cross_entropy(
         valid = _integer_labels(name, logits, labels, num_classes, "logits")
         safe = jnp.where(valid, labels, 0)
         log_p_label = jnp.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
-        loss = -(1.0 - a) * log_p_label - a * jnp.mean(log_p, axis=-1)
+        loss = -(1.0 - a) * log_p_label
+        if _is_traced(a) or a != 0:  # (with a == 0, 0 * a masked logit's -inf would be NaN)
+            loss = loss - a * jnp.mean(log_p, axis=-1)
         loss = _nan_where_invalid(loss, valid)
     else:
         targets = (1.0 - a) * labels.astype(log_p.dtype) + a / num_classes
-        loss = -jnp.sum(targets * log_p, axis=-1)
+        # 0 log 0 = 0: a class of target 0 adds nothing, even where its logit is masked (-inf)
+        loss = -jnp.sum(jnp.where(targets > 0, targets * log_p, 0.0), axis=-1)
     return _reduce(name, loss, reduction, weights)
 
 
@@ -456,7 +459,9 @@ def mae(
     Learning* (2009), §2.4 and §10.6.
     """
     _check_reduction("mae", reduction)
-    return _reduce("mae", jnp.abs(_errors("mae", predictions, targets)), reduction, weights)
+    errors = _errors("mae", predictions, targets)
+    # |d| as d * sign(d): the same values, and the gradient sign(d), 0 at d == 0 (jnp.abs's is 1 there)
+    return _reduce("mae", errors * jax.lax.stop_gradient(jnp.sign(errors)), reduction, weights)
 
 
 def huber(

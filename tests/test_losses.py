@@ -537,6 +537,30 @@ def test_gradients_regression_match_finite_differences(p, t, delta, seed):
         _check_grad(lambda x: L.huber(x, t, delta=delta, reduction="sum"), p, rng)
 
 
+def test_cross_entropy_with_masked_logits_is_finite_as_optax():
+    """Logits masked with -inf or the float minimum (impossible classes): the
+    loss of a possible label is optax's, for integer labels and one-hot
+    targets alike (0 log 0 = 0), not NaN."""
+    low = float(jnp.finfo(jnp.float32).min)
+    logits = jnp.array([[2.0, low, low, 0.5], [2.0, -jnp.inf, 0.0, 0.5]])
+    labels = jnp.array([0, 0])
+    expected = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    reference = -np.log(np.exp(2.0) / np.array([np.exp(2.0) + np.exp(0.5), np.exp(2.0) + 1 + np.exp(0.5)]))
+    np.testing.assert_allclose(expected, reference, rtol=1e-6)
+    np.testing.assert_allclose(L.cross_entropy(logits, labels, reduction="none"), expected, rtol=1e-6)
+    np.testing.assert_allclose(L.cross_entropy(logits, jax.nn.one_hot(labels, 4), reduction="none"), expected,
+                               rtol=1e-6)  # fmt: skip
+    assert bool(jnp.isinf(L.cross_entropy(logits, labels, label_smoothing=0.1, reduction="none")).all())
+
+
+def test_mae_gradient_is_the_sign_of_the_error():
+    """``d|p - t| / dp = sign(p - t)``: 0 where the prediction is exact (the
+    subgradient the docstring gives; ``jnp.abs``'s derivative is 1 there)."""
+    p, t = jnp.array([0.0, 1.0, -2.0, 3.0]), jnp.array([0.0, 0.5, -1.0, 3.0])
+    np.testing.assert_array_equal(jax.grad(lambda p: L.mae(p, t, reduction="sum"))(p), [0.0, 1.0, -1.0, 0.0])
+    np.testing.assert_array_equal(L.mae(p, t, reduction="none"), np.abs(np.asarray(p) - np.asarray(t)))
+
+
 def test_gradients_at_zero_targets_are_finite_where_optax_is_not():
     log_q = jnp.log(jnp.array([0.7, 0.3, 1e-30]))
     t = jnp.array([1.0, 0.0, 0.0])

@@ -317,6 +317,55 @@ def test_batchnorm_matches_flax_in_train_and_eval():
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(jnp.array_equal, eval_state, new_state))
 
 
+def test_batchnorm_statistics_of_bfloat16_inputs_are_computed_in_float32():
+    """Inputs far from zero in bfloat16 (a bfloat16 layer's output): the batch
+    statistics as NumPy's in float64 of the same values, to float32 rounding
+    (E[x^2] - E[x]^2 in bfloat16 would cancel to nothing)."""
+    x = (10.0 + _images((256, 16))).astype(jnp.bfloat16)
+    layer = nn.BatchNorm(momentum=0.9)
+    params, state = layer.init(KEY, x.shape)
+    y, new_state = layer.apply(params, state, x, train=True)
+    x64 = np.asarray(x.astype(jnp.float32), np.float64)
+    mean, var = x64.mean(0), x64.var(0)
+    np.testing.assert_allclose(y, (x64 - mean) / np.sqrt(var + 1e-5), atol=2e-4)
+    np.testing.assert_allclose(new_state["var"], 0.9 + 0.1 * var, rtol=1e-5)
+    np.testing.assert_allclose(new_state["mean"], 0.1 * mean, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["lax", "matmul"])
+def test_conv_without_a_dtype_promotes_bfloat16_inputs_as_flax(method):
+    """``dtype=None``: a bfloat16 input and float32 parameters compute in
+    float32, as ``Dense`` and flax's ``Conv`` do (on a GPU ``'auto'`` is ``'lax'``)."""
+    x = _images((2, 8, 8, 4)).astype(jnp.bfloat16)
+    layer = nn.Conv(5, (3, 3), method=method)
+    params, _ = layer.init(KEY, x.shape)
+    y, _ = layer.apply(params, {}, x)
+    reference = fnn.Conv(5, (3, 3)).apply({"params": {"kernel": params["w"], "bias": params["b"]}}, x)
+    assert y.dtype == reference.dtype == jnp.float32
+    np.testing.assert_allclose(y, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_sizes_may_be_numpy_integers():
+    """Sizes computed with NumPy (e.g. ``labels.max() + 1``) are sizes, as in flax."""
+    features = np.array([0, 9]).max() + 1
+    dense, _ = nn.Dense(features).init(KEY, (1, 3))
+    assert dense["w"].shape == (3, 10)
+    conv = nn.Conv(features, np.int64(3), strides=np.int64(1), padding=np.int64(1))
+    params, _ = conv.init(KEY, (1, 8, 8, 2))
+    assert params["w"].shape == (3, 3, 2, 10) and conv.apply(params, {}, _images((1, 8, 8, 2)))[0].shape[1:3] == (8, 8)
+    with pytest.raises(ValueError, match="features must be a positive int"):
+        nn.Dense(True)
+
+
+def test_leaky_relu_is_an_activation_and_leaky_relu_with_sets_its_slope():
+    x = jnp.array([-2.0, -0.5, 0.0, 3.0])
+    np.testing.assert_allclose(nn.leaky_relu(x), [-0.02, -0.005, 0.0, 3.0], rtol=1e-7)  # slope 0.01
+    np.testing.assert_array_equal(nn.leaky_relu_with(0.1)(x), jax.nn.leaky_relu(x, 0.1))
+    model = nn.serial(nn.Dense(3), nn.leaky_relu, nn.Dense(2), nn.leaky_relu_with(0.2))
+    params, state = model.init(KEY, (1, 4))
+    assert model.apply(params, state, jnp.ones((5, 4)))[0].shape == (5, 2)
+
+
 def test_dropout_rate_and_scaling():
     x = jnp.ones((200, 500))
     layer = nn.Dropout(0.3)

@@ -65,6 +65,15 @@ def test_jdl_chain_passes_extra_args_to_optax_members_that_take_them():
     assert_same_updates(a, b)
 
 
+def test_a_jdl_chain_wrapped_for_optax_gets_extra_args_inside_optax_chain():
+    """The documented way into optax's combinators for a jdl chain whose members take extra args."""
+    params = {"w": jnp.ones(3)}
+    inner = optax.GradientTransformationExtraArgs(*jo.chain(jo.scale(2.0), optax.contrib.reduce_on_plateau()))
+    tx = optax.chain(inner)
+    updates, _ = tx.update(params, tx.init(params), params, value=jnp.float32(1.0))
+    np.testing.assert_array_equal(updates["w"], 2.0 * np.ones(3))
+
+
 def test_clip_by_global_norm_matches_optax_below_and_above_the_threshold():
     grads = jax.grad(loss)(PARAMS)
     norm = float(optax.tree.norm(grads))
@@ -204,6 +213,13 @@ def test_schedules_match_optax(ours, theirs):
     np.testing.assert_allclose(jax.jit(ours)(steps), jax.jit(theirs)(steps), rtol=1e-6)
     for step in (0, 1, 29, 30, 31, 149):  # plain Python ints too
         np.testing.assert_allclose(ours(step), theirs(step), rtol=1e-6)
+
+
+def test_schedule_steps_may_be_numpy_integers():
+    steps = np.int64(100)
+    np.testing.assert_allclose(jo.cosine_decay(0.1, steps)(50), optax.cosine_decay_schedule(0.1, 100)(50), rtol=1e-7)
+    with pytest.raises(ValueError, match="decay_steps must be an int"):
+        jo.cosine_decay(0.1, 100.0)
 
 
 def test_a_schedule_sees_the_step_count_before_the_increment():

@@ -14,6 +14,7 @@ from jdl.nn.activations import (
     gelu,
     identity,
     leaky_relu,
+    leaky_relu_with,
     log_softmax,
     relu,
     relu6,
@@ -57,5 +58,6 @@ __all__ = [
     "softmax",
     "log_softmax",
     "leaky_relu",
+    "leaky_relu_with",
     "identity",
 ]

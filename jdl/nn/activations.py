@@ -21,8 +21,12 @@ softmax = jax.nn.softmax
 log_softmax = jax.nn.log_softmax
 
 
-def leaky_relu(negative_slope: float = 0.01):
-    """``leaky_relu(0.1)`` is the function ``x -> max(x, 0.1 x)``."""
+leaky_relu = jax.nn.leaky_relu  # x -> max(x, 0.01 x); another slope: leaky_relu_with(0.1)
+
+
+def leaky_relu_with(negative_slope: float):
+    """The activation ``x -> max(x, negative_slope * x)`` (``jax.nn.leaky_relu``
+    with that slope), e.g. ``serial(Dense(64), leaky_relu_with(0.1))``."""
     fn = functools.partial(jax.nn.leaky_relu, negative_slope=negative_slope)
     fn.__name__ = "leaky_relu"  # type: ignore[attr-defined]
     return fn

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 
 import jax
@@ -22,16 +23,21 @@ from jdl.nn.core import Layer, Params, State, make_layer
 Padding = str | int | Sequence[tuple[int, int]]
 
 
+def _is_int(value) -> bool:
+    """A Python or NumPy integer (not a bool)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _tuple(value: int | Sequence[int], n: int, what: str, layer: str) -> tuple[int, ...]:
-    values = (value,) * n if isinstance(value, int) else tuple(value)
-    if len(values) != n or not all(isinstance(v, int) and v >= 1 for v in values):
+    values = (value,) * n if _is_int(value) else tuple(value)
+    if len(values) != n or not all(_is_int(v) and v >= 1 for v in values):
         raise ValueError(f"{layer}: {what} must be a positive int or {n} positive ints; got {value!r}")
-    return values
+    return tuple(int(v) for v in values)
 
 
 def _window(value: int | Sequence[int], what: str, layer: str) -> tuple[int, ...]:
     """An int means a square 2-D window; a sequence gives one size per spatial dim."""
-    return _tuple(value, 2 if isinstance(value, int) else len(value), what, layer)
+    return _tuple(value, 2 if _is_int(value) else len(value), what, layer)
 
 
 def _check_rank(layer: str, input_shape: Sequence[int], rank: int, layout: str) -> None:
@@ -87,8 +93,9 @@ def Dense(  # noqa: N802 - layer constructors are capitalized, as in stax and fl
     *Mixed Precision Training*, ICLR 2018).  None: the dtype ``x`` and ``w``
     promote to.
     """
-    if not isinstance(features, int) or features < 1:
+    if not _is_int(features) or features < 1:
         raise ValueError(f"Dense: features must be a positive int; got {features!r}")
+    features = int(features)
     dtype = _compute_dtype(dtype, "Dense")
 
     def init(key: jax.Array, input_shape: Sequence[int]) -> tuple[Params, State]:
@@ -126,8 +133,8 @@ def _padding(padding: Padding, n: int, layer: str) -> str | list[tuple[int, int]
         if padding.upper() not in ("SAME", "VALID"):
             raise ValueError(f"{layer}: padding must be 'SAME', 'VALID', an int or pairs; got {padding!r}")
         return padding.upper()
-    if isinstance(padding, int):
-        return [(padding, padding)] * n
+    if _is_int(padding):
+        return [(int(padding), int(padding))] * n
     pairs = [tuple(p) for p in padding]
     if len(pairs) != n or any(len(p) != 2 for p in pairs):
         raise ValueError(f"{layer}: padding needs {n} (low, high) pairs; got {padding!r}")
@@ -275,8 +282,9 @@ def Conv(  # noqa: N802
     ``dtype``: the computation's dtype, as for ``Dense`` (``jnp.bfloat16``:
     mixed precision, float32 parameters).
     """
-    if not isinstance(features, int) or features < 1:
+    if not _is_int(features) or features < 1:
         raise ValueError(f"Conv: features must be a positive int; got {features!r}")
+    features = int(features)
     dtype = _compute_dtype(dtype, "Conv")
     window = _window(kernel_size, "kernel_size", "Conv")
     n = len(window)
@@ -300,6 +308,8 @@ def Conv(  # noqa: N802
         _check_features("Conv", params["w"].shape[-2], x, "channels")
         chosen = auto_conv_method(x.shape[-1]) if method == "auto" else method
         x, w, b = _cast(dtype, x, params["w"], params.get("b"))
+        if x.dtype != w.dtype:  # dtype None: the dtype they promote to, as Dense and flax's Conv
+            x, w = (a.astype(jnp.promote_types(x.dtype, w.dtype)) for a in (x, w))
         folded = chosen == "matmul" and _folds_bias(x.shape[-1])
         if chosen == "matmul":
             y = conv_as_matmul(x, w, stride, pad, b if folded else None)
@@ -452,9 +462,11 @@ def BatchNorm(momentum: float = 0.99, eps: float = 1e-5) -> Layer:  # noqa: N802
     def apply(params, state, x, key=None, train=False):
         _check_features("BatchNorm", params["scale"].shape[0], x)
         if train:
+            # the statistics in float32 at least (as flax): E[x^2] - E[x]^2 cancels in bfloat16
+            x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
             axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(x, axes)
-            var = jnp.maximum(0.0, jnp.mean(jnp.square(x), axes) - jnp.square(mean))
+            mean = jnp.mean(x32, axes)
+            var = jnp.maximum(0.0, jnp.mean(jnp.square(x32), axes) - jnp.square(mean))
             state = {
                 "mean": momentum * state["mean"] + (1.0 - momentum) * mean,
                 "var": momentum * state["var"] + (1.0 - momentum) * var,

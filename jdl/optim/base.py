@@ -87,6 +87,10 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     The state is the tuple of the members' states, in order.  Members may be
     jdl or optax transformations; keyword arguments given to `update` (optax's
     "extra args", e.g. `value=loss`) go to the members that accept them.
+    Inside optax's own combinators (``optax.chain``...), optax passes extra
+    args only to its ``GradientTransformationExtraArgs`` class, which jdl
+    (depending on jax alone) does not build: wrap a jdl chain that needs them
+    as ``optax.GradientTransformationExtraArgs(*chain(...))``.
     """
     init_fns = tuple(t[0] for t in transforms)
     update_fns = tuple(t[1] for t in transforms)
