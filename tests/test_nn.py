@@ -366,6 +366,22 @@ def test_leaky_relu_is_an_activation_and_leaky_relu_with_sets_its_slope():
     assert model.apply(params, state, jnp.ones((5, 4)))[0].shape == (5, 2)
 
 
+def test_max_pool_of_integers_and_windows_beyond_an_explicitly_padded_input():
+    x = np.arange(-16, 16, dtype=np.int32).reshape(2, 4, 4, 1)
+    y, _ = nn.MaxPool((2, 2)).apply({}, {}, jnp.asarray(x))
+    np.testing.assert_array_equal(y, x.reshape(2, 2, 2, 2, 2, 1).max(axis=(2, 4)))
+    with pytest.raises(ValueError, match=r"window \(5, 5\) is larger than the input's spatial shape \(3, 3\)"):
+        nn.serial(nn.Conv(2, (5, 5), padding=0)).init(KEY, (1, 3, 3, 1))
+    assert nn.Conv(2, (5, 5), padding=1).init(KEY, (1, 3, 3, 1))[0]["w"].shape == (5, 5, 1, 2)
+
+
+def test_batchnorm_without_its_state_says_so():
+    model = nn.serial(nn.Dense(4), nn.BatchNorm())
+    params, _ = model.init(KEY, (2, 3))
+    with pytest.raises(ValueError, match=r"BatchNorm: its state must hold the running 'mean' and 'var'"):
+        model.apply(params, {}, jnp.ones((2, 3)), train=True)
+
+
 def test_dropout_rate_and_scaling():
     x = jnp.ones((200, 500))
     layer = nn.Dropout(0.3)

@@ -142,13 +142,17 @@ def _padding(padding: Padding, n: int, layer: str) -> str | list[tuple[int, int]
 
 
 def _check_window_fits(layer: str, input_shape, window, padding) -> None:
-    if padding != "VALID":
+    """A ValueError when the window is larger than the (padded) input: no output."""
+    if padding == "SAME":
         return
     spatial = tuple(input_shape[1:-1])
-    if any(s < w for s, w in zip(spatial, window)):
+    pairs = [(0, 0)] * len(spatial) if padding == "VALID" else padding
+    padded = tuple(s + lo + hi for s, (lo, hi) in zip(spatial, pairs))
+    if any(s < w for s, w in zip(padded, window)):
+        described = "'VALID'" if padding == "VALID" else f"{[tuple(p) for p in pairs]}"
         raise ValueError(
             f"{layer}: window {tuple(window)} is larger than the input's spatial shape {spatial} "
-            f"(input shape {tuple(input_shape)}) with padding 'VALID'"
+            f"(input shape {tuple(input_shape)}) with padding {described}"
         )
 
 
@@ -347,7 +351,8 @@ def _pool(name: str, window, strides, padding, reduce_fn, init_value, average: b
             return _tiled_sum(x, window) / size, state
         # A concrete NumPy init value lets lax recognize the max / add monoid,
         # which is what makes the pool differentiable under jit.
-        y = lax.reduce_window(x, np.asarray(init_value, x.dtype), reduce_fn, dims, steps, full_pad)
+        start = init_value if average or jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+        y = lax.reduce_window(x, np.asarray(start, x.dtype), reduce_fn, dims, steps, full_pad)
         return (y / size if average else y), state
 
     return make_layer(name, init, apply)
@@ -461,6 +466,9 @@ def BatchNorm(momentum: float = 0.99, eps: float = 1e-5) -> Layer:  # noqa: N802
 
     def apply(params, state, x, key=None, train=False):
         _check_features("BatchNorm", params["scale"].shape[0], x)
+        if not {"mean", "var"} <= set(state):
+            raise ValueError(f"BatchNorm: its state must hold the running 'mean' and 'var' (from its init); "
+                             f"got keys {sorted(state)}")
         if train:
             # the statistics in float32 at least (as flax): E[x^2] - E[x]^2 cancels in bfloat16
             x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
