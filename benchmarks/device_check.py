@@ -290,6 +290,7 @@ def main() -> None:
         ("time_to_accuracy_bf16", lambda: time_to_accuracy.run(cpu=True, dtype="bfloat16")),
         ("time_to_accuracy_seeds", lambda: time_to_accuracy.over_seeds("cnn", 5)
          + time_to_accuracy.over_seeds("cnn", 5, "bfloat16")),
+        ("time_to_accuracy_seeds_bf16", lambda: time_to_accuracy.over_seeds("cnn", 9, "bfloat16")),
         ("feed", lambda: feed(args.quick)),
         ("comparison", lambda: comparison.run(args.quick, strategies=("vmap", "vmap_seeds"))),
         ("comparison_matmul", lambda: comparison.run(args.quick, strategies=("vmap",), conv_method="matmul")),
