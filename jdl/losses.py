@@ -260,13 +260,18 @@ def cross_entropy(
         safe = jnp.where(valid, labels, 0)
         log_p_label = jnp.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
         loss = -(1.0 - a) * log_p_label
-        if _is_traced(a) or a != 0:  # (with a == 0, 0 * a masked logit's -inf would be NaN)
+        # the smoothing term only where a != 0: 0 * a masked logit's -inf would be NaN
+        if _is_traced(a):
+            loss = loss - jnp.where(a == 0, 0.0, a * jnp.mean(log_p, axis=-1))
+        elif a != 0:
             loss = loss - a * jnp.mean(log_p, axis=-1)
         loss = _nan_where_invalid(loss, valid)
     else:
         targets = (1.0 - a) * labels.astype(log_p.dtype) + a / num_classes
-        # 0 log 0 = 0: a class of target 0 adds nothing, even where its logit is masked (-inf)
-        loss = -jnp.sum(jnp.where(targets > 0, targets * log_p, 0.0), axis=-1)
+        # 0 log 0 = 0: a class of target 0 adds nothing, even where its logit is masked (-inf);
+        # elsewhere log_p as it is, so that the gradient with respect to the targets stays -log_p
+        finite_log_p = jnp.where((targets == 0) & jnp.isneginf(log_p), 0.0, log_p)
+        loss = -jnp.sum(targets * finite_log_p, axis=-1)
     return _reduce(name, loss, reduction, weights)
 
 

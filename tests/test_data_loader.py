@@ -163,6 +163,19 @@ def test_break_then_iterate_again_continues():
     assert loader.state_dict() == {"epoch": 1, "step": 0, "seed": 1}
 
 
+def test_a_position_saved_in_a_checkpoint_loads_back(tmp_path):
+    """jdl's checkpoints store numbers as 0-d arrays: the position round-trips."""
+    from jdl.train import checkpoint
+
+    loader = make_loader()
+    loader.load_state_dict({"epoch": 1, "step": 3, "seed": 0})
+    checkpoint.save(tmp_path, {"loader": loader.state_dict()})
+    resumed = make_loader()
+    resumed.load_state_dict(checkpoint.load_raw(tmp_path)["loader"])
+    assert resumed.state_dict() == {"epoch": 1, "step": 3, "seed": 0}
+    np.testing.assert_array_equal(next(iter(resumed))["label"], next(iter(loader))["label"])
+
+
 def test_load_state_dict_validates():
     loader = make_loader()
     with pytest.raises(ValueError, match="missing"):

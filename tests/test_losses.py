@@ -553,6 +553,23 @@ def test_cross_entropy_with_masked_logits_is_finite_as_optax():
     assert bool(jnp.isinf(L.cross_entropy(logits, labels, label_smoothing=0.1, reduction="none")).all())
 
 
+def test_cross_entropy_gradient_in_the_targets_is_minus_log_softmax_and_traced_smoothing_of_zero_is_finite():
+    """The loss is linear in probability targets: its gradient in them is
+    ``-log_softmax(logits)`` (NumPy, float64), zeros of the target included;
+    a traced ``label_smoothing`` of 0 with masked logits is as finite as a
+    constant one."""
+    logits = np.array([[2.0, 1.0, 0.0, 0.5]])
+    targets = jnp.array([[1.0, 0.0, 0.0, 0.0]])
+    grad = jax.grad(lambda t: L.cross_entropy(jnp.asarray(logits, jnp.float32), t, reduction="sum"))(targets)
+    expected = -(logits - np.log(np.exp(logits).sum(-1, keepdims=True)))
+    np.testing.assert_allclose(grad, expected, rtol=1e-6)
+    masked = jnp.array([[2.0, -jnp.inf, 0.0, 0.5]])
+    smoothed = jax.vmap(lambda a: L.cross_entropy(masked, jnp.array([0]), label_smoothing=a))(jnp.array([0.0, 0.1]))
+    assert float(smoothed[0]) == pytest.approx(float(optax.softmax_cross_entropy_with_integer_labels(
+        masked, jnp.array([0]))[0]), rel=1e-6)  # fmt: skip
+    assert bool(jnp.isinf(smoothed[1]))
+
+
 def test_mae_gradient_is_the_sign_of_the_error():
     """``d|p - t| / dp = sign(p - t)``: 0 where the prediction is exact (the
     subgradient the docstring gives; ``jnp.abs``'s derivative is 1 there)."""

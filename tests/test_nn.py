@@ -361,6 +361,9 @@ def test_leaky_relu_is_an_activation_and_leaky_relu_with_sets_its_slope():
     x = jnp.array([-2.0, -0.5, 0.0, 3.0])
     np.testing.assert_allclose(nn.leaky_relu(x), [-0.02, -0.005, 0.0, 3.0], rtol=1e-7)  # slope 0.01
     np.testing.assert_array_equal(nn.leaky_relu_with(0.1)(x), jax.nn.leaky_relu(x, 0.1))
+    for old_use in (lambda: nn.leaky_relu(0.1), lambda: nn.leaky_relu()):
+        with pytest.raises(TypeError, match=r"the activation itself .* use leaky_relu_with\(slope\)"):
+            old_use()
     model = nn.serial(nn.Dense(3), nn.leaky_relu, nn.Dense(2), nn.leaky_relu_with(0.2))
     params, state = model.init(KEY, (1, 4))
     assert model.apply(params, state, jnp.ones((5, 4)))[0].shape == (5, 2)

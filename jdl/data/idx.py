@@ -22,7 +22,8 @@ order, and stops at the first that applies:
    image size, label range). For `fashion_mnist`, where pinned sums exist,
    that is not enough and the files are refused; for `mnist` jdl has no
    pinned sums, so structure is all it can check, and it logs a warning that
-   says so.
+   says so, unless the content has another dataset's pinned sum (Fashion-
+   MNIST's files given as MNIST's): then they are refused.
 
 The pinned sums were computed on 2026-11-26 from the files of Debian's
 `dataset-fashion-mnist` package (`/usr/share/datasets/fashion-mnist/*.gz`,

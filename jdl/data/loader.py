@@ -16,7 +16,6 @@ examples `permutation(e)[s * B:(s + 1) * B]`.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -37,6 +36,13 @@ def _to_float(images: np.ndarray) -> np.ndarray:
     if images.dtype == np.uint8:
         return np.divide(images, np.float32(255), dtype=np.float32)
     return np.asarray(images, np.float32)
+
+
+
+def _is_whole(value) -> bool:
+    """An integer scalar: Python's, NumPy's, a 0-d array's (as a checkpoint
+    stores it) or JAX's; not a bool or a float."""
+    return np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, np.integer)
 
 
 class Loader:
@@ -170,8 +176,7 @@ class Loader:
         missing = {"epoch", "step", "seed"} - set(state)
         if missing:
             raise ValueError(f"state needs keys epoch, step, seed; missing {sorted(missing)}")
-        not_whole = {k: state[k] for k in ("epoch", "step", "seed")
-                     if not isinstance(state[k], numbers.Integral) or isinstance(state[k], bool)}
+        not_whole = {k: state[k] for k in ("epoch", "step", "seed") if not _is_whole(state[k])}
         if not_whole:
             raise ValueError(f"state epoch, step and seed must be integers; got {not_whole}")
         epoch, step, seed = int(state["epoch"]), int(state["step"]), int(state["seed"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable
@@ -208,7 +209,9 @@ def fit(
     With ``checkpoint_dir`` a checkpoint (params, state, optimizer state,
     loader position, seed, history) is written atomically after every epoch
     and on Ctrl-C; ``resume=True`` (or a path) continues from it and ends
-    with exactly the parameters of an uninterrupted run.  A non-finite loss
+    with exactly the parameters of an uninterrupted run (a checkpoint made
+    with another seed, loader, model or optimizer is a ValueError saying
+    what differs, the seed and loader before anything compiles).  A non-finite loss
     raises ``NonFiniteLossError`` naming the epoch and step, keeping the last
     good parameters.  With several local devices, batches are sharded over
     them (data parallel, parameters replicated); for several hosts call
@@ -216,11 +219,15 @@ def fit(
     ``stop_when(record)`` is asked after each epoch's record (e.g.
     ``lambda r: r['test_accuracy'] >= 0.92``) and ends training early when true.
     """
-    if not isinstance(epochs, int) or epochs < 1:
+    if not isinstance(epochs, numbers.Integral) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int; got {epochs!r}")
+    epochs = int(epochs)
     if eval_batch_size < 1:
         raise ValueError(f"fit: eval_batch_size must be >= 1; got {eval_batch_size}")
     loader = train_data
+    resume_from = (checkpoint_dir if resume is True else resume) if resume else None
+    if resume:
+        _check_resumable(resume_from, seed, loader)  # before anything compiles
     placement = Placement(loader.batch_size, data_parallel)
     start_program, start_args, shapes = _start_program(model, loss_fn, optimizer, loader, seed, params, state)
     # The shapes, placed: the epoch and evaluation programs are lowered from
@@ -250,7 +257,7 @@ def fit(
     base_key, params, state, opt_state = start_program(*start_args)
     start = _Start(params, state, opt_state, epoch=0, step=0, history=[], partial=_no_steps())
     if resume:
-        start = _restore(checkpoint_dir if resume is True else resume, start, seed, loader)
+        start = _restore(resume_from, start)
     history, partial = start.history, start.partial
     runner.carry = placement.replicate(Carry(start.params, start.state, start.opt_state, np.int32(-1)))
     runner.base_key = placement.replicate(base_key)
@@ -340,19 +347,11 @@ def _start_program(model: Layer, loss_fn: LossFn, optimizer: GradientTransformat
     return start, (params, state), shapes
 
 
-def _restore(directory, fresh: _Start, seed: int, loader) -> _Start:
-    """The checkpoint in ``directory``, read into the structure of ``fresh``;
-    an error if it was made with another seed or another loader (its order,
-    batches or examples)."""
+def _check_resumable(directory, seed: int, loader) -> None:
+    """A ValueError unless the checkpoint in ``directory`` was made with this
+    ``seed`` and a loader of the same order, batches and examples."""
     if directory is None:
         raise ValueError("fit: resume=True needs checkpoint_dir")
-    like = {"params": fresh.params, "state": fresh.state, "opt_state": fresh.opt_state}
-    try:
-        restored = ckpt.load(directory, like)
-    except (ValueError, KeyError, TypeError) as error:  # another structure: e.g. another optimizer's state
-        raise ValueError(f"fit: the checkpoint in {directory} does not fit this model and optimizer: "
-                         f"its state has another structure ({error})") from error
-    _check_restored(directory, like, restored)
     raw = ckpt.load_raw(directory)
     if int(raw["seed"]) != seed:
         raise ValueError(f"fit: the checkpoint in {directory} was made with seed {int(raw['seed'])}, not {seed}")
@@ -361,6 +360,19 @@ def _restore(directory, fresh: _Start, seed: int, loader) -> _Start:
         if key in here and int(value) != here[key]:
             raise ValueError(f"fit: the checkpoint in {directory} was made with a loader of {key}={int(value)}, "
                              f"this one has {key}={here[key]}: its position would not be the same batches")
+
+
+def _restore(directory, fresh: _Start) -> _Start:
+    """The checkpoint in ``directory`` (``_check_resumable``), read into the
+    structure of ``fresh``: an error naming the first array that differs."""
+    like = {"params": fresh.params, "state": fresh.state, "opt_state": fresh.opt_state}
+    try:
+        restored = ckpt.load(directory, like)
+    except (ValueError, KeyError, TypeError) as error:  # another structure: e.g. another optimizer's state
+        raise ValueError(f"fit: the checkpoint in {directory} does not fit this model and optimizer: "
+                         f"its state has another structure ({error})") from error
+    _check_restored(directory, like, restored)
+    raw = ckpt.load_raw(directory)
     return _Start(restored["params"], restored["state"], restored["opt_state"], int(raw["epoch"]),
                   int(raw["step"]), json.loads(bytes(raw["history"]).decode()),
                   json.loads(bytes(raw["partial"]).decode()))  # fmt: skip
