@@ -219,6 +219,17 @@ def test_results_record_the_learning_rates_as_given():
     assert default.runs[0]["learning_rate"] == jdl.compare.preset("adam").learning_rate
 
 
+def test_curves_average_the_runs_that_reached_each_epoch():
+    """A seed that diverged after one epoch leaves the other seed's second epoch on the curve."""
+    from jdl.compare.report import _band
+
+    runs = [{"epochs": [{"train_loss": 2.0}, {"train_loss": 1.0}]}, {"epochs": [{"train_loss": 4.0}]}]
+    epochs, mean, std = _band(runs, "train_loss")
+    np.testing.assert_array_equal(epochs, [1, 2])
+    np.testing.assert_array_equal(mean, [3.0, 1.0])
+    np.testing.assert_array_equal(std, [1.0, 0.0])
+
+
 def test_table_reports_mean_and_std_over_seeds():
     runs = [{"optimizer": "adam", "learning_rate": 1e-3, "seed": s, "batch_size": 128, "diverged": None,
              "epochs": [{"epoch": 1, "train_loss": 1.0, "test_loss": 1.0, "test_accuracy": acc, "time_s": 1.0}]}

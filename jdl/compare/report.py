@@ -111,8 +111,12 @@ def format_table(result: Comparison) -> str:
 
 
 def _band(runs: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    length = min(len(r["epochs"]) for r in runs)
-    values = np.array([[e[key] for e in r["epochs"][:length]] for r in runs], dtype=np.float64)
+    """Epochs, mean and std of ``key`` over the runs that reached each epoch
+    (a run that diverged stops counting after its last complete epoch)."""
+    length = max(len(r["epochs"]) for r in runs)
+    values = np.full((len(runs), length), np.nan)
+    for row, r in zip(values, runs):
+        row[: len(r["epochs"])] = [e[key] for e in r["epochs"]]
     return np.arange(1, length + 1), np.nanmean(values, axis=0), np.nanstd(values, axis=0)
 
 
