@@ -404,7 +404,8 @@ def kl_divergence(
     (same shape). ``0 * log 0 = 0``; the ``t log t`` term uses a safe log
     (double ``where``), so gradients with respect to ``log_predictions`` and
     ``targets`` stay finite where ``t == 0`` (there the ``t log t`` term
-    contributes a zero gradient). Targets are not value-checked. KL is
+    contributes a zero gradient), also where ``log q`` is ``-inf`` (a masked
+    class, as ``scipy.special.rel_entr(0, 0) = 0``). Targets are not value-checked. KL is
     non-negative for distributions; in floating point it can come out
     negative by a rounding error near its minimum (it is not clamped).
 
@@ -419,7 +420,9 @@ def kl_divergence(
     _same_shape(name, log_q, t, "log_predictions", "targets")
     positive = t > 0
     t_log_t = jnp.where(positive, t * jnp.log(jnp.where(positive, t, 1.0)), 0.0)
-    loss = jnp.sum(t_log_t - t * log_q, axis=-1)
+    # a class of target 0 adds nothing even where log q is -inf (a masked logit's log_softmax)
+    finite_log_q = jnp.where((t == 0) & jnp.isneginf(log_q), 0.0, log_q)
+    loss = jnp.sum(t_log_t - t * finite_log_q, axis=-1)
     return _reduce(name, loss, reduction, weights)
 
 

@@ -570,6 +570,21 @@ def test_cross_entropy_gradient_in_the_targets_is_minus_log_softmax_and_traced_s
     assert bool(jnp.isinf(smoothed[1]))
 
 
+def test_kl_divergence_of_a_masked_class_with_target_zero_is_finite():
+    """``log q = -inf`` where ``t = 0`` (a masked logit): that class adds 0,
+    as in ``sum rel_entr(t, q)``, computed here in float64 NumPy."""
+    logits = np.array([[2.0, -np.inf, 0.0, 0.5]])
+    targets = np.array([[0.7, 0.0, 0.1, 0.2]])
+    log_q = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    kept = targets > 0
+    expected = np.sum(targets[kept] * (np.log(targets[kept]) - log_q[kept]))
+    loss = L.kl_divergence(jax.nn.log_softmax(jnp.asarray(logits, jnp.float32)), jnp.asarray(targets, jnp.float32))
+    assert float(loss) == pytest.approx(expected, abs=1e-6)  # float32 rounding of a difference of logs
+    grad = jax.grad(lambda z: L.kl_divergence(jax.nn.log_softmax(z), jnp.asarray(targets, jnp.float32)))(
+        jnp.asarray(logits, jnp.float32))  # fmt: skip
+    assert bool(jnp.isfinite(grad).all())
+
+
 def test_mae_gradient_is_the_sign_of_the_error():
     """``d|p - t| / dp = sign(p - t)``: 0 where the prediction is exact (the
     subgradient the docstring gives; ``jnp.abs``'s derivative is 1 there)."""
