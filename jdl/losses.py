@@ -260,11 +260,8 @@ def cross_entropy(
         safe = jnp.where(valid, labels, 0)
         log_p_label = jnp.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
         loss = -(1.0 - a) * log_p_label
-        # the smoothing term only where a != 0: 0 * a masked logit's -inf would be NaN
-        if _is_traced(a):
-            loss = loss - jnp.where(a == 0, 0.0, a * jnp.mean(log_p, axis=-1))
-        elif a != 0:
-            loss = loss - a * jnp.mean(log_p, axis=-1)
+        # the smoothing term only where a != 0 (concrete or traced): 0 * a masked logit's -inf would be NaN
+        loss = loss - jnp.where(a == 0, 0.0, a * jnp.mean(log_p, axis=-1))
         loss = _nan_where_invalid(loss, valid)
     else:
         targets = (1.0 - a) * labels.astype(log_p.dtype) + a / num_classes

@@ -226,8 +226,8 @@ def fit(
         raise ValueError(f"fit: eval_batch_size must be >= 1; got {eval_batch_size}")
     loader = train_data
     resume_from = (checkpoint_dir if resume is True else resume) if resume else None
-    if resume:
-        _check_resumable(resume_from, seed, loader)  # before anything compiles
+    # the checkpoint's raw contents, checked against the seed and loader before anything compiles
+    raw_checkpoint = _check_resumable(resume_from, seed, loader) if resume else None
     placement = Placement(loader.batch_size, data_parallel)
     start_program, start_args, shapes = _start_program(model, loss_fn, optimizer, loader, seed, params, state)
     # The shapes, placed: the epoch and evaluation programs are lowered from
@@ -257,7 +257,7 @@ def fit(
     base_key, params, state, opt_state = start_program(*start_args)
     start = _Start(params, state, opt_state, epoch=0, step=0, history=[], partial=_no_steps())
     if resume:
-        start = _restore(resume_from, start)
+        start = _restore(resume_from, raw_checkpoint, start)
     history, partial = start.history, start.partial
     runner.carry = placement.replicate(Carry(start.params, start.state, start.opt_state, np.int32(-1)))
     runner.base_key = placement.replicate(base_key)
@@ -347,9 +347,10 @@ def _start_program(model: Layer, loss_fn: LossFn, optimizer: GradientTransformat
     return start, (params, state), shapes
 
 
-def _check_resumable(directory, seed: int, loader) -> None:
-    """A ValueError unless the checkpoint in ``directory`` was made with this
-    ``seed`` and a loader of the same order, batches and examples."""
+def _check_resumable(directory, seed: int, loader) -> dict:
+    """The raw contents of the checkpoint in ``directory`` (``ckpt.load_raw``);
+    a ValueError unless it was made with this ``seed`` and a loader of the
+    same order, batches and examples."""
     if directory is None:
         raise ValueError("fit: resume=True needs checkpoint_dir")
     raw = ckpt.load_raw(directory)
@@ -360,11 +361,13 @@ def _check_resumable(directory, seed: int, loader) -> None:
         if key in here and int(value) != here[key]:
             raise ValueError(f"fit: the checkpoint in {directory} was made with a loader of {key}={int(value)}, "
                              f"this one has {key}={here[key]}: its position would not be the same batches")
+    return raw
 
 
-def _restore(directory, fresh: _Start) -> _Start:
-    """The checkpoint in ``directory`` (``_check_resumable``), read into the
-    structure of ``fresh``: an error naming the first array that differs."""
+def _restore(directory, raw: dict, fresh: _Start) -> _Start:
+    """The checkpoint in ``directory`` (``raw``: its contents as
+    ``_check_resumable`` read them), read into the structure of ``fresh``:
+    an error naming the first array that differs."""
     like = {"params": fresh.params, "state": fresh.state, "opt_state": fresh.opt_state}
     try:
         restored = ckpt.load(directory, like)
@@ -372,7 +375,6 @@ def _restore(directory, fresh: _Start) -> _Start:
         raise ValueError(f"fit: the checkpoint in {directory} does not fit this model and optimizer: "
                          f"its state has another structure ({error})") from error
     _check_restored(directory, like, restored)
-    raw = ckpt.load_raw(directory)
     return _Start(restored["params"], restored["state"], restored["opt_state"], int(raw["epoch"]),
                   int(raw["step"]), json.loads(bytes(raw["history"]).decode()),
                   json.loads(bytes(raw["partial"]).decode()))  # fmt: skip
