@@ -28,6 +28,7 @@ import numpy as np
 
 from jdl import data as jdl_data
 from jdl import losses, models
+from jdl._checks import is_int
 from jdl.compare.engine import Group, choose_engine, group_evaluator, init_groups, train_cluster
 from jdl.compare.presets import CLASSIC, FULL_BATCH, PRESETS, Preset, preset
 from jdl.compare.report import Comparison, format_table, plot
@@ -169,13 +170,13 @@ def run(
     dtype (``'bfloat16'``: mixed precision, float32 parameters; see
     ``jdl.nn.Dense``).
     """
-    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
+    if is_int(seeds):
         seed_list = list(range(int(seeds)))
     else:
         seed_list = [int(s) for s in seeds]
     if not seed_list or any(s < 0 for s in seed_list):
         raise ValueError(f"seeds must be a positive count or a non-empty list of seeds >= 0; got {seeds!r}")
-    if not isinstance(epochs, numbers.Integral) or isinstance(epochs, bool) or epochs < 1:
+    if not is_int(epochs) or epochs < 1:
         raise ValueError(f"epochs must be a positive int; got {epochs!r}")
     epochs = int(epochs)
     if isinstance(optimizers, str):

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from jdl._checks import is_int
 from jdl.data import sources
 from jdl.data.transforms import wants_rng
 
@@ -196,12 +197,12 @@ class Loader:
 
 
 def _check_seed(seed: int) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
 
 
 def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+    if not is_int(batch_size):
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-import numbers
 from collections.abc import Iterator, Sequence
 
 import jax
@@ -17,27 +16,23 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jdl._checks import is_int
 from jdl.nn import init as initializers
 from jdl.nn.core import Layer, Params, State, make_layer
 
 Padding = str | int | Sequence[tuple[int, int]]
 
 
-def _is_int(value) -> bool:
-    """A Python or NumPy integer (not a bool)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _tuple(value: int | Sequence[int], n: int, what: str, layer: str) -> tuple[int, ...]:
-    values = (value,) * n if _is_int(value) else tuple(value)
-    if len(values) != n or not all(_is_int(v) and v >= 1 for v in values):
+    values = (value,) * n if is_int(value) else tuple(value)
+    if len(values) != n or not all(is_int(v) and v >= 1 for v in values):
         raise ValueError(f"{layer}: {what} must be a positive int or {n} positive ints; got {value!r}")
     return tuple(int(v) for v in values)
 
 
 def _window(value: int | Sequence[int], what: str, layer: str) -> tuple[int, ...]:
     """An int means a square 2-D window; a sequence gives one size per spatial dim."""
-    return _tuple(value, 2 if _is_int(value) else len(value), what, layer)
+    return _tuple(value, 2 if is_int(value) else len(value), what, layer)
 
 
 def _check_rank(layer: str, input_shape: Sequence[int], rank: int, layout: str) -> None:
@@ -93,7 +88,7 @@ def Dense(  # noqa: N802 - layer constructors are capitalized, as in stax and fl
     *Mixed Precision Training*, ICLR 2018).  None: the dtype ``x`` and ``w``
     promote to.
     """
-    if not _is_int(features) or features < 1:
+    if not is_int(features) or features < 1:
         raise ValueError(f"Dense: features must be a positive int; got {features!r}")
     features = int(features)
     dtype = _compute_dtype(dtype, "Dense")
@@ -133,7 +128,7 @@ def _padding(padding: Padding, n: int, layer: str) -> str | list[tuple[int, int]
         if padding.upper() not in ("SAME", "VALID"):
             raise ValueError(f"{layer}: padding must be 'SAME', 'VALID', an int or pairs; got {padding!r}")
         return padding.upper()
-    if _is_int(padding):
+    if is_int(padding):
         return [(int(padding), int(padding))] * n
     pairs = [tuple(p) for p in padding]
     if len(pairs) != n or any(len(p) != 2 for p in pairs):
@@ -286,7 +281,7 @@ def Conv(  # noqa: N802
     ``dtype``: the computation's dtype, as for ``Dense`` (``jnp.bfloat16``:
     mixed precision, float32 parameters).
     """
-    if not _is_int(features) or features < 1:
+    if not is_int(features) or features < 1:
         raise ValueError(f"Conv: features must be a positive int; got {features!r}")
     features = int(features)
     dtype = _compute_dtype(dtype, "Conv")

@@ -11,17 +11,16 @@ schedule's peak can be `vmap`ped over.
 
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 
+from jdl._checks import is_int
 from jdl.optim import _validate
 from jdl.optim.base import Schedule
 
 
 def _check_steps(name: str, value: int, *, positive: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_int(value):
         raise ValueError(f"{name} must be an int, got {value!r}")
     if value < (1 if positive else 0):
         raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value}")

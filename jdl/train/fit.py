@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdl._checks import is_int
 from jdl.nn import Layer
 from jdl.optim import GradientTransformation
 from jdl.train import checkpoint as ckpt
@@ -219,7 +219,7 @@ def fit(
     ``stop_when(record)`` is asked after each epoch's record (e.g.
     ``lambda r: r['test_accuracy'] >= 0.92``) and ends training early when true.
     """
-    if not isinstance(epochs, numbers.Integral) or isinstance(epochs, bool) or epochs < 1:
+    if not is_int(epochs) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int; got {epochs!r}")
     epochs = int(epochs)
     if eval_batch_size < 1:
