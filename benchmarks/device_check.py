@@ -303,6 +303,7 @@ def main() -> None:
         ("step_variants_bf16", lambda: step_variants.run_bfloat16(args.quick)),
         ("step_variants_cnn", lambda: step_variants.run(args.quick, ("cnn",))),
         ("trace_comparison", lambda: profile_step.trace_comparison(args.quick)),
+        ("trace_comparison_bf16", lambda: profile_step.trace_comparison(args.quick, args.out, dtype=jnp.bfloat16)),
         ("cold_start", lambda: cold_start.run(args.quick, models=("mlp", "cnn", "fmnist_2c2d"))),
         ("cold_start_cnn", lambda: cold_start.run(args.quick, models=("cnn",))),
         ("bf16_unroll2", lambda: unrolled(lambda: train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn",),

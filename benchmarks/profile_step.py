@@ -223,20 +223,25 @@ def _traced(run: Callable, steps: int, out_dir: str | None, name: str) -> dict:
         return kernel_table(found[0], steps) if found else {"error": "no trace file written"}
 
 
-def trace_comparison(quick: bool, out_dir: str | None = None, k: int = 8) -> list[dict]:
+def trace_comparison(quick: bool, out_dir: str | None = None, k: int = 8, dtype=None,
+                     methods: tuple[str, ...] = ("lax", "matmul")) -> list[dict]:  # fmt: skip
     """Kernel table of ``k`` cnn configurations vmapped in jdl.compare's engine
-    (one epoch after a compiled warm-up, evaluation included), per step."""
+    (one epoch after a compiled warm-up, evaluation included), per step, for
+    each convolution ``method`` (``'lax'``: cuDNN's grouped convolutions under
+    vmap); ``dtype``: the layers' computation dtype (bfloat16: mixed precision)."""
     import comparison
 
     records = []
     data, test, _ = common.mnist_shaped(1024 if quick else 60000)
     test = {key: value[:1000] for key, value in test.items()}
     lrs, steps = list(np.geomspace(1e-4, 3e-3, k)), 2 * (len(data["label"]) // BATCH)
-    for method in ("lax", "matmul"):
-        model = models.cnn(conv_method=method)
+    suffix = "" if dtype is None else f"/{jnp.dtype(dtype).name}"
+    for method in methods:
+        model = models.cnn(conv_method=method, dtype=dtype)
         table = _traced(lambda model=model, data=data, test=test, lrs=lrs: comparison._epoch_seconds(
-            model, data, test, lrs, [0] * k, BATCH, 2, True), steps, out_dir, f"comparison-{method}")  # fmt: skip
-        records.append({"benchmark": f"profile/trace/comparison/cnn/{k}_configs/{method}",
+            model, data, test, lrs, [0] * k, BATCH, 2, True), steps, out_dir,
+            f"comparison-{method}{suffix.replace('/', '-')}")  # fmt: skip
+        records.append({"benchmark": f"profile/trace/comparison/cnn{suffix}/{k}_configs/{method}",
                         "device": common.device_name(), "jax_version": jax.__version__, "steps": steps,
                         "note": "two epochs and their evaluations, per step; the span includes compiling",
                         **table})  # fmt: skip
