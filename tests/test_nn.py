@@ -378,6 +378,46 @@ def test_max_pool_of_integers_and_windows_beyond_an_explicitly_padded_input():
     assert nn.Conv(2, (5, 5), padding=1).init(KEY, (1, 3, 3, 1))[0]["w"].shape == (5, 5, 1, 2)
 
 
+@pytest.mark.parametrize("method", ["lax", "matmul"])
+def test_conv_padding_as_one_int_per_dimension_matches_flax(method):
+    x = _images((2, 7, 6, 3))
+    layer = nn.Conv(4, (3, 3), padding=(1, 2), method=method)
+    params, _ = layer.init(KEY, x.shape)
+    ours, _ = layer.apply(params, {}, x)
+    flax_conv = fnn.Conv(4, (3, 3), padding=(1, 2))
+    theirs = flax_conv.apply({"params": {"kernel": params["w"], "bias": params["b"]}}, x)
+    assert ours.shape == theirs.shape == (2, 7, 8, 4)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    pooled, _ = nn.MaxPool((3, 3), strides=1, padding=(1, 1)).apply({}, {}, x)
+    np.testing.assert_allclose(pooled, fnn.max_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1))))
+
+
+@pytest.mark.parametrize("padding", [[(-1, -1), (-1, -1)], -1, None, 1.5, (1, 2, 3), [(1, 2, 3), (0, 0)]])
+def test_padding_that_is_no_padding_is_refused_at_construction(padding):
+    for make in (lambda: nn.Conv(2, (3, 3), padding=padding), lambda: nn.MaxPool((2, 2), padding=padding)):
+        with pytest.raises(ValueError, match=r"padding must be 'SAME', 'VALID', an int, 2 ints or 2 \(low, high\)"):
+            make()
+
+
+def test_conv_applied_to_an_input_of_the_wrong_rank_names_the_layer_and_shapes():
+    layer = nn.Conv(3, (3, 3))
+    params, _ = layer.init(KEY, (1, 5, 5, 2))
+    with pytest.raises(ValueError, match=r"Conv: expected an input of rank 4, shape \(batch, H, W, channels\); "
+                                         r"got shape \(5, 5, 2\)"):
+        layer.apply(params, {}, jnp.ones((5, 5, 2)))
+
+
+@pytest.mark.parametrize("window, strides, padding", [((2, 2), None, "VALID"), ((3, 3), 1, "SAME")])
+def test_average_pool_of_uint8_pixels_is_their_float_mean(window, strides, padding):
+    x = np.random.default_rng(0).integers(0, 256, (2, 6, 6, 1)).astype(np.uint8)
+    ours, _ = nn.AvgPool(window, strides, padding).apply({}, {}, jnp.asarray(x))
+    step = window if strides is None else (strides,) * 2
+    reference = fnn.avg_pool(jnp.asarray(x, jnp.float32), window, step, padding)  # flax, on floats
+    assert ours.dtype == jnp.float32
+    np.testing.assert_allclose(ours, reference, rtol=1e-6)
+    np.testing.assert_allclose(nn.AvgPool((2, 2)).apply({}, {}, jnp.full((1, 4, 4, 1), 200, jnp.uint8))[0], 200.0)
+
+
 def test_batchnorm_without_its_state_says_so():
     model = nn.serial(nn.Dense(4), nn.BatchNorm())
     params, _ = model.init(KEY, (2, 3))
@@ -403,9 +443,10 @@ def test_dropout_without_key_says_so():
         nn.Dropout(0.5).apply({}, {}, jnp.ones((2, 3)), train=True)
 
 
-def test_dropout_rate_out_of_range():
-    with pytest.raises(ValueError, match=r"\[0, 1\).*1.5"):
-        nn.Dropout(1.5)
+@pytest.mark.parametrize("rate", [1.5, -0.1, None, "0.5", True])
+def test_dropout_rate_that_is_not_a_probability_is_refused(rate):
+    with pytest.raises(ValueError, match=r"a number in \[0, 1\); got " + repr(rate).replace(".", r"\.")):
+        nn.Dropout(rate)
 
 
 # --- serial, names and shapes -----------------------------------------------

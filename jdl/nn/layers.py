@@ -20,7 +20,7 @@ from jdl._checks import is_int
 from jdl.nn import init as initializers
 from jdl.nn.core import Layer, Params, State, make_layer
 
-Padding = str | int | Sequence[tuple[int, int]]
+Padding = str | int | Sequence[int] | Sequence[tuple[int, int]]
 
 
 def _tuple(value: int | Sequence[int], n: int, what: str, layer: str) -> tuple[int, ...]:
@@ -124,16 +124,27 @@ def _spatial_layout(n: int) -> tuple[str, str]:
 
 
 def _padding(padding: Padding, n: int, layer: str) -> str | list[tuple[int, int]]:
+    """``'SAME'`` / ``'VALID'``, or one ``(low, high)`` pair of zeros to pad per
+    spatial dimension: an int pads every side by it, ``n`` ints pad both sides
+    of each dimension (flax's forms), ``n`` pairs give each side."""
+    expected = f"'SAME', 'VALID', an int, {n} ints or {n} (low, high) pairs of non-negative ints"
     if isinstance(padding, str):
         if padding.upper() not in ("SAME", "VALID"):
-            raise ValueError(f"{layer}: padding must be 'SAME', 'VALID', an int or pairs; got {padding!r}")
+            raise ValueError(f"{layer}: padding must be {expected}; got {padding!r}")
         return padding.upper()
     if is_int(padding):
-        return [(int(padding), int(padding))] * n
-    pairs = [tuple(p) for p in padding]
-    if len(pairs) != n or any(len(p) != 2 for p in pairs):
-        raise ValueError(f"{layer}: padding needs {n} (low, high) pairs; got {padding!r}")
-    return pairs
+        pairs = [(padding, padding)] * n
+    elif isinstance(padding, Sequence) and len(padding) == n and all(is_int(p) for p in padding):
+        pairs = [(p, p) for p in padding]
+    elif isinstance(padding, Sequence) and len(padding) == n and all(
+        isinstance(p, Sequence) and len(p) == 2 and all(is_int(v) for v in p) for p in padding
+    ):
+        pairs = [tuple(p) for p in padding]
+    else:
+        raise ValueError(f"{layer}: padding must be {expected}; got {padding!r}")
+    if any(v < 0 for pair in pairs for v in pair):
+        raise ValueError(f"{layer}: padding must be {expected} (negative padding would crop); got {padding!r}")
+    return [(int(lo), int(hi)) for lo, hi in pairs]
 
 
 def _check_window_fits(layer: str, input_shape, window, padding) -> None:
@@ -304,6 +315,11 @@ def Conv(  # noqa: N802
         return params, {}
 
     def apply(params, state, x, key=None, train=False):
+        if x.ndim != n + 2:
+            raise ValueError(
+                f"Conv: expected an input of rank {n + 2}, shape (batch, {', '.join('HWD'[:n])}, channels); "
+                f"got shape {tuple(x.shape)}"
+            )
         _check_features("Conv", params["w"].shape[-2], x, "channels")
         chosen = auto_conv_method(x.shape[-1]) if method == "auto" else method
         x, w, b = _cast(dtype, x, params["w"], params.get("b"))
@@ -342,6 +358,8 @@ def _pool(name: str, window, strides, padding, reduce_fn, init_value, average: b
     def apply(params, state, x, key=None, train=False):
         if x.ndim != n + 2:
             raise ValueError(f"{label}: expected an input of rank {n + 2}; got shape {tuple(x.shape)}")
+        if average and not jnp.issubdtype(x.dtype, jnp.inexact):
+            x = x.astype(jnp.float32)  # integer pixels (uint8) would overflow their own dtype's sum
         if tiles and all(d % w == 0 for d, w in zip(x.shape[1:-1], window)):
             return _tiled_sum(x, window) / size, state
         # A concrete NumPy init value lets lax recognize the max / add monoid,
@@ -385,7 +403,9 @@ def AvgPool(  # noqa: N802
 ) -> Layer:
     """Mean over each window; padded positions count as zeros (flax's
     ``avg_pool`` default, ``count_include_pad=True``).  ``strides`` defaults to
-    the window.  Windows that tile the input exactly are summed by a reshape
+    the window.  Integer inputs (uint8 pixels) are averaged in float32: summed
+    in their own dtype they would overflow (as flax's ``avg_pool`` does).
+    Windows that tile the input exactly are summed by a reshape
     (``_tiled_sum``), others by ``lax.reduce_window``: the flax CNN's epoch on
     an H200 in bfloat16 took 0.059 s against 0.063 s with ``reduce_window``
     (``benchmarks/step_variants.py --bfloat16``)."""
@@ -414,9 +434,10 @@ def Dropout(rate: float) -> Layer:  # noqa: N802
     With ``train=True`` a PRNG ``key`` is required; with ``train=False`` the
     layer is the identity.
     """
-    if not 0.0 <= float(rate) < 1.0:
-        raise ValueError(f"Dropout: rate is the probability of dropping and must lie in [0, 1); got {rate!r}")
-    keep = 1.0 - float(rate)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)) or not 0 <= rate < 1:
+        raise ValueError(f"Dropout: rate is the probability of dropping, a number in [0, 1); got {rate!r}")
+    rate = float(rate)
+    keep = 1.0 - rate
 
     def init(key: jax.Array, input_shape: Sequence[int]) -> tuple[Params, State]:
         return {}, {}
