@@ -155,6 +155,21 @@ def _float(x) -> jax.Array:
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
+def _check_hyperparameter(name: str, what: str, value, expected: str, is_valid: Callable[[float], bool]) -> None:
+    """A ValueError unless ``value`` is a real number (or 0-d array) for which
+    ``is_valid`` holds; traced values pass unchecked."""
+    if _is_traced(value):
+        return
+    number = (
+        not isinstance(value, (bool, str))
+        and np.ndim(value) == 0
+        and np.issubdtype(np.asarray(value).dtype, np.number)
+        and not np.iscomplexobj(value)
+    )
+    if not number or not is_valid(float(value)):
+        raise ValueError(f"{name}: {what} must {expected}; got {value if number else repr(value)}")
+
+
 def _check_reduction(name: str, reduction: str) -> None:
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"{name}: reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
@@ -245,8 +260,7 @@ def cross_entropy(
     _check_reduction(name, reduction)
     logits, labels = _float(logits), jnp.asarray(labels)
     num_classes = _class_axis(name, logits, "logits")
-    if not _is_traced(label_smoothing) and not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"{name}: label_smoothing must lie in [0, 1]; got {label_smoothing}")
+    _check_hyperparameter(name, "label_smoothing", label_smoothing, "lie in [0, 1]", lambda a: 0.0 <= a <= 1.0)
     log_p = jax.nn.log_softmax(logits, axis=-1)
     a = label_smoothing
     if not jnp.issubdtype(labels.dtype, jnp.integer) and labels.shape != logits.shape:
@@ -288,8 +302,8 @@ def log_loss(
     (default) ``p = sigmoid(logits)`` and the loss is computed as
     ``y * softplus(-x) + (1 - y) * softplus(x)``, stable for any logit. With
     ``from_logits=False`` the first argument holds probabilities ``p`` in
-    ``[0, 1]``; ``p`` and ``1 - p`` are clipped below at ``eps`` so that the
-    loss stays finite (at most ``-log(eps)``; the gradient is zero where the
+    ``[0, 1]``; ``p`` and ``1 - p`` are clipped below at ``eps`` (in ``(0, 0.5)``)
+    so that the loss stays finite (at most ``-log(eps)``; the gradient is zero where the
     clip applies).
 
     Source: Bishop, *Pattern Recognition and Machine Learning* (2006),
@@ -299,6 +313,8 @@ def log_loss(
     _check_reduction(name, reduction)
     x, y = _float(logits), jnp.asarray(labels)
     _same_shape(name, x, y, "logits" if from_logits else "probabilities", "labels")
+    if not from_logits:
+        _check_hyperparameter(name, "eps", eps, "lie in (0, 0.5)", lambda e: 0.0 < e < 0.5)
     valid = _check_values(y, lambda v: (v >= 0) & (v <= 1), f"{name}: labels must lie in [0, 1]")
     y = y.astype(x.dtype)
     if from_logits:
@@ -489,8 +505,7 @@ def huber(
     """
     name = "huber"
     _check_reduction(name, reduction)
-    if not _is_traced(delta) and not delta > 0:
-        raise ValueError(f"{name}: delta must be positive; got {delta}")
+    _check_hyperparameter(name, "delta", delta, "be positive", lambda d: d > 0)
     abs_e = jnp.abs(_errors(name, predictions, targets))
     quadratic = jnp.minimum(abs_e, delta)
     loss = 0.5 * quadratic**2 + delta * (abs_e - quadratic)

@@ -215,6 +215,24 @@ def test_schedules_match_optax(ours, theirs):
         np.testing.assert_allclose(ours(step), theirs(step), rtol=1e-6)
 
 
+def test_piecewise_constant_takes_its_pairs_as_a_sequence_too():
+    theirs = optax.piecewise_constant_schedule(0.1, {60: 0.1, 30: 0.5})
+    pairs = ([(60, 0.1), (30, 0.5)], ((30, 0.5), (60, 0.1)))
+    for ours in (jo.piecewise_constant(0.1, given) for given in pairs):
+        steps = jnp.arange(100, dtype=jnp.int32)
+        np.testing.assert_allclose(jax.jit(ours)(steps), theirs(steps), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"boundaries_and_scales must be a dict \{boundary: scale\} or \(boundary, "
+                                         r"scale\) pairs; got \[10, 20\]"):
+        jo.piecewise_constant(0.1, [10, 20])
+
+
+def test_a_half_open_range_reads_as_a_bound():
+    with pytest.raises(ValueError, match=r"^decay_rate must be > 0, got 0.0$"):
+        jo.exponential_decay(0.1, 10, 0.0)
+    with pytest.raises(ValueError, match=r"^b1 must be in \[0, 1\), got 1.0$"):
+        jo.adam(0.1, b1=1.0)
+
+
 def test_schedule_steps_may_be_numpy_integers():
     steps = np.int64(100)
     np.testing.assert_allclose(jo.cosine_decay(0.1, steps)(50), optax.cosine_decay_schedule(0.1, 100)(50), rtol=1e-7)

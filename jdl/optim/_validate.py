@@ -71,10 +71,10 @@ def check_range(
     if not (above and below):
         lower, upper = "[" if include_low else "(", "]" if include_high else ")"
         if math.isfinite(high):
-            interval = f"{lower}{low:g}, {high:g}{upper}"
+            interval = f"in {lower}{low:g}, {high:g}{upper}"
         else:
             interval = f"{'>=' if include_low else '>'} {low:g}"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+        raise ValueError(f"{name} must be {interval}, got {value!r}")
     return value
 
 

@@ -11,6 +11,8 @@ schedule's peak can be `vmap`ped over.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import jax
 import jax.numpy as jnp
 
@@ -141,15 +143,27 @@ def warmup_cosine_decay(
 
 
 def piecewise_constant(
-    init_value: jax.typing.ArrayLike, boundaries_and_scales: dict[int, float] | None = None
+    init_value: jax.typing.ArrayLike,
+    boundaries_and_scales: dict[int, float] | Sequence[tuple[int, float]] | None = None,
 ) -> Schedule:
     """Multiply the value by `scale` from step `boundary` on, for each pair.
 
     `piecewise_constant(0.1, {100: 0.1, 200: 0.5})` gives 0.1 for steps
-    0-99, 0.01 for 100-199 and 0.005 from 200 on.
+    0-99, 0.01 for 100-199 and 0.005 from 200 on (optax's
+    `piecewise_constant_schedule`); the pairs may also be given as a
+    sequence of `(boundary, scale)`.
     """
     _validate.check_learning_rate(init_value, "init_value")
-    pairs = sorted((boundaries_and_scales or {}).items())
+    given = boundaries_and_scales or {}
+    if isinstance(given, Mapping):
+        given = given.items()
+    try:
+        pairs = sorted((boundary, factor) for boundary, factor in given)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            "boundaries_and_scales must be a dict {boundary: scale} or (boundary, scale) pairs; "
+            f"got {boundaries_and_scales!r}"
+        ) from error
     for boundary, factor in pairs:
         _check_steps("boundary", boundary, positive=False)
         _validate.check_range("scale", factor, 0.0)
