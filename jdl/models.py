@@ -94,13 +94,18 @@ def cifar10_3c3d(num_classes: int = 10, conv_method: str = "auto", dtype=None) -
     )  # fmt: skip
 
 
+def cifar100_3c3d(num_classes: int = 100, conv_method: str = "auto", dtype=None) -> nn.Layer:
+    """DeepOBS cifar100_3c3d: ``cifar10_3c3d`` with 100 outputs."""
+    return cifar10_3c3d(num_classes, conv_method, dtype)
+
+
 MODELS: dict[str, Callable[..., nn.Layer]] = {
     "mlp": mlp,
     "cnn": cnn,
     "fmnist_2c2d": fmnist_2c2d,
     "mnist_2c2d": fmnist_2c2d,
     "cifar10_3c3d": cifar10_3c3d,
-    "cifar100_3c3d": cifar10_3c3d,
+    "cifar100_3c3d": cifar100_3c3d,
 }
 
 
@@ -109,10 +114,15 @@ def names() -> list[str]:
     return sorted(MODELS)
 
 
-def get(name: str, num_classes: int = 10, **kwargs) -> nn.Layer:
-    """The preset called ``name`` (one of ``names()``) with ``num_classes`` outputs."""
-    if name not in MODELS:
-        close = difflib.get_close_matches(name, MODELS, n=3)
+def get(name: str, num_classes: int | None = None, **kwargs) -> nn.Layer:
+    """The preset called ``name`` (one of ``names()``, any case) with
+    ``num_classes`` outputs (None: the preset's own, 100 for
+    ``cifar100_3c3d`` and 10 for the others)."""
+    key = name.strip().lower().replace("-", "_") if isinstance(name, str) else None
+    if key not in MODELS:
+        close = difflib.get_close_matches(key, MODELS, n=3) if key else []
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(names())}.{hint}")
-    return MODELS[name](num_classes=num_classes, **kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return MODELS[key](**kwargs)

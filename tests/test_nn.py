@@ -479,20 +479,26 @@ def test_cnn_matches_flax_mnist_example_with_copied_weights():
 
 
 @pytest.mark.parametrize(
-    "name, shape, count",
+    "name, shape, count, classes",
     # DeepOBS' published parameter counts for its test problems.
-    [("fmnist_2c2d", (1, 28, 28, 1), 3_274_634), ("cifar10_3c3d", (1, 32, 32, 3), 895_210)],
+    # cifar100_3c3d: cifar10_3c3d's count with a last layer of 256 x 100 + 100 instead of 256 x 10 + 10.
+    [("fmnist_2c2d", (1, 28, 28, 1), 3_274_634, 10), ("cifar10_3c3d", (1, 32, 32, 3), 895_210, 10),
+     ("cifar100_3c3d", (1, 32, 32, 3), 895_210 + 256 * 90 + 90, 100)],
 )
-def test_deepobs_models_parameter_counts(name, shape, count):
+def test_deepobs_models_parameter_counts(name, shape, count, classes):
     params, _ = models.get(name).init(KEY, shape)
     assert nn.count_params(params) == count
     y, _ = models.get(name).apply(params, {}, jnp.zeros((2, *shape[1:])))
-    assert y.shape == (2, 10)
+    assert y.shape == (2, classes)
+    params, _ = models.get(name.upper(), num_classes=7).init(KEY, shape)
+    assert models.get(name, num_classes=7).apply(params, {}, jnp.zeros((2, *shape[1:])))[0].shape == (2, 7)
 
 
 def test_models_get_unknown_name_lists_valid_ones():
     with pytest.raises(ValueError, match=r"unknown model 'cnnn'.*cifar10_3c3d.*Did you mean 'cnn'"):
         models.get("cnnn")
+    with pytest.raises(ValueError, match=r"unknown model None; expected one of cifar100_3c3d"):
+        models.get(None)
 
 
 def test_shape_mismatch_fails_at_init_with_layer_and_shapes():
