@@ -428,6 +428,70 @@ def test_shape_mismatches_fail_before_the_first_step():
                   progress=False)
 
 
+def test_evaluation_data_that_does_not_fit_fails_before_training_saying_so(monkeypatch):
+    model = _small_mlp()
+    params, state = model.init(jax.random.key(0), (1, 28, 28, 1))
+    arrays = _test_data().arrays()
+    out_of_range = {"image": arrays["image"][:50], "label": arrays["label"][:50].copy()}
+    out_of_range["label"][3] = 12
+    message = r"the evaluation data's integer labels must lie in \[0, 10\) for the model's 10 outputs; got labels " \
+              r"from 0 to 12"
+    with pytest.raises(ValueError, match=message):
+        train.evaluate(model, losses.cross_entropy, params, state, out_of_range)
+    out_of_range["label"][3] = -1
+    with pytest.raises(ValueError, match=r"got labels from -1 to 9"):
+        train.evaluate(model, losses.cross_entropy, params, state, out_of_range)
+    with pytest.raises(ValueError, match=r"the evaluation batch size must be a positive int; got 0"):
+        train.evaluate(model, losses.cross_entropy, params, state, arrays, batch_size=0)
+    monkeypatch.setattr(sys.modules["jdl.train.fit"].EpochRunner, "compile", None)  # nothing compiles before it
+    with pytest.raises(ValueError, match=r"the evaluation data's integer labels must lie in \[0, 10\) .* -1 to 9"):
+        train.fit(model, losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=1, eval_data=out_of_range,
+                  progress=False)
+    wrong_images = {"image": np.zeros((10, 32, 32, 3), np.float32), "label": np.zeros(10, np.int32)}
+    with pytest.raises(ValueError, match=r"the evaluation data's images of shape \(32, 32, 3\) do not fit the model"):
+        train.fit(model, losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=1, eval_data=wrong_images,
+                  progress=False)
+
+
+def test_training_data_and_optimizer_of_the_wrong_kind_say_what_is_expected():
+    arrays = _test_data().arrays()
+    with pytest.raises(TypeError, match=r"train_data must be a jdl.data loader .*jdl.data.Loader\(images, labels, "
+                                        r"batch_size=...\)\); got dict"):
+        train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), arrays, epochs=1, progress=False)
+    with pytest.raises(TypeError, match=r"optimizer must be a gradient transformation .*jdl.optim.get\('adam', "
+                                        r"learning_rate=...\)\); got str"):
+        train.fit(_small_mlp(), losses.cross_entropy, "adam", _loader(), epochs=1, progress=False)
+
+
+def test_resuming_without_a_checkpoint_or_beyond_its_epochs_says_so(tmp_path):
+    def fit(epochs, **kwargs):
+        return train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=epochs,
+                         progress=False, **kwargs)
+
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*new.*expected one written by fit\(checkpoint_dir"):
+        fit(1, checkpoint_dir=str(tmp_path / "new"), resume=True)
+    fit(2, checkpoint_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"is at the end of epoch 2, beyond epochs=1: resume with epochs >= 2"):
+        fit(1, checkpoint_dir=str(tmp_path), resume=True)
+    assert len(fit(2, checkpoint_dir=str(tmp_path), resume=True).history) == 2  # a finished run resumes as it is
+
+
+def test_a_batch_not_divisible_by_the_devices_trains_on_one_with_a_warning(monkeypatch):
+    from jdl.train.engine import Placement
+
+    monkeypatch.setattr(jax, "local_devices", lambda: [jax.devices()[0]] * 8)
+    with pytest.warns(UserWarning, match=r"batch_size 100 is not divisible by the 8 local devices: training on one"):
+        placement = Placement(100, "auto")
+    assert placement.num_devices == 1
+    with pytest.raises(ValueError, match=r"needs a batch size divisible by 8; got batch_size=100"):
+        Placement(100, True)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Placement(100, False).num_devices == 1
+
+
 def test_eight_cpu_devices_train_to_the_same_parameters_as_one():
     script = textwrap.dedent("""
         import json, sys, jax, numpy as np

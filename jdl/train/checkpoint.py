@@ -57,11 +57,17 @@ def save(directory: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return path
 
 
-def load(directory: str | os.PathLike, target: dict[str, Any]) -> dict[str, Any]:
-    """Read a checkpoint into the structure of ``target`` (same keys and pytrees)."""
+def _existing(directory: str | os.PathLike) -> Path:
+    """The checkpoint file in ``directory``: a FileNotFoundError saying what was expected if there is none."""
     path = checkpoint_path(directory)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: expected one written by fit(checkpoint_dir=...)")
+    return path
+
+
+def load(directory: str | os.PathLike, target: dict[str, Any]) -> dict[str, Any]:
+    """Read a checkpoint into the structure of ``target`` (same keys and pytrees)."""
+    path = _existing(directory)
     raw = serialization.msgpack_restore(path.read_bytes())
     missing = set(target) - set(raw)
     if missing:
@@ -71,4 +77,4 @@ def load(directory: str | os.PathLike, target: dict[str, Any]) -> dict[str, Any]
 
 def load_raw(directory: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint's contents as nested dicts of NumPy arrays."""
-    return serialization.msgpack_restore(checkpoint_path(directory).read_bytes())
+    return serialization.msgpack_restore(_existing(directory).read_bytes())

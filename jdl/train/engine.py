@@ -21,6 +21,7 @@ CPU too.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -100,6 +101,12 @@ class Placement:
                     f"data-parallel training over {len(devices)} devices needs a batch size divisible by "
                     f"{len(devices)}; got batch_size={batch_size}"
                 )
+            warnings.warn(
+                f"batch_size {batch_size} is not divisible by the {len(devices)} local devices: training on one "
+                f"device; use a multiple of {len(devices)} to train on all, or data_parallel=False to train on one "
+                "without this warning",
+                stacklevel=3,
+            )
             use_mesh = False
         self.num_devices = len(devices) if use_mesh else 1
         if use_mesh:

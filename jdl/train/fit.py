@@ -79,15 +79,17 @@ def _host_arrays(data) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_model_fits(
-    model: Layer, loss_fn: LossFn, params, state, images: np.ndarray, labels: np.ndarray, classes: int
-) -> None:
+    model: Layer, loss_fn: LossFn, params, state, images: np.ndarray, labels: np.ndarray, classes: int,
+    data: str = "the dataset",
+) -> None:  # fmt: skip
     """Raise a ValueError naming both shapes if the data does not fit the model
-    or the model's output does not fit the loss and labels."""
+    or the model's output does not fit the loss and labels (``data``: what
+    the message calls the data)."""
     x = jax.ShapeDtypeStruct((2, *images.shape[1:]), jnp.float32)
     try:
         logits = jax.eval_shape(lambda p, s, x: model.apply(p, s, x)[0], params, state, x)
     except (ValueError, TypeError) as error:
-        raise ValueError(f"the dataset's images of shape {images.shape[1:]} do not fit the model: {error}") from error
+        raise ValueError(f"{data}'s images of shape {images.shape[1:]} do not fit the model: {error}") from error
     y = jax.ShapeDtypeStruct((2, *labels.shape[1:]), labels.dtype)
     if np.issubdtype(labels.dtype, np.integer):
         if logits.ndim != 2 or logits.shape[-1] < classes:
@@ -95,6 +97,9 @@ def _check_model_fits(
                 f"the model's output of shape {tuple(logits.shape)} (per batch of 2) does not fit integer labels "
                 f"of shape {tuple(y.shape)} with {classes} classes: expected logits of shape (batch, >= {classes})"
             )
+        if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[-1]):
+            raise ValueError(f"{data}'s integer labels must lie in [0, {logits.shape[-1]}) for the model's "
+                             f"{logits.shape[-1]} outputs; got labels from {labels.min()} to {labels.max()}")
     try:
         jax.eval_shape(loss_fn, logits, y)
     except (ValueError, TypeError) as error:
@@ -117,10 +122,23 @@ def _init_for_images(model: Layer, key: jax.Array, image_shape: tuple[int, ...])
         raise ValueError(f"the dataset's images of shape {tuple(image_shape)} do not fit the model: {error}") from error
 
 
+def _evaluation_arrays(model: Layer, loss_fn: LossFn, params, state, data, batch_size) -> tuple[np.ndarray, ...]:
+    """``data``'s images and labels on the host, checked to fit the model and
+    the loss (integer labels within the model's outputs: the per-example loss
+    of one outside them is NaN) before anything compiles."""
+    if not is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"the evaluation batch size must be a positive int; got {batch_size!r}")
+    images, labels = _host_arrays(data)
+    if len(images) == 0:
+        raise ValueError("evaluate: the evaluation data is empty")
+    _check_model_fits(model, loss_fn, params, state, images, labels, 0, data="the evaluation data")
+    return images, labels
+
+
 def evaluate(model: Layer, loss_fn: LossFn, params, state, data, *, batch_size: int = 1000) -> dict[str, float]:
     """Mean loss and accuracy of the model on ``data`` (a jdl loader or a dict
     with ``image`` and ``label`` arrays), in eval mode."""
-    images, labels = _host_arrays(data)
+    images, labels = _evaluation_arrays(model, loss_fn, params, state, data, batch_size)
     size = min(batch_size, len(images))
     fn = jax.jit(eval_step(model, loss_fn, size))
     return evaluate_arrays(fn, params, state, jnp.asarray(images), jnp.asarray(labels), size)
@@ -214,7 +232,9 @@ def fit(
     what differs, the seed and loader before anything compiles).  A non-finite loss
     raises ``NonFiniteLossError`` naming the epoch and step, keeping the last
     good parameters.  With several local devices, batches are sharded over
-    them (data parallel, parameters replicated); for several hosts call
+    them (data parallel, parameters replicated; with ``data_parallel='auto'``
+    a batch size that is not a multiple of the device count trains on one
+    device, with a warning; ``True`` makes that an error); for several hosts call
     ``jax.distributed.initialize()`` first and give each host its shard.
     ``stop_when(record)`` is asked after each epoch's record (e.g.
     ``lambda r: r['test_accuracy'] >= 0.92``) and ends training early when true.
@@ -222,12 +242,13 @@ def fit(
     if not is_int(epochs) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int; got {epochs!r}")
     epochs = int(epochs)
-    if eval_batch_size < 1:
-        raise ValueError(f"fit: eval_batch_size must be >= 1; got {eval_batch_size}")
+    if not is_int(eval_batch_size) or eval_batch_size < 1:
+        raise ValueError(f"fit: eval_batch_size must be a positive int; got {eval_batch_size!r}")
+    _check_data_and_optimizer(train_data, optimizer)
     loader = train_data
     resume_from = (checkpoint_dir if resume is True else resume) if resume else None
-    # the checkpoint's raw contents, checked against the seed and loader before anything compiles
-    raw_checkpoint = _check_resumable(resume_from, seed, loader) if resume else None
+    # the checkpoint's raw contents, checked against the seed, loader and epochs before anything compiles
+    raw_checkpoint = _check_resumable(resume_from, seed, loader, epochs) if resume else None
     placement = Placement(loader.batch_size, data_parallel)
     start_program, start_args, shapes = _start_program(model, loss_fn, optimizer, loader, seed, params, state)
     # The shapes, placed: the epoch and evaluation programs are lowered from
@@ -248,7 +269,9 @@ def fit(
     lowered_start = jax.jit(start_program, **({"out_shardings": host} if host else {})).lower(*start_args)
     lowered_eval = None
     if eval_data is not None:
-        eval_images, eval_labels = placement.replicate(_host_arrays(eval_data))  # host arrays: no program
+        eval_arrays = _evaluation_arrays(model, loss_fn, carry_shapes.params, carry_shapes.state, eval_data,
+                                         eval_batch_size)  # fmt: skip
+        eval_images, eval_labels = placement.replicate(eval_arrays)  # host arrays: no program
         lowered_eval = _lowered_evaluation(model, loss_fn, carry_shapes, eval_images, eval_labels, eval_batch_size)
     runner = EpochRunner(run, loader, placement, mode, carry_shapes, key_shape)  # the scan epoch lowered
     compile_began = time.perf_counter()
@@ -347,15 +370,34 @@ def _start_program(model: Layer, loss_fn: LossFn, optimizer: GradientTransformat
     return start, (params, state), shapes
 
 
-def _check_resumable(directory, seed: int, loader) -> dict:
+def _check_data_and_optimizer(train_data, optimizer) -> None:
+    """A TypeError saying what was expected unless ``train_data`` is a jdl
+    loader and ``optimizer`` a gradient transformation."""
+    if isinstance(train_data, dict) or not all(hasattr(train_data, a) for a in ("batch_size", "permutation")):
+        raise TypeError(
+            "fit: train_data must be a jdl.data loader (jdl.data.load(...), or arrays wrapped as "
+            f"jdl.data.Loader(images, labels, batch_size=...)); got {type(train_data).__name__}"
+        )
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        hint = f" (for a name: jdl.optim.get({optimizer!r}, learning_rate=...))" if isinstance(optimizer, str) else ""
+        raise TypeError(
+            "fit: optimizer must be a gradient transformation with init and update, such as "
+            f"jdl.optim.adam(1e-3) or optax.adam(1e-3){hint}; got {type(optimizer).__name__}"
+        )
+
+
+def _check_resumable(directory, seed: int, loader, epochs: int) -> dict:
     """The raw contents of the checkpoint in ``directory`` (``ckpt.load_raw``);
     a ValueError unless it was made with this ``seed`` and a loader of the
-    same order, batches and examples."""
+    same order, batches and examples, and holds at most ``epochs`` epochs."""
     if directory is None:
         raise ValueError("fit: resume=True needs checkpoint_dir")
     raw = ckpt.load_raw(directory)
     if int(raw["seed"]) != seed:
         raise ValueError(f"fit: the checkpoint in {directory} was made with seed {int(raw['seed'])}, not {seed}")
+    if int(raw["epoch"]) > epochs:
+        raise ValueError(f"fit: the checkpoint in {directory} is at the end of epoch {int(raw['epoch'])}, beyond "
+                         f"epochs={epochs}: resume with epochs >= {int(raw['epoch'])}, or start afresh without resume")
     here = _loader_identity(loader)
     for key, value in raw["loader"].items():
         if key in here and int(value) != here[key]:
