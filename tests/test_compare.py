@@ -120,12 +120,22 @@ def test_cli_train_and_compare_in_mixed_precision(tmp_path):
         (["compare", "--model", "resnet"], r"unknown model 'resnet'; expected one of cifar100_3c3d"),
         (["compare", "--learning-rates", "0.1,-1"], r"learning rates must be positive.*-1"),
         (["compare", "--learning-rates", ","], r"--learning-rates is empty"),
+        (["compare", "--optimizers", "optax.apply_updates"], r"'optax.apply_updates' is not an optax optimizer taking"),
         (["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "adamx"], r"unknown optimizer"),
     ],
 )
 def test_cli_bad_input_gives_a_clear_error(argv, message, tmp_path, capsys):
     assert cli.main([*argv, "--out", str(tmp_path / "new"), "--no-compilation-cache"]) == 2
     assert __import__("re").search(message, capsys.readouterr().err)
+    assert not (tmp_path / "new").exists()
+
+
+def test_cli_refuses_a_learning_rate_that_is_not_finite(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["train", "--dataset", "mnist_sample", "--model", "mlp", "--learning-rate", "inf",
+                  "--out", str(tmp_path / "new")])  # fmt: skip
+    assert exited.value.code == 2
+    assert "--learning-rate: expected a positive finite number; got inf" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
 
 
@@ -200,11 +210,30 @@ def test_cli_refuses_a_compilation_cache_it_cannot_write(tmp_path, capsys):
     ({"seeds": [0, -1]}, r"seeds >= 0"),
     ({"learning_rates": {"adam": [1e-3], "sgd": [0.1]}}, r"given for \['sgd'\], which are not among"),
     ({"learning_rates": [True]}, r"positive finite numbers"),
+    ({"seeds": [0.7]}, r"non-empty list of distinct int seeds >= 0; got \[0.7\]"),
+    ({"seeds": [1, 1]}, r"distinct int seeds >= 0; got \[1, 1\]"),
+    ({"validation_fraction": "0.1"}, r"validation_fraction must lie in \(0, 1\); got '0.1'"),
+    ({"optimizers": ["optax.GradientTransformation"]}, r"is not an optax optimizer"),
 ])
 def test_run_refuses_bad_arguments_before_loading_data(kwargs, message, monkeypatch):
     monkeypatch.setattr(jdl.compare.jdl_data, "load", lambda *a, **k: pytest.fail("loaded data before the error"))
     with pytest.raises(ValueError, match=message):
         jdl.compare.run("mnist_sample", "mlp", **{"optimizers": ["adam"], **kwargs})
+
+
+def test_optimizers_are_named_in_any_case_and_an_optimizer_object_is_told_to_use_a_name(monkeypatch):
+    assert jdl.compare.preset("Adam") == jdl.compare.preset("adam")
+    assert jdl.compare.preset("AdamW").name == "adamw" and jdl.compare.preset("MiniBatch").batch_size is None
+    optax = pytest.importorskip("optax")
+    monkeypatch.setattr(jdl.compare.jdl_data, "load", lambda *a, **k: pytest.fail("loaded data before the error"))
+    with pytest.raises(TypeError, match=r"optimizers are named, e.g. 'adam' or 'optax.adam' .*got a "
+                                        r"GradientTransformationExtraArgs"):
+        jdl.compare.run("mnist_sample", "mlp", [optax.adam(1e-3)])
+    monkeypatch.undo()
+    result = jdl.compare.run("mnist_sample", "mlp", ["Adam", "adam", "SGD"],
+                             learning_rates={"ADAM": [1e-3], "Sgd": [0.02]}, seeds=1, epochs=1, progress=False)
+    assert [r["optimizer"] for r in result.runs] == ["adam", "sgd"]
+    assert [r["learning_rate"] for r in result.runs] == [1e-3, 0.02]
 
 
 def test_results_record_the_learning_rates_as_given():
@@ -227,16 +256,30 @@ def test_curves_average_the_runs_that_reached_each_epoch():
     epochs, mean, std = _band(runs, "train_loss")
     np.testing.assert_array_equal(epochs, [1, 2])
     np.testing.assert_array_equal(mean, [3.0, 1.0])
-    np.testing.assert_array_equal(std, [1.0, 0.0])
+    np.testing.assert_allclose(std, [np.std([2.0, 4.0], ddof=1), 0.0])
 
 
-def test_table_reports_mean_and_std_over_seeds():
+def _two_seed_comparison():
     runs = [{"optimizer": "adam", "learning_rate": 1e-3, "seed": s, "batch_size": 128, "diverged": None,
              "epochs": [{"epoch": 1, "train_loss": 1.0, "test_loss": 1.0, "test_accuracy": acc, "time_s": 1.0}]}
             for s, acc in enumerate([0.80, 0.90])]  # fmt: skip
-    table = jdl.compare.Comparison("d", "m", runs, target_accuracy=0.85).table()
-    assert f"{np.mean([0.8, 0.9]):.4f} ± {np.std([0.8, 0.9]):.4f}" in table
+    return jdl.compare.Comparison("d", "m", runs, target_accuracy=0.85)
+
+
+def test_table_reports_mean_and_std_over_seeds():
+    table = _two_seed_comparison().table()
+    assert f"{np.mean([0.8, 0.9]):.4f} ± {np.std([0.8, 0.9], ddof=1):.4f}" in table
+    assert "mean ± sample std (ddof=1) over seeds" in table
     assert "1/2 runs" in table
+
+
+def test_a_comparison_saves_and_plots_into_a_folder_it_makes(tmp_path):
+    comparison = _two_seed_comparison()
+    saved = comparison.save(tmp_path / "new" / "results")
+    assert json.loads(saved.read_text())["runs"][1]["epochs"][0]["test_accuracy"] == 0.9
+    plots = comparison.plot(tmp_path / "other" / "plots")
+    assert sorted(p.name for p in plots) == ["test_accuracy.png", "training_loss.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in plots)
 
 
 @pytest.mark.parametrize("strategy", ["unroll", "vmap"])

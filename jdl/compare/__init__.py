@@ -78,6 +78,19 @@ def _grids(optimizers: Sequence[str], learning_rates) -> dict[str, list[float]] 
     return grids
 
 
+def _by_preset_name(learning_rates):
+    """A dict of grids keyed by the presets' own names ('Adam' -> 'adam'); anything else as it is."""
+    if not isinstance(learning_rates, Mapping):
+        return learning_rates
+    keyed = {}
+    for name, grid in learning_rates.items():
+        try:
+            keyed[preset(name).name] = grid
+        except (TypeError, ValueError):
+            keyed[name] = grid  # not an optimizer: _grids names it among those not compared
+    return keyed
+
+
 def _is_real(value) -> bool:
     """A real number (Python's, NumPy's or a 0-d array's), not a bool."""
     value = value.item() if isinstance(value, np.ndarray | np.generic) and np.ndim(value) == 0 else value
@@ -172,10 +185,13 @@ def run(
     """
     if is_int(seeds):
         seed_list = list(range(int(seeds)))
-    else:
+    elif isinstance(seeds, Sequence) and all(is_int(s) for s in seeds):
         seed_list = [int(s) for s in seeds]
-    if not seed_list or any(s < 0 for s in seed_list):
-        raise ValueError(f"seeds must be a positive count or a non-empty list of seeds >= 0; got {seeds!r}")
+    else:
+        seed_list = []
+    if not seed_list or any(s < 0 for s in seed_list) or len(set(seed_list)) < len(seed_list):
+        raise ValueError(f"seeds must be a positive count or a non-empty list of distinct int seeds >= 0; "
+                         f"got {seeds!r}")  # fmt: skip
     if not is_int(epochs) or epochs < 1:
         raise ValueError(f"epochs must be a positive int; got {epochs!r}")
     epochs = int(epochs)
@@ -185,11 +201,12 @@ def run(
         raise ValueError("optimizers is empty; name at least one, e.g. ['sgd', 'adam']")
     if not (_is_real(target_accuracy) and 0.0 < target_accuracy <= 1.0):
         raise ValueError(f"target_accuracy is a fraction in (0, 1], e.g. 0.9; got {target_accuracy!r}")
-    names = list(dict.fromkeys(optimizers))
-    chosen = {name: preset(name) for name in names}
-    grids = _grids(names, learning_rates)
-    if not 0.0 < validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must lie in (0, 1); got {validation_fraction}")
+    # each optimizer by its preset's name ('Adam' is 'adam'), once
+    chosen = {p.name: p for p in map(preset, optimizers)}
+    names = list(chosen)
+    grids = _grids(names, _by_preset_name(learning_rates))
+    if not (_is_real(validation_fraction) and 0.0 < validation_fraction < 1.0):
+        raise ValueError(f"validation_fraction must lie in (0, 1); got {validation_fraction!r}")
     models.get(model, dtype=dtype)  # fail fast on an unknown model name or dtype, before loading data
 
     train = jdl_data.load(dataset, split="train", batch_size=batch_size, shuffle=True, seed=seed_list[0],

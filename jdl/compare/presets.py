@@ -41,26 +41,40 @@ CLASSIC = tuple(PRESETS)
 
 
 def _optax_preset(name: str) -> Preset:
+    """``optax.<attribute>``, checked to build a gradient transformation from a ``learning_rate``."""
     import optax
 
     attribute = name.split(".", 1)[1]
     build = getattr(optax, attribute, None)
     if not callable(build):
         raise ValueError(f"unknown optimizer {name!r}: optax has no optimizer {attribute!r}")
+    try:
+        built = build(learning_rate=1e-3)
+    except TypeError as error:
+        raise ValueError(f"{name!r} is not an optax optimizer taking a learning_rate: {error}") from error
+    if not isinstance(built, optax.GradientTransformation):
+        raise ValueError(f"{name!r} is not an optax optimizer: it built a {type(built).__name__}, "
+                         "not a GradientTransformation")  # fmt: skip
     return Preset(name, lambda lr: build(learning_rate=lr), 1e-3, None)
 
 
 def preset(name: str) -> Preset:
-    """The preset called ``name``: a classic preset, a ``jdl.optim`` name, or
-    ``optax.<name>``."""
-    if name in PRESETS:
-        return PRESETS[name]
+    """The preset called ``name``: a classic preset or a ``jdl.optim`` name
+    (either in any case, ``-`` for ``_``), or ``optax.<name>``."""
+    if not isinstance(name, str):
+        raise TypeError(
+            f"optimizers are named, e.g. 'adam' or 'optax.adam' (learning rates go in learning_rates=); "
+            f"got a {type(name).__name__}"
+        )
     if name.startswith("optax."):
         return _optax_preset(name)
-    if name in optim.OPTIMIZERS:
-        return Preset(name, lambda lr: optim.get(name, learning_rate=lr), optim.DEFAULT_LEARNING_RATES[name], None)
+    key = name.strip().lower().replace("-", "_")
+    if key in PRESETS:
+        return PRESETS[key]
+    if key in optim.OPTIMIZERS:
+        return Preset(key, lambda lr: optim.get(key, learning_rate=lr), optim.DEFAULT_LEARNING_RATES[key], None)
     valid = sorted(set(PRESETS) | set(optim.OPTIMIZERS))
-    close = difflib.get_close_matches(name, valid, n=3)
+    close = difflib.get_close_matches(key, valid, n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     raise ValueError(
         f"unknown optimizer {name!r}; expected one of {', '.join(valid)}, or optax.<name> (e.g. optax.lion).{hint}"

@@ -28,7 +28,8 @@ class Comparison:
                 "target_accuracy": self.target_accuracy, "lr_search": self.lr_search, **self.info}  # fmt: skip
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``directory/results.json``."""
+        """Write ``directory/results.json`` (the folder is made if need be)."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
         path = Path(directory) / "results.json"
         path.write_text(json.dumps(_jsonable(self.to_json()), indent=1, allow_nan=True) + "\n")
         return path
@@ -73,7 +74,7 @@ def _to_target(run: dict, target: float) -> tuple[int | None, float | None]:
 
 
 def format_table(result: Comparison) -> str:
-    """Final test accuracy (mean ± std over the seeds that did not diverge), learning rate (best of the
+    """Final test accuracy (mean ± sample std over the seeds that did not diverge), learning rate (best of the
     grid where one was searched), epochs and seconds to the target accuracy,
     training time, and diverged runs."""
     target = result.target_accuracy
@@ -93,7 +94,7 @@ def format_table(result: Comparison) -> str:
             name,
             f"{lr:g}" + ("*" if name in searched else ""),
             str(runs[0]["batch_size"]),
-            f"{finals.mean():.4f} ± {finals.std():.4f}" if finals.size else "-",
+            f"{finals.mean():.4f} ± {_sample_std(finals):.4f}" if finals.size else "-",
             f"{np.mean(epochs_to):.1f}" if len(epochs_to) == len(runs) else (f"{len(epochs_to)}/{len(runs)} runs"
                                                                                if epochs_to else "-"),
             f"{np.mean(secs_to):.2f}" if len(secs_to) == len(runs) else "-",
@@ -103,7 +104,8 @@ def format_table(result: Comparison) -> str:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    notes = [f"{result.dataset}, {result.model}; test accuracy after the last epoch, mean ± std over seeds."]
+    notes = [f"{result.dataset}, {result.model}; test accuracy after the last epoch, mean ± sample std (ddof=1) "
+             "over seeds."]
     if searched:
         notes.append("* best learning rate of the grid, chosen on a validation split held out from training.")
     notes.append("Times are of each optimizer's runs trained together with the others of the same batch size.")
@@ -117,12 +119,21 @@ def _band(runs: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     values = np.full((len(runs), length), np.nan)
     for row, r in zip(values, runs):
         row[: len(r["epochs"])] = [e[key] for e in r["epochs"]]
-    return np.arange(1, length + 1), np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+    return np.arange(1, length + 1), np.nanmean(values, axis=0), _sample_std(values)
+
+
+def _sample_std(values: np.ndarray) -> np.ndarray:
+    """The sample standard deviation (ddof=1) over axis 0 of what is not NaN;
+    0 where there is one value (no spread to estimate)."""
+    counts = np.sum(~np.isnan(values), axis=0)
+    centred = values - np.nanmean(values, axis=0)
+    return np.sqrt(np.nansum(centred**2, axis=0) / np.maximum(counts - 1, 1))
 
 
 def plot(result: Comparison, directory: str | Path) -> list[Path]:
-    """training_loss.png and test_accuracy.png (mean over seeds with a ±std
-    band), and lr_sensitivity.png when a grid was searched."""
+    """training_loss.png and test_accuracy.png (mean over seeds with a band of
+    ± the sample std), and lr_sensitivity.png when a grid was searched, in
+    ``directory`` (made if need be)."""
     # A Figure of its own, not pyplot: the process's backend (a notebook's
     # inline one) is left alone.
     from matplotlib.figure import Figure
@@ -132,6 +143,7 @@ def plot(result: Comparison, directory: str | Path) -> list[Path]:
         return fig, fig.add_subplot()
 
     directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for key, label, name, log in (("train_loss", "training loss", "training_loss.png", True),
                                   ("test_accuracy", "test accuracy", "test_accuracy.png", False)):
