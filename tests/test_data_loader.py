@@ -200,12 +200,23 @@ def test_load_state_dict_validates():
     (dict(batch_size=2.5), r"batch_size must be an integer"),
     (dict(batch_size=4001), r"batch_size 4001 is larger than .*4000 examples"),
     (dict(seed=-1), r"seed must be a non-negative integer"),
+    (dict(shuffle="no"), r"shuffle must be True, False or None; got 'no'"),
+    (dict(drop_remainder="False"), r"drop_remainder must be True, False or None; got 'False'"),
 ])
 def test_bad_input_is_refused_clearly(kwargs, match):
     args = dict(name="mnist_sample", split="train", batch_size=32)
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         jd.load(args.pop("name"), **args)
+
+
+def test_a_loaders_flags_must_be_booleans():
+    images, labels = np.zeros((10, 2, 2, 1), np.uint8), np.zeros(10, np.int32)
+    with pytest.raises(ValueError, match=r"shuffle must be True or False; got 'no'"):
+        jd.Loader(images, labels, batch_size=2, shuffle="no")
+    with pytest.raises(ValueError, match=r"drop_remainder must be True or False; got 1"):
+        jd.Loader(images, labels, batch_size=3, drop_remainder=1)
+    assert jd.Loader(images, labels, batch_size=2, shuffle=np.bool_(False)).shuffle is False
 
 
 def test_batch_larger_than_split_without_drop_remainder_is_one_batch():

@@ -40,6 +40,25 @@ def test_chunked_transfers_give_the_same_batches_in_order(chunk):
         assert d["image"].dtype == np.float32 and d["label"].dtype == np.int32
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.uint16, np.float64, np.uint8])
+def test_chunks_of_images_of_any_dtype_arrive_as_the_loaders_float32_batches(dtype):
+    images = np.random.default_rng(0).integers(0, 256, (100, 4, 4, 1)).astype(dtype)
+    labels = np.arange(100) % 10
+
+    def loader():
+        return jd.Loader(images, labels, batch_size=16, seed=1, drop_remainder=False)
+
+    expected = np.asarray(images, np.float64) / (255 if dtype == np.uint8 else 1)  # NumPy's float64, the reference
+    device = list(jd.prefetch_to_device(loader(), sharding=jax.devices()[0], chunk=4))
+    for d, h in zip(device, loader(), strict=True):
+        assert d["image"].dtype == h["image"].dtype == np.float32
+        np.testing.assert_array_equal(np.asarray(d["image"]), h["image"])
+    order = np.concatenate([np.asarray(d["label"]) for d in device])
+    assert order.shape == (100,)
+    np.testing.assert_allclose(np.concatenate([np.asarray(d["image"]) for d in device]),
+                               expected[loader().permutation(0)], rtol=1e-7)  # fmt: skip
+
+
 def test_loader_with_a_transform_goes_batch_by_batch():
     augment = jd.compose(jd.random_flip(), jd.one_hot(10))
     kwargs = dict(split="test", batch_size=100, seed=2, transform=augment)

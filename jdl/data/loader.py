@@ -33,7 +33,7 @@ Transform = Callable[..., Batch]  # batch -> batch, or (batch, rng) -> batch
 
 
 def _to_float(images: np.ndarray) -> np.ndarray:
-    """uint8 -> float32 in [0, 1] (x / 255); float images pass through as float32."""
+    """uint8 -> float32 in [0, 1] (x / 255); any other dtype is cast to float32 as it is."""
     if images.dtype == np.uint8:
         return np.divide(images, np.float32(255), dtype=np.float32)
     return np.asarray(images, np.float32)
@@ -53,8 +53,11 @@ class Loader:
     num_examples, image_shape, num_classes` (and `class_names` where the
     dataset names its classes).
 
-    Batches are `{'image': float32 (B, H, W, C) in [0, 1], 'label': int32
-    (B,)}`, passed through `transform` when one is given. A transform is
+    Batches are `{'image': float32 (B, H, W, C), 'label': int32 (B,)}`,
+    passed through `transform` when one is given.  uint8 images (tfds's
+    pixels) come out in [0, 1], as x / 255; images of any other dtype are
+    cast to float32 as they are (an int64 array of pixel values stays in
+    [0, 255]: store it as uint8, or scale it, for [0, 1]). A transform is
     called as `transform(batch, rng)` when it takes two arguments (the jdl
     transforms do), with `rng = np.random.default_rng([seed, epoch, step +
     1])`, so augmentation is reproducible and resumes exactly too; otherwise
@@ -77,12 +80,13 @@ class Loader:
         if labels.shape != images.shape[:1]:
             raise ValueError(f"labels must be ({len(images)},) to match the images; "
                              f"got shape {labels.shape}")
+        _check_flags(shuffle=shuffle, drop_remainder=drop_remainder)
         _check_batching(len(labels), batch_size, drop_remainder, f"{name} {split!r}")
         _check_seed(seed)
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable or None; got {transform!r}")
         self.name, self.split = name, split
-        self.batch_size, self.shuffle, self.drop_remainder = batch_size, shuffle, drop_remainder
+        self.batch_size, self.shuffle, self.drop_remainder = batch_size, bool(shuffle), bool(drop_remainder)
         self.seed = seed
         self.transform = transform
         self.num_examples = len(labels)
@@ -196,6 +200,15 @@ class Loader:
                 f"num_classes={self.num_classes}, batches={len(self)})")
 
 
+def _check_flags(allow_none: bool = False, **flags) -> None:
+    """A ValueError unless each flag is a bool (or None where ``allow_none``):
+    a string such as 'no' would otherwise count as True."""
+    for name, value in flags.items():
+        if not (isinstance(value, (bool, np.bool_)) or (allow_none and value is None)):
+            expected = "True, False or None" if allow_none else "True or False"
+            raise ValueError(f"{name} must be {expected}; got {value!r}")
+
+
 def _check_seed(seed: int) -> None:
     if not is_int(seed) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
@@ -259,6 +272,7 @@ def load(name: str, *, split: str, batch_size: int, shuffle: bool | None = None,
     """
     _check_batch_size(batch_size)
     _check_seed(seed)
+    _check_flags(allow_none=True, shuffle=shuffle, drop_remainder=drop_remainder)
     if transform is not None and not callable(transform):
         raise TypeError(f"transform must be callable or None; got {transform!r}")
     sources.check_name(name)

@@ -300,6 +300,8 @@ class Prefetcher(Iterator):
             full = target if size == loader.batch_size else count
             order = np.concatenate(pending + [pending[-1]] * (full - count))
             x = np.take(images, order, axis=0).reshape(full, size, *images.shape[1:])
+            if table is None:  # the Loader's conversion of any images but uint8: float32 as they are
+                x = np.asarray(x, np.float32)
             y = np.take(labels, order, axis=0).reshape(full, size)
             split = _loader_splitter(full, table is not None)
             placed = split(jax.device_put(x, self._stacked), jax.device_put(y, self._stacked),
