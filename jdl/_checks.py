@@ -9,3 +9,12 @@ import numbers
 def is_int(value) -> bool:
     """A Python or NumPy integer, not a bool (sizes, counts, steps, seeds)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """A real number: Python's or NumPy's, or a 0-d array holding one (a
+    concrete JAX scalar too); not a bool, a string or a complex number
+    (rates, fractions, a loss's hyperparameters)."""
+    if getattr(value, "shape", None) == () and callable(getattr(value, "item", None)):
+        value = value.item()
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -53,6 +53,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+from jdl._checks import is_real
+
 __all__ = [
     "checked",
     "cross_entropy",
@@ -160,12 +162,7 @@ def _check_hyperparameter(name: str, what: str, value, expected: str, is_valid: 
     ``is_valid`` holds; traced values pass unchecked."""
     if _is_traced(value):
         return
-    number = (
-        not isinstance(value, (bool, str))
-        and np.ndim(value) == 0
-        and np.issubdtype(np.asarray(value).dtype, np.number)
-        and not np.iscomplexobj(value)
-    )
+    number = is_real(value)
     if not number or not is_valid(float(value)):
         raise ValueError(f"{name}: {what} must {expected}; got {value if number else repr(value)}")
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import numbers
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 
 from jdl import data as jdl_data
 from jdl import losses, models
-from jdl._checks import is_int
+from jdl._checks import is_int, is_real
 from jdl.compare.engine import Group, choose_engine, group_evaluator, init_groups, train_cluster
 from jdl.compare.presets import CLASSIC, FULL_BATCH, PRESETS, Preset, preset
 from jdl.compare.report import Comparison, format_table, plot
@@ -71,7 +70,7 @@ def _grids(optimizers: Sequence[str], learning_rates) -> dict[str, list[float]] 
     for name, grid in grids.items():
         if not grid:
             raise ValueError(f"the learning-rate grid for {name!r} is empty; give at least one positive rate")
-        bad = [lr for lr in grid if not (_is_real(lr) and math.isfinite(lr) and lr > 0)]
+        bad = [lr for lr in grid if not (is_real(lr) and math.isfinite(lr) and lr > 0)]
         if bad:
             raise ValueError(f"learning rates must be positive finite numbers; got {bad} for {name!r}")
         grids[name] = [float(lr) for lr in grid]
@@ -89,12 +88,6 @@ def _by_preset_name(learning_rates):
         except (TypeError, ValueError):
             keyed[name] = grid  # not an optimizer: _grids names it among those not compared
     return keyed
-
-
-def _is_real(value) -> bool:
-    """A real number (Python's, NumPy's or a 0-d array's), not a bool."""
-    value = value.item() if isinstance(value, np.ndarray | np.generic) and np.ndim(value) == 0 else value
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _batch(p: Preset, batch_size: int, n: int) -> int:
@@ -199,13 +192,13 @@ def run(
         raise ValueError(f"optimizers must be a list of names, e.g. [{optimizers!r}]; got the string {optimizers!r}")
     if not optimizers:
         raise ValueError("optimizers is empty; name at least one, e.g. ['sgd', 'adam']")
-    if not (_is_real(target_accuracy) and 0.0 < target_accuracy <= 1.0):
+    if not (is_real(target_accuracy) and 0.0 < target_accuracy <= 1.0):
         raise ValueError(f"target_accuracy is a fraction in (0, 1], e.g. 0.9; got {target_accuracy!r}")
     # each optimizer by its preset's name ('Adam' is 'adam'), once
     chosen = {p.name: p for p in map(preset, optimizers)}
     names = list(chosen)
     grids = _grids(names, _by_preset_name(learning_rates))
-    if not (_is_real(validation_fraction) and 0.0 < validation_fraction < 1.0):
+    if not (is_real(validation_fraction) and 0.0 < validation_fraction < 1.0):
         raise ValueError(f"validation_fraction must lie in (0, 1); got {validation_fraction!r}")
     models.get(model, dtype=dtype)  # fail fast on an unknown model name or dtype, before loading data
 

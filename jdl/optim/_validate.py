@@ -8,11 +8,12 @@ so one compiled program can run many hyperparameter settings.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import jax
 import numpy as np
+
+from jdl._checks import is_real
 
 
 def is_traced(value: Any) -> bool:
@@ -30,18 +31,9 @@ def _concrete_scalar(name: str, value: Any) -> float | None:
     """`value` as a float, None when traced; ValueError unless a real scalar."""
     if is_traced(value):
         return None
-    if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
+    if not is_real(value):
         raise ValueError(f"{name} must be a real number, got {value!r}")
-    if isinstance(value, numbers.Real):
-        number = float(value)
-    else:
-        try:
-            array = np.asarray(value)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{name} must be a real number, got {value!r}") from error
-        if array.shape != () or array.dtype.kind not in "iuf":
-            raise ValueError(f"{name} must be a real scalar, got {value!r}")
-        number = float(array)
+    number = float(value)
     if not math.isfinite(number):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return number
