@@ -210,6 +210,21 @@ def test_bad_input_is_refused_clearly(kwargs, match):
         jd.load(args.pop("name"), **args)
 
 
+def test_download_must_be_a_boolean():
+    with pytest.raises(ValueError, match=r"download must be True or False; got 'no'"):
+        jd.load("mnist_sample", split="train", batch_size=32, download="no")
+
+
+def test_the_stored_split_is_read_only():
+    loader = jd.load("mnist_sample", split="test", batch_size=100)
+    before = loader.arrays()["label"].copy()
+    images, labels = loader.stored()
+    for array in (images, labels):
+        with pytest.raises(ValueError, match="read-only"):
+            array[:] = 7
+    np.testing.assert_array_equal(loader.arrays()["label"], before)
+
+
 def test_a_loaders_flags_must_be_booleans():
     images, labels = np.zeros((10, 2, 2, 1), np.uint8), np.zeros(10, np.int32)
     with pytest.raises(ValueError, match=r"shuffle must be True or False; got 'no'"):

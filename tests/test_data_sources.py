@@ -75,6 +75,19 @@ def test_mock_data_shapes_and_epoch(mocked_tfds, tmp_path, name, shape):
     assert np.array_equal(as_rows(np.round(arrays["image"] * 255), arrays["label"]), want)
 
 
+def test_load_reads_tfds_mock_data_as_tfds_does_and_caches_none_of_it(tmp_path):
+    """No patch of jdl's: inside tfds.testing.mock_data, load gives tfds' fake examples."""
+    with tfds.testing.mock_data(num_examples=20):
+        loader = jd.load("mnist", split="train", batch_size=4, data_dir=tmp_path)
+        source = tfds.data_source("mnist", split="train", data_dir=os.fspath(tmp_path))
+        raw = [source[i] for i in range(len(source))]
+    assert loader.num_examples == 20 and loader.image_shape == (28, 28, 1)
+    arrays = loader.arrays()
+    want = as_rows([r["image"] for r in raw], [r["label"] for r in raw])
+    assert np.array_equal(as_rows(np.round(arrays["image"] * 255), arrays["label"]), want)
+    assert files_under(tmp_path) == []  # fake examples are never cached beside real data
+
+
 def test_mock_data_test_split_keeps_every_example(mocked_tfds, tmp_path):
     with mocked_tfds(50):
         loader = jd.load("cifar10", split="test", batch_size=16, data_dir=tmp_path)
@@ -83,6 +96,40 @@ def test_mock_data_test_split_keeps_every_example(mocked_tfds, tmp_path):
 
 
 # -- errors and offline behavior -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mnist_sample:1.0.0", "MnistSample"])
+def test_other_spellings_of_mnist_sample_read_the_shipped_digits(name, tmp_path):
+    loader = jd.load(name, split="test", batch_size=100, shuffle=False, data_dir=tmp_path)
+    images, labels = mnist_sample.read_split("test")
+    arrays = loader.arrays()
+    assert np.array_equal(as_rows(np.round(arrays["image"] * 255), arrays["label"]), as_rows(images, labels))
+    assert files_under(tmp_path) == []  # nothing prepared: the archive is read
+    with pytest.raises(ValueError, match=r"mnist_sample ships with jdl at version 1.0.0 only; got 'mnist_sample:2"):
+        jd.load("mnist_sample:2.0.0", split="test", batch_size=100)
+
+
+def test_fashion_mnist_spelled_otherwise_is_verified_as_idx_files(tmp_path, monkeypatch):
+    class Verified(Exception):
+        pass
+
+    def verify(name, folder, work):
+        raise Verified(name)
+
+    monkeypatch.setattr(idx, "verify_idx_folder", verify)
+    (tmp_path / "manual").mkdir()
+    for base in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (tmp_path / "manual" / f"{base}.gz").write_bytes(b"")
+    with pytest.raises(Verified, match="^fashion_mnist$"):
+        jd.load("Fashion_MNIST", split="test", batch_size=8, data_dir=tmp_path / "data",
+                manual_dir=tmp_path / "manual")
+
+
+def test_a_reversed_slice_is_refused_as_selecting_nothing():
+    with pytest.raises(ValueError, match=r"split 'train\[5:2\]' selects no examples: its slice of 'train' ends "
+                                         r"\(at 2\) before it starts \(at 5\)"):
+        jd.load("mnist_sample", split="train[5:2]", batch_size=1)
 
 
 def test_unknown_dataset_names_close_tfds_builders():
@@ -223,6 +270,10 @@ def test_mnist_sample_is_registered_with_tfds_and_prepares(prepared_sample):
     assert len(source) == 4000
     version_dir = data_dir / "mnist_sample" / "1.0.0"
     assert (version_dir / "jdl-test.npz").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    info_mode = (version_dir / "dataset_info.json").stat().st_mode & 0o777  # tfds' file beside it
+    assert (version_dir / "jdl-test.npz").stat().st_mode & 0o777 == 0o666 & ~umask == info_mode
     leftovers = [p for p in files_under(data_dir) if "jdl-downloads" in p or "incomplete" in p]
     assert leftovers == []
 
@@ -288,6 +339,28 @@ def test_tfrecord_prepared_dataset_is_read_with_tensorflow(tmp_path, prepared_sa
     arrays = loader.arrays()
     assert np.array_equal(as_rows(data.images, data.labels),
                           as_rows(np.round(arrays["image"] * 255), arrays["label"]))
+    (tmp_path / "mnist_sample" / "1.0.0" / "jdl-test.npz").unlink()
+    code = textwrap.dedent(f"""
+        import sys
+        from importlib.machinery import PathFinder
+
+        class NoTensorFlow(PathFinder):  # TensorFlow looks uninstalled
+            @classmethod
+            def find_spec(cls, name, path=None, target=None):
+                if name == 'tensorflow' or name.startswith('tensorflow.'):
+                    return None
+                return PathFinder.find_spec(name, path, target)
+
+        sys.meta_path[:] = [NoTensorFlow if f is PathFinder else f for f in sys.meta_path]
+        from jdl.data import sources
+        try:
+            sources._TfdsSource('mnist_sample', {str(tmp_path)!r}).read('test', manual_dir=None, download=False)
+        except ImportError as error:
+            print(error)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "is prepared in" in out.stdout and "as tfrecord files, which only TensorFlow reads" in out.stdout, (
+        out.stdout + out.stderr[-2000:])
 
 
 def test_corrupt_cache_is_ignored_and_rewritten(prepared_sample, caplog):

