@@ -273,6 +273,13 @@ def test_table_reports_mean_and_std_over_seeds():
     assert "1/2 runs" in table
 
 
+def test_a_single_run_shows_no_spread():
+    comparison = _two_seed_comparison()
+    one = jdl.compare.Comparison("d", "m", comparison.runs[1:], target_accuracy=0.85)
+    row = next(line for line in one.table().splitlines() if line.startswith("adam"))
+    assert "0.9000 (1 run)" in row and "±" not in row
+
+
 def test_a_comparison_saves_and_plots_into_a_folder_it_makes(tmp_path):
     comparison = _two_seed_comparison()
     saved = comparison.save(tmp_path / "new" / "results")

@@ -94,7 +94,7 @@ def format_table(result: Comparison) -> str:
             name,
             f"{lr:g}" + ("*" if name in searched else ""),
             str(runs[0]["batch_size"]),
-            f"{finals.mean():.4f} ± {_sample_std(finals):.4f}" if finals.size else "-",
+            _mean_and_spread(finals),
             f"{np.mean(epochs_to):.1f}" if len(epochs_to) == len(runs) else (f"{len(epochs_to)}/{len(runs)} runs"
                                                                                if epochs_to else "-"),
             f"{np.mean(secs_to):.2f}" if len(secs_to) == len(runs) else "-",
@@ -120,6 +120,15 @@ def _band(runs: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     for row, r in zip(values, runs):
         row[: len(r["epochs"])] = [e[key] for e in r["epochs"]]
     return np.arange(1, length + 1), np.nanmean(values, axis=0), _sample_std(values)
+
+
+def _mean_and_spread(finals: np.ndarray) -> str:
+    """'mean ± sample std' of the runs' final accuracies; one run has no spread to give."""
+    if finals.size == 0:
+        return "-"
+    if finals.size == 1:
+        return f"{finals[0]:.4f} (1 run)"
+    return f"{finals.mean():.4f} ± {_sample_std(finals):.4f}"
 
 
 def _sample_std(values: np.ndarray) -> np.ndarray:
