@@ -185,14 +185,17 @@ def _class_axis(name: str, x, what: str) -> int:
     return x.shape[-1]
 
 
-def _integer_labels(name: str, scores, labels, num_classes: int, what: str) -> jax.Array:
-    """Check integer class labels of shape ``scores.shape[:-1]``; return their validity mask."""
+def _integer_labels(name: str, scores, labels, num_classes: int, what: str, takes_targets: bool = False) -> jax.Array:
+    """Check integer class labels of shape ``scores.shape[:-1]``; return their validity mask.
+    ``takes_targets``: the loss also takes probability targets (of the scores' shape, a float dtype)."""
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"{name}: integer labels need an integer dtype; got {labels.dtype}")
     if labels.shape != scores.shape[:-1]:
+        hint = (" (one-hot or probability targets have the scores' shape and a float dtype: cast them, "
+                "e.g. labels.astype(jnp.float32))" if takes_targets and labels.shape == scores.shape else "")
         raise ValueError(
             f"{name}: integer labels must have shape {scores.shape[:-1]} "
-            f"({what} shape {scores.shape} minus the class axis); got {labels.shape}"
+            f"({what} shape {scores.shape} minus the class axis); got {labels.shape}{hint}"
         )
     return _check_values(
         labels,
@@ -267,7 +270,7 @@ def cross_entropy(
             f"got {labels.dtype} labels of shape {labels.shape}"
         )
     if jnp.issubdtype(labels.dtype, jnp.integer):
-        valid = _integer_labels(name, logits, labels, num_classes, "logits")
+        valid = _integer_labels(name, logits, labels, num_classes, "logits", takes_targets=True)
         safe = jnp.where(valid, labels, 0)
         log_p_label = jnp.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
         loss = -(1.0 - a) * log_p_label

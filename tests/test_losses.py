@@ -621,6 +621,8 @@ ERRORS = [
      r"got (6, 1)"),
     (lambda: L.cross_entropy(X, np.zeros(6, np.int32), label_smoothing=1.5),
      r"label_smoothing must lie in [0, 1]; got 1.5"),
+    (lambda: L.cross_entropy(X, np.eye(K, dtype=np.int32)[np.arange(6) % K]),
+     r"got (6, 5) (one-hot or probability targets have the scores' shape and a float dtype: cast them"),
     (lambda: L.cross_entropy(np.float32(1.0), np.int32(0)),
      r"logits need a class axis (ndim >= 1); got shape ()"),
     (lambda: L.log_loss(F, np.array([0.0, 1.0, 1.5, 0.2])),
