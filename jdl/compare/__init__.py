@@ -168,7 +168,9 @@ def run(
     ``optimizers`` are preset names (``jdl.compare.CLASSIC``: gd, sgd,
     minibatch, momentum, adagrad, rmsprop, adadelta, adam), other
     ``jdl.optim`` names, or ``optax.<name>``.  ``gd`` sees the whole training
-    set each step, ``sgd`` one example, the rest ``batch_size``.  Without
+    set each step (its gradient summed over chunks of ``FULL_BATCH_CHUNK``
+    examples, so a model's batch statistics and dropout masks are per chunk),
+    ``sgd`` one example, the rest ``batch_size``.  Without
     ``learning_rates`` each uses its preset's rate; with a grid (one list for
     all, or a dict per optimizer) the DeepOBS protocol picks one per optimizer
     on a validation split (a grid of one rate is simply used).  A run whose loss becomes NaN or infinite is
