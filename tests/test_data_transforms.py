@@ -99,6 +99,20 @@ def test_compose_passes_rng_and_plain_functions():
     assert T.wants_rng(fn) and not T.wants_rng(tag)
 
 
+def test_a_transform_whose_second_parameter_has_a_default_keeps_it():
+    def scale(batch, factor=2.0):  # a user's transform with an option, not a generator
+        return {**batch, "image": batch["image"] * factor}
+
+    def noisy(batch, rng):
+        return {**batch, "image": batch["image"] + rng.normal(size=batch["image"].shape)}
+
+    images = np.ones((4, 2, 2, 1), np.uint8) * 255
+    loader = jd.Loader(images, np.zeros(4, np.int32), batch_size=4, shuffle=False, transform=scale)
+    np.testing.assert_array_equal(next(iter(loader))["image"], np.full((4, 2, 2, 1), 2.0))
+    assert not T.wants_rng(scale) and T.wants_rng(noisy) and T.wants_rng(lambda batch, *rest: batch)
+    assert T.wants_rng(T.random_flip()) and T.wants_rng(lambda batch, rng=None: batch)
+
+
 def test_loader_applies_augmentation_reproducibly():
     augment = T.compose(T.random_crop(2), T.random_flip(),
                         T.normalize(*T.MEAN_STD["mnist_sample"]))

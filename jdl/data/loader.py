@@ -58,8 +58,9 @@ class Loader:
     pixels) come out in [0, 1], as x / 255; images of any other dtype are
     cast to float32 as they are (an int64 array of pixel values stays in
     [0, 255]: store it as uint8, or scale it, for [0, 1]). A transform is
-    called as `transform(batch, rng)` when it takes two arguments (the jdl
-    transforms do), with `rng = np.random.default_rng([seed, epoch, step +
+    called as `transform(batch, rng)` when its second positional parameter
+    is required or named `rng` (the jdl transforms' is; see
+    `transforms.wants_rng`), with `rng = np.random.default_rng([seed, epoch, step +
     1])`, so augmentation is reproducible and resumes exactly too; otherwise
     as `transform(batch)`.
 

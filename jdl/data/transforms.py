@@ -73,12 +73,21 @@ def channel_mean_std(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float
 
 
 def wants_rng(fn: Callable) -> bool:
-    """True when `fn` can be called as `fn(batch, rng)`, False when only as `fn(batch)`."""
+    """True when `fn` is to be called as `fn(batch, rng)`: it takes a second
+    positional argument that is required or named `rng` (jdl's transforms:
+    `fn(batch, rng=None)`). A second parameter with a default under another
+    name (`def scale(batch, factor=2.0)`) is left to its default: `fn(batch)`."""
     try:
-        inspect.signature(fn).bind(None, None)
+        signature = inspect.signature(fn)
+        signature.bind(None, None)
     except (TypeError, ValueError):  # ValueError: no signature (some builtins)
         return False
-    return True
+    positional = [p for p in signature.parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 2:
+        return True  # *args takes it
+    second = positional[1]
+    return second.default is second.empty or second.name == "rng"
 
 
 def compose(*fns: HostTransform) -> HostTransform:
