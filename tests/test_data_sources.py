@@ -363,6 +363,23 @@ def test_tfrecord_prepared_dataset_is_read_with_tensorflow(tmp_path, prepared_sa
         out.stdout + out.stderr[-2000:])
 
 
+def test_a_cache_of_another_size_is_ignored_and_rewritten(prepared_sample, caplog):
+    data_dir, data = prepared_sample
+    cache = data_dir / "mnist_sample" / "1.0.0" / "jdl-test.npz"
+    np.savez(cache, images=data.images[:10], labels=data.labels[:10], format=np.int64(sources._CACHE_FORMAT))
+    with caplog.at_level(logging.WARNING):
+        again = sources._TfdsSource("mnist_sample", data_dir).read("test", manual_dir=None, download=False)
+    assert "10 examples where mnist_sample 'test' has 1000" in caplog.text
+    assert np.array_equal(as_rows(again.images, again.labels), as_rows(data.images, data.labels))
+    with np.load(cache) as rewritten:
+        assert len(rewritten["labels"]) == 1000
+
+
+def test_an_unknown_version_is_a_value_error():
+    with pytest.raises(ValueError, match=r"unknown dataset 'mnist:9.9.9'"):
+        jd.load("mnist:9.9.9", split="test", batch_size=8)
+
+
 def test_corrupt_cache_is_ignored_and_rewritten(prepared_sample, caplog):
     data_dir, data = prepared_sample
     cache = data_dir / "mnist_sample" / "1.0.0" / "jdl-test.npz"

@@ -280,7 +280,7 @@ class _TfdsSource:
         tfds = _tfds()
         try:
             self.builder = tfds.builder(name, data_dir=os.fspath(self.data_dir))
-        except tfds.core.registered.DatasetNotFoundError as e:  # e.g. unknown config
+        except (tfds.core.registered.DatasetNotFoundError, AssertionError) as e:  # unknown config or version
             raise ValueError(f"unknown dataset {name!r}: {e}") from e
         features = self.builder.info.features
         keys = set(features.keys()) if hasattr(features, "keys") else set()
@@ -328,6 +328,11 @@ class _TfdsSource:
             check_splits(self.name, split, list(sizes))
             if check_size is not None:
                 check_size(split_size(self.name, split, sizes))
+            for base, found in cached.items():  # a cache of another version or dataset: decode afresh
+                if found is not None and len(found[1]) != sizes[base]:
+                    log.warning("ignoring cache %s: %d examples where %s %r has %d", self.cache_path(base),
+                                len(found[1]), self.name, base, sizes[base])
+                    cached[base] = None
         if any(v is None for v in cached.values()) and fmt is None:
             _check_writable(self.data_dir)
             self.prepare(manual_dir=manual_dir, download=download)
