@@ -17,15 +17,19 @@ def code(text: str) -> tuple[str, str]:
 
 SETUP = r'''
 # Setup: jdl, the accelerator, the sizes.
-# jdl (distribution `jdl-learn`) is installed when it is missing. On Colab, until jdl-learn is
-# published on PyPI, install it from the repository instead: clone or upload the checkout and run
-# `%pip install -q ./jdl` (or `%pip install -q git+<repository URL>`).
+# Where to install jdl from when it is missing (on Colab): jdl (distribution `jdl-learn`) is not on
+# PyPI, and PyPI's `jdl` is another project. Set JDL_SOURCE to the jdl repository
+# ("git+https://.../jdl.git") or to a checkout uploaded to the runtime ("./jdl").
+JDL_SOURCE = ""
 import os
 
 try:
     import jdl
 except ImportError:
-    %pip install -q jdl-learn
+    if not JDL_SOURCE:
+        raise ImportError("jdl is not installed: set JDL_SOURCE in this cell to the jdl repository "
+                          "(git+https://...) or an uploaded checkout (./jdl), and run the cell again") from None
+    %pip install -q {JDL_SOURCE}
     import jdl
 
 import jax

@@ -151,8 +151,10 @@ CELLS = [
 
     test = test_data.arrays()
     params, state = model.init(jax.random.key(0), (1, 28, 28, 1))
+    params0 = params  # kept, to start fit from the same parameters below
     opt_state = optimizer.init(params)
     step_losses, test_accuracy = [], []
+    train_data.load_state_dict({**train_data.state_dict(), "epoch": 0, "step": 0})  # next(iter(...)) above took a batch
     for epoch in range(EPOCHS):
         for batch in train_data:  # one epoch, reshuffled each time
             params, opt_state, loss = step(params, opt_state, batch["image"], batch["label"])
@@ -176,12 +178,16 @@ CELLS = [
     md(r"""
     ## The same in one call: `jdl.train.fit`
 
-    `fit` does what the loop above does (same batches, same update), compiles the whole epoch into one
-    program when the data fits on the device, and records per-epoch metrics.
+    `fit` does what the loop above does: given the same starting parameters, the same batches and the same
+    updates, so the same numbers (up to float rounding). It also compiles the whole epoch into one program
+    when the data fits on the device, and records per-epoch metrics.
     """),
     code(r"""
     result = train.fit(model, losses.cross_entropy, optim.adam(1e-3), train_data, epochs=EPOCHS,
-                       eval_data=test_data, seed=0, progress=False)
+                       eval_data=test_data, seed=0, params=params0, state=state, progress=False)
+    gap = max(float(jnp.max(jnp.abs(a - b)))
+              for a, b in zip(jax.tree_util.tree_leaves(result.params), jax.tree_util.tree_leaves(params)))
+    print(f"largest difference from the loop's parameters: {gap:.2g}")
     for record in result.history[-3:]:
         print({k: round(v, 4) for k, v in record.items() if k in ("epoch", "train_loss", "test_loss", "test_accuracy")})
     print("evaluate:", train.evaluate(model, losses.cross_entropy, result.params, result.state, test_data))

@@ -144,7 +144,9 @@ CELLS = [
 
     With a constant learning rate, SGD's final jitter scales with $\eta$: a smaller rate gets closer to the
     minimum but more slowly. Robbins & Monro's conditions $\sum_t \eta_t = \infty,\ \sum_t \eta_t^2 < \infty$
-    (e.g. $\eta_t \propto 1/t$) make the noise die out (see `jdl.optim.schedules`).
+    (e.g. $\eta_t = \eta_0 / (1 + t / \tau)$) make the noise die out. Any function `step -> lr` can be a
+    learning rate, e.g. `optim.gd(lambda t: 0.1 / (1 + t / 100))`; the schedules in `jdl.optim.schedules`
+    (exponential, cosine) decay faster and stop short of that guarantee.
     """),
     code(r"""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
@@ -153,7 +155,9 @@ CELLS = [
         ax.contour(w_grid, b_grid, surface, levels=np.logspace(-0.7, 1.7, 15), cmap="viridis", linewidths=0.8)
         ax.plot(path[:, 0], path[:, 1], "-", color="C3", lw=0.5, alpha=0.7)
         ax.plot(*best, "k*", ms=12)
-        ax.set_title(f"SGD, learning rate {lr}: final loss {float(loss(path[-1], X, Y)):.3f}")
+        last_epoch = float(jnp.mean(jax.vmap(lambda theta: loss(theta, X, Y))(jnp.asarray(path[-N:]))))
+        ax.set_title(f"SGD, learning rate {lr}: mean loss over the last epoch {last_epoch:.3f}", fontsize=10)
+        ax.set_xlim(w_grid.min(), w_grid.max())
         ax.set_xlabel("w")
     axes[0].set_ylabel("b")
     plt.show()
@@ -207,8 +211,8 @@ CELLS = [
       g$, computed on $N$, $1$ or $B$ examples: in jdl, `optim.gd` with a loader's `batch_size`.
     * Per pass over the data, stochastic and mini-batch steps make much more progress; the price is gradient
       noise, which a constant learning rate never averages away (decay it, or use larger batches).
-    * Mini-batches are the practical compromise: nearly the progress per epoch of SGD, at the hardware
-      efficiency of batched computation.
+    * Mini-batches are the practical compromise: per second of training they keep up with SGD (right panel),
+      at the hardware efficiency of batched computation, though per epoch they trail it at these rates.
 
     Next: notebook 3 changes the update rule itself (momentum, adaptive learning rates).
     """),

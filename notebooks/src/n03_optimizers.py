@@ -152,6 +152,10 @@ CELLS = [
             ax.set_xlim(xlim)
             ax.set_ylim(ylim)
             ax.set_title(f"{name} (lr {lr:.2g}): f = {final:.2g}", fontsize=10)
+        for ax in axes[-1]:
+            ax.set_xlabel(r"$\theta_1$")
+        for ax in axes[:, 0]:
+            ax.set_ylabel(r"$\theta_2$")
         fig.suptitle(f"{problem}: {steps} steps from the black dot; the star is the minimum")
         fig.tight_layout()
         plt.show()
@@ -176,12 +180,13 @@ CELLS = [
     * GD is the only one with the exact gradient: on the quadratic it converges to the minimum, while all the
       noisy ones stop at a noise floor set by $\sigma/\sqrt{B}$ and their rate (SGD, with $B = 1$, highest).
       Noise, not the rule, limits them there.
-    * Momentum's best rate is ten times smaller than mini-batch's: along a steady gradient its steps add up to
-      $\eta / (1 - \mu) = 10\eta$.
+    * Momentum's best rate is 5-10 times smaller than mini-batch's (10 times on the quadratic): along a steady
+      gradient its steps add up to $\eta / (1 - \mu) = 10\eta$.
     * In the curved Rosenbrock valley the rule matters: the gradient is tiny along the valley floor, so GD,
-      SGD and mini-batch crawl; momentum (which accumulates the small gradients) and the adaptive methods
-      (which divide by their size) travel along the floor and end much closer to $(1, 1)$. Adagrad, at its
-      best rate, first jumps far out of the valley before its shrinking steps bring it back.
+      SGD and mini-batch crawl; momentum (which accumulates the small gradients), Adagrad and Adam travel
+      along the floor and end much closer to $(1, 1)$, while RMSProp and AdaDelta, at their best rates, end
+      about as far away as SGD (read the titles' $f$ above). Adagrad, at its best rate, first jumps far out of
+      the valley before its shrinking steps bring it back.
 
     ## jdl's updates agree with optax's
 

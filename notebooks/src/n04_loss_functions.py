@@ -74,6 +74,8 @@ CELLS = [
     ax0.set_title("loss")
     ax1.set_ylim(-3, 0.3)
     ax1.set_title("derivative with respect to the score f")
+    ax0.set_ylabel("loss")
+    ax1.set_ylabel("d loss / d f")
     for ax in (ax0, ax1):
         ax.set_xlabel("margin m = y f")
         ax.grid(alpha=0.3)
@@ -84,8 +86,9 @@ CELLS = [
     Read the derivatives: the **log loss** keeps pushing even correctly classified points, but less and less
     (its gradient $-\sigma(-m)$ fades smoothly); the **hinge loss** stops exactly at margin 1, so only points
     near or beyond the boundary (the support vectors) matter; the **exponential loss** pushes exponentially
-    hard on badly misclassified points, which makes it sensitive to label noise. All are convex upper bounds
-    of the 0-1 loss, which has no useful gradient at all.
+    hard on badly misclassified points, which makes it sensitive to label noise. All are convex surrogates
+    of the 0-1 loss, which has no useful gradient at all; the hinge and exponential losses are upper bounds
+    of it, the log loss only in base 2 (divided by $\log 2$: at margin 0 it is $\log 2 \approx 0.69 < 1$).
 
     ## Regression losses against the error
     """),
@@ -103,6 +106,8 @@ CELLS = [
     ax0.set_ylim(-0.2, 5)
     ax0.set_title("loss")
     ax1.set_title("derivative with respect to the prediction")
+    ax0.set_ylabel("loss")
+    ax1.set_ylabel("d loss / d prediction")
     for ax in (ax0, ax1):
         ax.set_xlabel("error e = prediction - target")
         ax.grid(alpha=0.3)
@@ -148,6 +153,8 @@ CELLS = [
         plt.plot(x, w * x + b, label=f"{name}: {w:.2f} x + {b:.2f}")
     plt.legend()
     plt.grid(alpha=0.3)
+    plt.xlabel("x")
+    plt.ylabel("y")
     plt.title("least squares is pulled by the outliers")
     plt.show()
     """),
@@ -173,6 +180,7 @@ CELLS = [
     plt.plot(p, kl + entropy, "k:", lw=2, label="KL + H(t)")
     plt.axvline(0.7, color="gray", lw=0.8)
     plt.xlabel("predicted probability p of class 0")
+    plt.ylabel("nats")
     plt.ylim(0, 3)
     plt.legend()
     plt.grid(alpha=0.3)
@@ -237,7 +245,7 @@ CELLS = [
     is in the gradient: cross-entropy's, $\mathrm{softmax}(f) - \text{one-hot}(y)$, stays large exactly when
     the network is confidently wrong, while squared error on probabilities is multiplied by the softmax's
     derivative, which vanishes when the softmax saturates on a wrong class; with plain gradient descent
-    and deeper networks that slows learning (Goodfellow et al., §6.2.2.2). The hinge loss stops pushing once
+    and deeper networks that slows learning (Goodfellow et al., §6.2.2.3). The hinge loss stops pushing once
     every margin exceeds 1 and gives no probabilities.
 
     ## When to use which

@@ -34,8 +34,8 @@ CELLS = [
 
     $$\Delta_{\ell-1} = \left(\Delta_\ell W_\ell^\top\right) \odot \mathbb{1}[Z_{\ell-1} > 0].$$
 
-    One backward sweep costs about as much as the forward pass (two matrix products per layer instead of one)
-    and needs the forward pass's $A_\ell$ and $Z_\ell$: that is why training stores activations.
+    One backward sweep costs about twice the forward pass (two matrix products per layer, for $\partial W$
+    and $\partial A$, against one) and needs the forward pass's $A_\ell$ and $Z_\ell$: that is why training stores activations.
 
     Sources: Rumelhart, Hinton & Williams, "Learning representations by back-propagating errors" (Nature 323,
     1986); Goodfellow et al., *Deep Learning* (2016), §6.5; Griewank & Walther, *Evaluating Derivatives* (2nd
@@ -185,7 +185,8 @@ CELLS = [
 
     The textbook check, $\frac{\mathcal{L}(\theta + \epsilon v) - \mathcal{L}(\theta - \epsilon v)}{2\epsilon}
     \approx \nabla\mathcal{L} \cdot v$, is only good to a few digits in float32: a small $\epsilon$ drowns in
-    rounding error, a large one in the curvature. It still confirms the gradient's direction independently of
+    rounding error, a large one in the higher-order terms (the central difference's error grows like
+    $\epsilon^2$ times the third derivative: the curvature's term cancels). It still confirms the gradient's direction independently of
     both implementations.
     """),
     code(r"""

@@ -70,7 +70,8 @@ CELLS = [
     md(r"""
     ## Shuffle and iterate
 
-    Iterating a loader yields one epoch; iterating again yields the next, reshuffled. `loader.positions()`
+    Iterating a loader yields the rest of its current epoch (all of it for a fresh loader; `next(iter(loader))`
+    above took the first batch); iterating again yields the next epoch, reshuffled. `loader.positions()`
     shows the example indices behind each batch. Below: which examples the first batches of three epochs
     hold, and a check that every epoch visits every example exactly once.
     """),
@@ -87,6 +88,7 @@ CELLS = [
     ax.set_title("the examples in batches 0-3 of each epoch (one row per batch)")
     plt.show()
 
+    train_data.load_state_dict({**train_data.state_dict(), "epoch": 0, "step": 0})  # a whole epoch, from its start
     seen = np.concatenate([indices for _, _, indices in train_data.positions()])
     dropped = train_data.num_examples - len(seen)
     print(f"one epoch: {len(seen)} examples, all distinct: {len(set(seen)) == len(seen)}; "
