@@ -185,7 +185,7 @@ CELLS = [
     * In the curved Rosenbrock valley the rule matters: the gradient is tiny along the valley floor, so GD,
       SGD and mini-batch crawl; momentum (which accumulates the small gradients), Adagrad and Adam travel
       along the floor and end much closer to $(1, 1)$, while RMSProp and AdaDelta, at their best rates, end
-      about as far away as SGD (read the titles' $f$ above). Adagrad, at its best rate, first jumps far out of
+      between the two groups, still in the valley short of the minimum (compare the titles' $f$ above). Adagrad, at its best rate, first jumps far out of
       the valley before its shrinking steps bring it back.
 
     ## jdl's updates agree with optax's
