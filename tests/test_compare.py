@@ -234,6 +234,8 @@ def test_optimizers_are_named_in_any_case_and_an_optimizer_object_is_told_to_use
                              learning_rates={"ADAM": [1e-3], "Sgd": [0.02]}, seeds=1, epochs=1, progress=False)
     assert [r["optimizer"] for r in result.runs] == ["adam", "sgd"]
     assert [r["learning_rate"] for r in result.runs] == [1e-3, 0.02]
+    seeded = jdl.compare.run("mnist_sample", "mlp", ["adam"], seeds=np.arange(1, 3), epochs=1, progress=False)
+    assert [r["seed"] for r in seeded.runs] == [1, 2]
 
 
 def test_results_record_the_learning_rates_as_given():

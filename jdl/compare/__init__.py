@@ -180,8 +180,8 @@ def run(
     """
     if is_int(seeds):
         seed_list = list(range(int(seeds)))
-    elif isinstance(seeds, Sequence) and all(is_int(s) for s in seeds):
-        seed_list = [int(s) for s in seeds]
+    elif not isinstance(seeds, (str, bytes)) and hasattr(seeds, "__iter__"):  # a list, range or NumPy array
+        seed_list = [int(s) for s in seeds] if all(is_int(s) for s in seeds) else []
     else:
         seed_list = []
     if not seed_list or any(s < 0 for s in seed_list) or len(set(seed_list)) < len(seed_list):
