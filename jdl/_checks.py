@@ -11,6 +11,12 @@ def is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def registry_key(name: str) -> str:
+    """``name`` as jdl's registries of optimizers and models key it: without
+    surrounding spaces, in lower case, ``-`` as ``_`` ('Adam-W ' -> 'adam_w')."""
+    return name.strip().lower().replace("-", "_")
+
+
 def is_real(value) -> bool:
     """A real number: Python's or NumPy's, or a 0-d array holding one (a
     concrete JAX scalar too); not a bool, a string or a complex number

@@ -10,6 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from jdl._checks import registry_key
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -103,7 +105,7 @@ def run_train(args: argparse.Namespace) -> int:
     from jdl import losses, models, optim, train
 
     out = _out_dir(args.out, "train")
-    name = args.optimizer.strip().lower().replace("-", "_")  # as optim.get reads it
+    name = registry_key(args.optimizer)  # as optim.get reads it
     learning_rate = optim.DEFAULT_LEARNING_RATES.get(name) if args.learning_rate is None else args.learning_rate
     optimizer = optim.get(args.optimizer, learning_rate=learning_rate)
     models.get(args.model)  # unknown names fail before any data is read

@@ -21,6 +21,7 @@ import difflib
 from collections.abc import Callable, Sequence
 
 from jdl import nn
+from jdl._checks import registry_key
 from jdl.nn import init
 
 
@@ -118,7 +119,7 @@ def get(name: str, num_classes: int | None = None, **kwargs) -> nn.Layer:
     """The preset called ``name`` (one of ``names()``, any case) with
     ``num_classes`` outputs (None: the preset's own, 100 for
     ``cifar100_3c3d`` and 10 for the others)."""
-    key = name.strip().lower().replace("-", "_") if isinstance(name, str) else None
+    key = registry_key(name) if isinstance(name, str) else None
     if key not in MODELS:
         close = difflib.get_close_matches(key, MODELS, n=3) if key else []
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""

@@ -214,6 +214,7 @@ def test_cli_refuses_a_compilation_cache_it_cannot_write(tmp_path, capsys):
     ({"seeds": [1, 1]}, r"distinct int seeds >= 0; got \[1, 1\]"),
     ({"validation_fraction": "0.1"}, r"validation_fraction must lie in \(0, 1\); got '0.1'"),
     ({"optimizers": ["optax.GradientTransformation"]}, r"is not an optax optimizer"),
+    ({"learning_rates": {"adam": [1e-3], "Adam": [1e-2]}}, r"learning rates are given twice for 'adam' \(as 'Adam'"),
 ])
 def test_run_refuses_bad_arguments_before_loading_data(kwargs, message, monkeypatch):
     monkeypatch.setattr(jdl.compare.jdl_data, "load", lambda *a, **k: pytest.fail("loaded data before the error"))
@@ -234,8 +235,9 @@ def test_optimizers_are_named_in_any_case_and_an_optimizer_object_is_told_to_use
                              learning_rates={"ADAM": [1e-3], "Sgd": [0.02]}, seeds=1, epochs=1, progress=False)
     assert [r["optimizer"] for r in result.runs] == ["adam", "sgd"]
     assert [r["learning_rate"] for r in result.runs] == [1e-3, 0.02]
-    seeded = jdl.compare.run("mnist_sample", "mlp", ["adam"], seeds=np.arange(1, 3), epochs=1, progress=False)
-    assert [r["seed"] for r in seeded.runs] == [1, 2]
+    for seeds in (np.arange(1, 3), jnp.arange(1, 3), (s for s in (1, 2))):
+        seeded = jdl.compare.run("mnist_sample", "mlp", ["adam"], seeds=seeds, epochs=1, progress=False)
+        assert [r["seed"] for r in seeded.runs] == [1, 2]
 
 
 def test_results_record_the_learning_rates_as_given():

@@ -88,6 +88,20 @@ def test_load_reads_tfds_mock_data_as_tfds_does_and_caches_none_of_it(tmp_path):
     assert files_under(tmp_path) == []  # fake examples are never cached beside real data
 
 
+def test_load_reads_mock_data_given_its_own_data_source(tmp_path):
+    examples = [{"image": np.full((28, 28, 1), i, np.uint8), "label": i % 10} for i in range(12)]
+
+    def as_data_source(builder, split, **kwargs):
+        return examples
+
+    with tfds.testing.mock_data(as_data_source_fn=as_data_source):
+        loader = jd.load("mnist", split="test", batch_size=4, data_dir=tmp_path)
+    arrays = loader.arrays()
+    np.testing.assert_array_equal(arrays["label"], [i % 10 for i in range(12)])
+    np.testing.assert_allclose(arrays["image"][:, 0, 0, 0], np.arange(12) / 255, rtol=1e-6)
+    assert files_under(tmp_path) == []
+
+
 def test_mock_data_test_split_keeps_every_example(mocked_tfds, tmp_path):
     with mocked_tfds(50):
         loader = jd.load("cifar10", split="test", batch_size=16, data_dir=tmp_path)

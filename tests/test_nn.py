@@ -392,6 +392,13 @@ def test_conv_padding_as_one_int_per_dimension_matches_flax(method):
     np.testing.assert_allclose(pooled, fnn.max_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1))))
 
 
+def test_padding_as_a_numpy_array_of_pairs_is_taken():
+    x = _images((1, 6, 6, 2))
+    layer = nn.Conv(3, (3, 3), padding=np.array([[1, 1], [1, 1]]))
+    params, _ = layer.init(KEY, x.shape)
+    np.testing.assert_array_equal(layer.apply(params, {}, x)[0], nn.Conv(3, (3, 3), padding=1).apply(params, {}, x)[0])
+
+
 @pytest.mark.parametrize("padding", [[(-1, -1), (-1, -1)], -1, None, 1.5, (1, 2, 3), [(1, 2, 3), (0, 0)]])
 def test_padding_that_is_no_padding_is_refused_at_construction(padding):
     for make in (lambda: nn.Conv(2, (3, 3), padding=padding), lambda: nn.MaxPool((2, 2), padding=padding)):
@@ -441,6 +448,13 @@ def test_dropout_rate_and_scaling():
 def test_dropout_without_key_says_so():
     with pytest.raises(ValueError, match="train=True needs a PRNG key"):
         nn.Dropout(0.5).apply({}, {}, jnp.ones((2, 3)), train=True)
+
+
+def test_dropout_takes_its_rate_as_a_zero_dimensional_array_too():
+    x = jnp.ones((100, 100))
+    for rate in (np.array(0.25), jnp.float32(0.25), np.float64(0.25)):
+        y, _ = nn.Dropout(rate).apply({}, {}, x, key=jax.random.key(3), train=True)
+        np.testing.assert_allclose(np.asarray(y)[np.asarray(y) != 0], 1 / 0.75, rtol=1e-6)
 
 
 @pytest.mark.parametrize("rate", [1.5, -0.1, None, "0.5", True])

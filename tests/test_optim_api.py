@@ -226,6 +226,13 @@ def test_piecewise_constant_takes_its_pairs_as_a_sequence_too():
         jo.piecewise_constant(0.1, [10, 20])
 
 
+def test_piecewise_constant_pairs_at_one_boundary_multiply_even_with_traced_scales():
+    def lr_at_20(scale):
+        return jo.piecewise_constant(0.1, [(10, scale), (10, 0.5)])(20)
+
+    np.testing.assert_allclose(jax.vmap(lr_at_20)(jnp.array([0.1, 0.2])), [0.1 * 0.1 * 0.5, 0.1 * 0.2 * 0.5], rtol=1e-6)
+
+
 def test_a_half_open_range_reads_as_a_bound():
     with pytest.raises(ValueError, match=r"^decay_rate must be > 0, got 0.0$"):
         jo.exponential_decay(0.1, 10, 0.0)

@@ -453,6 +453,16 @@ def test_evaluation_data_that_does_not_fit_fails_before_training_saying_so(monke
                   progress=False)
 
 
+def test_evaluation_with_plus_minus_one_labels_for_the_hinge_loss_is_not_a_class_range_error():
+    model = nn.serial(nn.Flatten(), nn.Dense(1))
+    params, state = model.init(jax.random.key(0), (1, 28, 28, 1))
+    arrays = _test_data().arrays()
+    labels = np.where(arrays["label"] % 2 == 0, 1, -1).astype(np.int32)[:, None]  # even digits: +1
+    score = train.evaluate(model, losses.hinge_loss, params, state, {"image": arrays["image"], "label": labels})
+    scores = np.asarray(model.apply(params, state, arrays["image"])[0], np.float64)
+    assert score["loss"] == pytest.approx(np.mean(np.maximum(0.0, 1.0 - labels * scores)), rel=1e-5)
+
+
 def test_training_data_and_optimizer_of_the_wrong_kind_say_what_is_expected():
     arrays = _test_data().arrays()
     with pytest.raises(TypeError, match=r"train_data must be a jdl.data loader .*jdl.data.Loader\(images, labels, "

@@ -84,9 +84,12 @@ def _by_preset_name(learning_rates):
     keyed = {}
     for name, grid in learning_rates.items():
         try:
-            keyed[preset(name).name] = grid
+            key = preset(name).name
         except (TypeError, ValueError):
-            keyed[name] = grid  # not an optimizer: _grids names it among those not compared
+            key = name  # not an optimizer: _grids names it among those not compared
+        if key in keyed:
+            raise ValueError(f"learning rates are given twice for {key!r} (as {name!r} too)")
+        keyed[key] = grid
     return keyed
 
 
@@ -180,8 +183,9 @@ def run(
     """
     if is_int(seeds):
         seed_list = list(range(int(seeds)))
-    elif not isinstance(seeds, (str, bytes)) and hasattr(seeds, "__iter__"):  # a list, range or NumPy array
-        seed_list = [int(s) for s in seeds] if all(is_int(s) for s in seeds) else []
+    elif not isinstance(seeds, (str, bytes)) and hasattr(seeds, "__iter__"):  # a list, range, array, generator
+        given = [s.item() if getattr(s, "shape", None) == () else s for s in seeds]  # 0-d arrays as numbers
+        seed_list = [int(s) for s in given] if all(is_int(s) for s in given) else []
     else:
         seed_list = []
     if not seed_list or any(s < 0 for s in seed_list) or len(set(seed_list)) < len(seed_list):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from jdl import optim
+from jdl._checks import registry_key
 
 FULL_BATCH = -1  # "the whole training set"
 
@@ -68,7 +69,7 @@ def preset(name: str) -> Preset:
         )
     if name.startswith("optax."):
         return _optax_preset(name)
-    key = name.strip().lower().replace("-", "_")
+    key = registry_key(name)
     if key in PRESETS:
         return PRESETS[key]
     if key in optim.OPTIMIZERS:

@@ -42,6 +42,7 @@ import threading
 import time
 import types
 import urllib.parse
+import uuid
 import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -119,7 +120,7 @@ def check_name(name: str) -> None:
     """Raises ValueError naming `name` and close names when no builder has that name."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"dataset name must be a non-empty string; got {name!r}")
-    base = name.split(":")[0].split("/")[0]
+    base = _base(name)
     if base == mnist_sample.NAME:
         return
     try:
@@ -308,12 +309,14 @@ class _TfdsSource:
     def mocked(self) -> bool:
         """Whether ``tfds.testing.mock_data`` is active: its fake examples are
         then what tfds reads, and jdl neither reads nor writes its caches."""
-        return getattr(type(self.builder).as_data_source, "__module__", "") == "tensorflow_datasets.testing.mocking"
+        # mock_data replaces download_and_prepare always (as_data_source only when not given one)
+        prepare = type(self.builder).download_and_prepare
+        return getattr(prepare, "__module__", "") == "tensorflow_datasets.testing.mocking"
 
     def split_sizes(self, prepared: bool) -> dict[str, int] | None:
         if prepared and self.builder.info.splits:
             return {k: v.num_examples for k, v in self.builder.info.splits.items()}
-        return KNOWN_SPLITS.get(self.name.split(":")[0])
+        return KNOWN_SPLITS.get(_base(self.name))
 
     def cache_path(self, base: str) -> Path:
         return self.dataset_dir / f"jdl-{base}.npz"
@@ -380,7 +383,7 @@ class _TfdsSource:
             raise DatasetUnavailableError(f"manual_dir {manual} is not a folder")
         if manual is None and (self.data_dir / "downloads" / "manual").is_dir():
             manual = self.data_dir / "downloads" / "manual"  # tfds' default manual_dir
-        base = self.name.split(":")[0]
+        base = _base(self.name)
         use_idx = manual is not None and base in IDX_DATASETS and idx.find_idx_files(manual)
         missing = {} if use_idx else self._missing_source_files(manual)
         if missing:
@@ -428,7 +431,7 @@ class _TfdsSource:
     def _unavailable(self, reason: str, missing: dict[str, str]) -> str:
         files = ", ".join(sorted(missing))
         idx_hint = ""
-        if self.name.split(":")[0] in IDX_DATASETS:
+        if _base(self.name) in IDX_DATASETS:
             idx_hint = (" (for mnist and fashion_mnist the four IDX files, .gz or not, also "
                         "recompressed ones; on Debian `apt-get install dataset-fashion-mnist` "
                         "puts Fashion-MNIST in /usr/share/datasets/fashion-mnist)")
@@ -472,7 +475,7 @@ class _TfdsSource:
         tfds = _tfds()
         work = Path(tempfile.mkdtemp(prefix="jdl-idx-", dir=self.data_dir))
         try:
-            verified = idx.verify_idx_folder(self.name.split(":")[0], manual, work)
+            verified = idx.verify_idx_folder(_base(self.name), manual, work)
             log.info("%s: IDX files in %s verified: %s", self.name, manual, verified.how)
             paths = {k: os.fspath(v) for k, v in verified.paths.items()}
 
@@ -504,8 +507,9 @@ def _decode_array_record(builder, base: str) -> tuple[np.ndarray, np.ndarray]:
 
     def read(start: int):
         keys = list(range(start, min(start + 1024, n)))
+        many = getattr(source, "__getitems__", None)
         try:
-            examples = source.__getitems__(keys)
+            examples = many(keys) if many is not None else [source[i] for i in keys]
         except TypeError:  # tfds.testing.mock_data's sources only answer source[i]
             examples = [source[i] for i in keys]
         return ([np.asarray(e["image"], np.uint8) for e in examples],
@@ -545,26 +549,19 @@ def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     """Writes the cache atomically (temporary file, then rename); skips read-only folders."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".jdl-", suffix=".npz.tmp", dir=path.parent)
+    tmp = path.parent / f".jdl-{uuid.uuid4().hex}.npz.tmp"
+    try:  # mode 0o666 less the umask, as tfds' files beside it (mkstemp's would be 0600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as e:
         log.warning("not caching %s (%s): the next load decodes it again", path, e)
         return
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, images=images, labels=labels, format=np.int64(_CACHE_FORMAT))
-        os.chmod(tmp, 0o666 & ~_umask())  # as tfds' files beside it (mkstemp makes it 0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    """The process's file-mode creation mask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _check_writable(data_dir: Path) -> None:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jdl._checks import is_int
+from jdl._checks import is_int, is_real
 from jdl.nn import init as initializers
 from jdl.nn.core import Layer, Params, State, make_layer
 
@@ -128,6 +128,8 @@ def _padding(padding: Padding, n: int, layer: str) -> str | list[tuple[int, int]
     spatial dimension: an int pads every side by it, ``n`` ints pad both sides
     of each dimension (flax's forms), ``n`` pairs give each side."""
     expected = f"'SAME', 'VALID', an int, {n} ints or {n} (low, high) pairs of non-negative ints"
+    if isinstance(padding, np.ndarray):  # e.g. np.array([[1, 1], [1, 1]])
+        padding = padding.tolist()
     if isinstance(padding, str):
         if padding.upper() not in ("SAME", "VALID"):
             raise ValueError(f"{layer}: padding must be {expected}; got {padding!r}")
@@ -434,7 +436,7 @@ def Dropout(rate: float) -> Layer:  # noqa: N802
     With ``train=True`` a PRNG ``key`` is required; with ``train=False`` the
     layer is the identity.
     """
-    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)) or not 0 <= rate < 1:
+    if not (is_real(rate) and 0 <= float(rate) < 1):
         raise ValueError(f"Dropout: rate is the probability of dropping, a number in [0, 1); got {rate!r}")
     rate = float(rate)
     keep = 1.0 - rate

@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 
+from jdl._checks import registry_key
 from jdl.optim import transforms
 from jdl.optim.base import GradientTransformation, ScalarOrSchedule, chain
 
@@ -264,7 +265,7 @@ def get(name: str, **hyperparameters: Any) -> GradientTransformation:
     An unknown name or hyperparameter raises `ValueError` listing the valid
     ones.
     """
-    key = str(name).strip().lower().replace("-", "_")
+    key = registry_key(str(name))
     if key not in OPTIMIZERS:
         raise ValueError(
             f"unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}." + _suggest(key, OPTIMIZERS)

@@ -158,7 +158,7 @@ def piecewise_constant(
     if isinstance(given, Mapping):
         given = given.items()
     try:
-        pairs = sorted((boundary, factor) for boundary, factor in given)
+        pairs = sorted([(boundary, factor) for boundary, factor in given], key=lambda pair: pair[0])
     except (TypeError, ValueError) as error:
         raise ValueError(
             "boundaries_and_scales must be a dict {boundary: scale} or (boundary, scale) pairs; "

@@ -97,7 +97,8 @@ def _check_model_fits(
                 f"the model's output of shape {tuple(logits.shape)} (per batch of 2) does not fit integer labels "
                 f"of shape {tuple(y.shape)} with {classes} classes: expected logits of shape (batch, >= {classes})"
             )
-        if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[-1]):
+        class_indices = labels.ndim == 1 and logits.ndim == 2 and logits.shape[-1] > 1  # not hinge's +-1 columns
+        if class_indices and labels.size and (labels.min() < 0 or labels.max() >= logits.shape[-1]):
             raise ValueError(f"{data}'s integer labels must lie in [0, {logits.shape[-1]}) for the model's "
                              f"{logits.shape[-1]} outputs; got labels from {labels.min()} to {labels.max()}")
     try:
