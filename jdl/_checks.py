@@ -20,7 +20,11 @@ def registry_key(name: str) -> str:
 def is_real(value) -> bool:
     """A real number: Python's or NumPy's, or a 0-d array holding one (a
     concrete JAX scalar too); not a bool, a string or a complex number
-    (rates, fractions, a loss's hyperparameters)."""
+    (rates, fractions, a loss's hyperparameters).  A traced value is not one
+    (callers that accept traced hyperparameters let them through first)."""
     if getattr(value, "shape", None) == () and callable(getattr(value, "item", None)):
-        value = value.item()
+        try:
+            value = value.item()
+        except Exception:  # noqa: BLE001 - a tracer: no concrete value
+            return False
     return isinstance(value, numbers.Real) and not isinstance(value, bool)

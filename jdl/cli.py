@@ -116,7 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
     result = train.fit(model, losses.cross_entropy, optimizer, train_data, epochs=args.epochs, eval_data=test_data,
                        seed=args.seed)  # fmt: skip
     record = {"dataset": args.dataset, "model": args.model, "dtype": args.dtype, "runs": [{
-        "optimizer": args.optimizer, "learning_rate": learning_rate, "seed": args.seed,
+        "optimizer": name, "learning_rate": learning_rate, "seed": args.seed,
         "batch_size": args.batch_size,
         "epochs": [{k: e[k] for k in ("epoch", "train_loss", "test_loss", "test_accuracy", "time_s", "compile_s")}
                    for e in result.history]}]}  # fmt: skip

@@ -89,7 +89,7 @@ def test_cli_compare_writes_table_json_and_plots(tmp_path, capsys):
 
 def test_cli_train_writes_results(tmp_path):
     out = tmp_path / "run"
-    assert cli.main(["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "adam", "--epochs", "1",
+    assert cli.main(["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "Adam", "--epochs", "1",
                      "--out", str(out), "--no-compilation-cache"]) == 0
     run = json.loads((out / "results.json").read_text())["runs"][0]
     assert run["optimizer"] == "adam" and run["epochs"][0]["test_accuracy"] > 0.8
