@@ -57,6 +57,42 @@ def test_parameters_broken_by_the_last_step_mark_the_run_diverged():
     assert runs["adam"]["diverged"] is None
 
 
+def test_parameters_broken_at_the_end_of_an_earlier_epoch_mark_the_run_there():
+    """gd's one step of epoch 1 at rate 1e30 leaves NaN parameters with a finite loss: the run diverged at
+    epoch 1, step 0, whether 1 or 2 epochs were asked for (with 2 it was marked at epoch 2 and kept
+    epoch 1's NaN test loss)."""
+    def gd_beside_adam(epochs):
+        result = jdl.compare.run("mnist_sample", "mlp", ["gd", "adam"], seeds=1, epochs=epochs,
+                                 learning_rates={"gd": [1e30], "adam": [1e-3]}, progress=False)  # fmt: skip
+        return {r["optimizer"]: r for r in result.runs}
+
+    one, two = gd_beside_adam(1), gd_beside_adam(2)
+    assert one["gd"]["diverged"] == two["gd"]["diverged"] == {"epoch": 1, "step": 0}
+    assert one["gd"]["epochs"] == two["gd"]["epochs"] == []
+    assert [e["epoch"] for e in two["adam"]["epochs"]] == [1, 2] and two["adam"]["diverged"] is None
+
+
+def test_a_run_is_initialized_as_fit_is_whatever_the_other_runs():
+    """Every run starts from fit(seed)'s initial parameters bit for bit, however many runs are compared
+    (initialized vmapped over runs, some weights came out 1 ulp apart), so that a learning-rate search does
+    not depend on which other optimizers are compared."""
+    from jdl.compare.engine import Group, init_groups
+    from jdl.compare.presets import PRESETS
+    from jdl.train.engine import run_once
+    from jdl.train.step import run_keys
+
+    model = models.get("mlp", num_classes=10)
+    for seed in (0, 4):
+        fit_start = run_once(lambda seed=seed: model.init(run_keys(seed)[1], (1, 28, 28, 1))[0])
+        groups = [Group(name, PRESETS[name].make, np.full(3, PRESETS[name].learning_rate, np.float32),
+                        np.array([0, 4, 7])) for name in ("gd", "sgd", "adam")]  # fmt: skip
+        carries, _ = init_groups(model, groups, (28, 28, 1))
+        for carry in carries:
+            run = [np.asarray(leaf)[[0, 4, 7].index(seed)] for leaf in jax.tree_util.tree_leaves(carry.params)]
+            for ours, theirs in zip(run, jax.tree_util.tree_leaves(fit_start), strict=True):
+                np.testing.assert_array_equal(ours, theirs)
+
+
 def test_learning_rate_search_picks_a_rate_from_the_grid_on_validation_data():
     grid = [1e-5, 1e-3, 1e4]
     result = jdl.compare.run("mnist_sample", "mlp", ["adam"], seeds=2, epochs=1, learning_rates=grid, progress=False)

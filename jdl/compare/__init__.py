@@ -128,9 +128,11 @@ def _train(model, loss_fn, configs, images, labels, eval_images, eval_labels, pe
             # the rates as given (the device trains with their float32 copies, group.learning_rates)
             for k, (lr, seed) in enumerate(zip(rates, group.seeds, strict=True)):
                 bad = int(out["first_bad"][g_index][k])
-                if bad < 0 and not math.isfinite(float(out["history"][-1][g_index]["test_loss"][k])):
-                    # finite losses, a non-finite evaluation: the last step's update broke the parameters
-                    bad = epochs * out["steps_per_epoch"] - 1
+                for epoch in range(epochs if bad < 0 else bad // out["steps_per_epoch"]):
+                    if not math.isfinite(float(out["history"][epoch][g_index]["test_loss"][k])):
+                        # finite losses, a non-finite evaluation: the epoch's last update broke the parameters
+                        bad = (epoch + 1) * out["steps_per_epoch"] - 1
+                        break
                 last = epochs if bad < 0 else bad // out["steps_per_epoch"]  # complete epochs before it
                 record = {"optimizer": group.name, "learning_rate": float(lr), "seed": int(seed), "batch_size": size,
                           "epochs": [], "diverged": None}  # fmt: skip

@@ -40,6 +40,7 @@ from jdl.nn.layers import auto_conv_method_as
 from jdl.train.engine import (
     choose_mode,
     compile_lowered,
+    compile_once,
     run_once,
     uses_convolution,
     windows,
@@ -71,16 +72,27 @@ class Group(NamedTuple):
 
 
 def init_groups(model, groups: list[Group], image_shape) -> tuple[tuple[Carry, ...], tuple[jax.Array, ...]]:
-    """Stacked carries and base keys of every group, in one program run once
-    (``run_once``): run ``k`` of a group is initialized as
-    ``fit(seed=seeds[k])`` would be.  The model is initialized once for the
-    seeds of all groups together (one copy of its initialization in the
-    program, which is what its compilation spends most time on)."""
+    """Stacked carries and base keys of every group: run ``k`` of a group is
+    initialized as ``fit(seed=seeds[k])`` would be, bit for bit, whatever the
+    other runs.  Each distinct seed's model is initialized by one single-run
+    program (compiled once, run per seed: initialized vmapped over runs, XLA
+    rounds some weights 1 ulp apart depending on how many runs there are,
+    enough to flip a learning-rate search in an unstable setting); one more
+    program gathers them per run and initializes the optimizers."""
+    seeds = np.concatenate([g.seeds for g in groups]).astype(np.int32)
+    distinct, run_seed = np.unique(seeds, return_inverse=True)
+
+    def init_one(seed):
+        base_key, init_key = run_keys(seed)
+        return (base_key, *model.init(init_key, (1, *image_shape)))
+
+    program = compile_once(jax.jit(init_one).lower(np.int32(0)))
+    per_seed = [program(np.int32(seed)) for seed in distinct]
     sizes = np.cumsum([len(g.seeds) for g in groups])[:-1]
 
-    def init(seeds, learning_rates):
-        base_keys_all, init_keys = jax.vmap(run_keys)(seeds)
-        params, state = jax.vmap(lambda k: model.init(k, (1, *image_shape)))(init_keys)
+    def finish(per_seed, run_seed, learning_rates):
+        # each run's (base key, params, state): its seed's, stacked over the runs
+        base_keys_all, params, state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs)[run_seed], *per_seed)
         carries, base_keys = [], []
         for group, group_keys, run_params, run_state, lrs in zip(
             groups, jnp.split(base_keys_all, sizes), _split_runs(params, sizes), _split_runs(state, sizes),
@@ -91,8 +103,7 @@ def init_groups(model, groups: list[Group], image_shape) -> tuple[tuple[Carry, .
             base_keys.append(group_keys)
         return tuple(carries), tuple(base_keys)
 
-    seeds = np.concatenate([g.seeds for g in groups])
-    return run_once(init, seeds, tuple(np.asarray(g.learning_rates, np.float32) for g in groups))
+    return run_once(finish, per_seed, run_seed, tuple(np.asarray(g.learning_rates, np.float32) for g in groups))
 
 
 def _split_runs(stacked, sizes) -> list:
