@@ -178,8 +178,14 @@ def run(
     ``sgd`` one example, the rest ``batch_size``.  Without
     ``learning_rates`` each uses its preset's rate; with a grid (one list for
     all, or a dict per optimizer) the DeepOBS protocol picks one per optimizer
-    on a validation split (a grid of one rate is simply used).  A run whose loss becomes NaN or infinite is
-    marked diverged and the others go on.  ``dtype``: the model's computation
+    on a validation split (a grid of one rate is simply used): the grid's
+    runs train on the training split less ``validation_fraction`` of it (a
+    fixed draw, ``default_rng(20190222)``), each epoch in the order
+    ``default_rng([seed, epoch, 1]).permutation``, with the first seed; the
+    rate of the best final validation accuracy is then rerun with every seed
+    on the whole training split, in the loader's orders, and reported on test.
+    A run whose loss becomes NaN or infinite is marked diverged and the others
+    go on.  ``dtype``: the model's computation
     dtype (``'bfloat16'``: mixed precision, float32 parameters; see
     ``jdl.nn.Dense``).
     """
