@@ -250,6 +250,8 @@ def test_cli_refuses_a_compilation_cache_it_cannot_write(tmp_path, capsys):
     ({"seeds": [1, 1]}, r"distinct int seeds >= 0; got \[1, 1\]"),
     ({"validation_fraction": "0.1"}, r"validation_fraction must lie in \(0, 1\); got '0.1'"),
     ({"optimizers": ["optax.GradientTransformation"]}, r"is not an optax optimizer"),
+    ({"optimizers": ["adam", "sgd"], "learning_rates": {"adam": [1e-3]}},
+     r"a dict of learning-rate grids needs one for every optimizer compared; none for \['sgd'\]"),
     ({"learning_rates": {"adam": [1e-3], "Adam": [1e-2]}}, r"learning rates are given twice for 'adam' \(as 'Adam'"),
 ])
 def test_run_refuses_bad_arguments_before_loading_data(kwargs, message, monkeypatch):

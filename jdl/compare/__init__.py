@@ -64,7 +64,11 @@ def _grids(optimizers: Sequence[str], learning_rates) -> dict[str, list[float]] 
         if strangers:
             raise ValueError(f"learning rates given for {strangers}, which are not among the optimizers compared "
                              f"({list(optimizers)})")
-        grids = {name: list(learning_rates.get(name, [])) for name in optimizers}
+        missing = [name for name in optimizers if name not in learning_rates]
+        if missing:
+            raise ValueError(f"a dict of learning-rate grids needs one for every optimizer compared; none for "
+                             f"{missing}")  # fmt: skip
+        grids = {name: list(learning_rates[name]) for name in optimizers}
     else:
         grids = {name: list(learning_rates) for name in optimizers}
     for name, grid in grids.items():
