@@ -19,7 +19,8 @@ prints one JSON line per measurement:
   same step on batches already resident on the device. `ratio` near 1 means
   the step never waited for the host.
 
-`ratio` is always reference_s / jdl_s: above 1, jdl is faster. Times are
+`ratio` is jdl_s / reference_s, as in every benchmark here: below 1, jdl is
+faster (0.5: twice tf.data's rate). Times are
 the median over the timed epochs (after one warm-up epoch each).
 
 Data: Fashion-MNIST prepared in `$JDL_BENCH_DATA_DIR` (default
