@@ -320,6 +320,10 @@ def test_a_single_run_shows_no_spread():
     one = jdl.compare.Comparison("d", "m", comparison.runs[1:], target_accuracy=0.85)
     row = next(line for line in one.table().splitlines() if line.startswith("adam"))
     assert "0.9000 (1 run)" in row and "±" not in row
+    lost = dict(comparison.runs[0], epochs=[], diverged={"epoch": 1, "step": 3})  # diverged in its first epoch
+    row = next(line for line in jdl.compare.Comparison("d", "m", [lost], target_accuracy=0.85).table().splitlines()
+               if line.startswith("adam"))  # fmt: skip
+    assert row.split()[3:] == ["-", "-", "-", "-", "1/1", "diverged"]  # no accuracy, time or epochs to give
 
 
 def test_a_comparison_saves_and_plots_into_a_folder_it_makes(tmp_path):

@@ -98,7 +98,7 @@ def format_table(result: Comparison) -> str:
             f"{np.mean(epochs_to):.1f}" if len(epochs_to) == len(runs) else (f"{len(epochs_to)}/{len(runs)} runs"
                                                                                if epochs_to else "-"),
             f"{np.mean(secs_to):.2f}" if len(secs_to) == len(runs) else "-",
-            f"{np.mean([sum(e['time_s'] for e in r['epochs']) for r in runs]):.2f}",
+            _train_seconds(runs),
             status,
         ])  # fmt: skip
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
@@ -120,6 +120,12 @@ def _band(runs: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     for row, r in zip(values, runs):
         row[: len(r["epochs"])] = [e[key] for e in r["epochs"]]
     return np.arange(1, length + 1), np.nanmean(values, axis=0), _sample_std(values)
+
+
+def _train_seconds(runs: list[dict]) -> str:
+    """Mean training seconds over the runs that completed an epoch ('-' when none did)."""
+    seconds = [sum(e["time_s"] for e in r["epochs"]) for r in runs if r["epochs"]]
+    return f"{np.mean(seconds):.2f}" if seconds else "-"
 
 
 def _mean_and_spread(finals: np.ndarray) -> str:
