@@ -6,6 +6,7 @@ import argparse
 import datetime as _dt
 import json
 import math
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -14,14 +15,20 @@ from jdl._checks import registry_key
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer; got {text}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"expected a positive finite number; got {text}")
     return value
@@ -121,7 +128,9 @@ def run_train(args: argparse.Namespace) -> int:
         "epochs": [{k: e[k] for k in ("epoch", "train_loss", "test_loss", "test_accuracy", "time_s", "compile_s")}
                    for e in result.history]}]}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(record, indent=1) + "\n")
+    from jdl.compare.report import jsonable
+
+    (out / "results.json").write_text(json.dumps(jsonable(record), indent=1, allow_nan=False) + "\n")
     last = result.history[-1]
     print(f"{args.model} on {args.dataset} with {args.optimizer}: test accuracy {last['test_accuracy']:.4f} "
           f"after {last['epoch']} epochs; results in {out / 'results.json'}")  # fmt: skip
@@ -146,12 +155,26 @@ def run_compare(args: argparse.Namespace) -> int:
         learning_rates=grid, target_accuracy=args.target_accuracy, data_dir=args.data_dir,
         manual_dir=args.manual_dir, dtype=_model_dtype(args),
     )  # fmt: skip
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    path = result.save(out)
-    plots = result.plot(out)
+    try:  # the plots first, results.json last: a folder holding results.json is a finished run
+        plots = result.plot(out)
+        path = result.save(out)
+    except BaseException:  # Ctrl-C or an error while writing: no half-written results left behind
+        _remove_results(out, created)
+        raise
     print(result.table())
     print(f"\nresults: {path}\nplots:   {', '.join(str(p) for p in plots)}")
     return 0
+
+
+def _remove_results(out: Path, created: bool) -> None:
+    """What run_compare writes into ``out`` removed again (and ``out`` if it made it)."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for name in ("results.json", "training_loss.png", "test_accuracy.png", "lr_sensitivity.png"):
+        (out / name).unlink(missing_ok=True)
 
 
 def _use_compilation_cache(args) -> None:
@@ -170,19 +193,28 @@ def _use_compilation_cache(args) -> None:
         print(f"jdl {args.command}: warning: no compilation cache: {error}", file=sys.stderr)
 
 
+def _in_the_commands_words(error: Exception) -> str:
+    """The error's message, in the command's options where the library's would not apply."""
+    loader = sys.modules.get("jdl.data.loader")  # loaded if the error came from there (tfds is slow to import)
+    if loader is not None and isinstance(error, loader.BatchLargerThanSplitError):
+        return (f"--batch-size {error.batch_size} is larger than the training split, which holds "
+                f"{error.num_examples} examples: use --batch-size <= {error.num_examples}")
+    return str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _use_compilation_cache(args)
         return run_train(args) if args.command == "train" else run_compare(args)
     except (ValueError, OSError) as error:  # bad input: names, shapes, files, folders
-        print(f"jdl {args.command}: error: {error}", file=sys.stderr)
+        print(f"jdl {args.command}: error: {_in_the_commands_words(error)}", file=sys.stderr)
         return 2
     except FloatingPointError as error:  # train.NonFiniteLossError: the run diverged
         print(f"jdl {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as interrupt:
-        print(f"\njdl {args.command}: {interrupt}", file=sys.stderr)
+        print(f"\njdl {args.command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return 130
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -158,12 +159,58 @@ def test_cli_train_and_compare_in_mixed_precision(tmp_path):
         (["compare", "--learning-rates", ","], r"--learning-rates is empty"),
         (["compare", "--optimizers", "optax.apply_updates"], r"'optax.apply_updates' is not an optax optimizer taking"),
         (["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "adamx"], r"unknown optimizer"),
+        (["train", "--dataset", "mnist_sample", "--model", "mlp", "--batch-size", "100000"],
+         r"--batch-size 100000 is larger than the training split, which holds 4000 examples: use --batch-size <= 4000"),
     ],
 )
 def test_cli_bad_input_gives_a_clear_error(argv, message, tmp_path, capsys):
     assert cli.main([*argv, "--out", str(tmp_path / "new"), "--no-compilation-cache"]) == 2
     assert __import__("re").search(message, capsys.readouterr().err)
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("folder_exists", [False, True])
+def test_cli_interrupted_while_writing_its_results_leaves_none_behind(tmp_path, capsys, monkeypatch, folder_exists):
+    out = tmp_path / "new"
+    if folder_exists:
+        out.mkdir()
+
+    def interrupted(self, directory):
+        (Path(directory) / "training_loss.png").write_bytes(b"half a plot")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jdl.compare.Comparison, "plot", interrupted)
+    argv = ["compare", "--optimizers", "adam", "--seeds", "1", "--epochs", "1", "--out", str(out),
+            "--no-compilation-cache"]  # fmt: skip
+    assert cli.main(argv) == 130
+    assert "jdl compare: interrupted" in capsys.readouterr().err
+    assert (out.exists() and list(out.iterdir()) == []) if folder_exists else not out.exists()
+
+
+def test_cli_says_which_options_want_numbers(tmp_path, capsys):
+    for option, value, expected in (("--batch-size", "1.5", "expected a positive integer; got 1.5"),
+                                    ("--learning-rate", "abc", "expected a positive finite number; got abc")):
+        with pytest.raises(SystemExit):
+            cli.main(["train", "--dataset", "mnist_sample", "--model", "mlp", option, value, "--out", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert f"argument {option}: {expected}" in err and "_positive" not in err
+
+
+def test_results_hold_null_for_non_finite_numpy_values_and_plots_of_diverged_runs_warn_nothing(tmp_path):
+    runs = [{"optimizer": "gd", "learning_rate": 1e30, "seed": 0, "batch_size": 128, "diverged": {"epoch": 1,
+             "step": 0}, "epochs": []},
+            {"optimizer": "adam", "learning_rate": 1e-3, "seed": 0, "batch_size": 128, "diverged": None,
+             "epochs": [{"epoch": 1, "train_loss": np.float64("nan"), "test_loss": np.float32("inf"),
+                         "test_accuracy": np.float64(0.5), "time_s": 1.0}]}]  # fmt: skip
+    comparison = jdl.compare.Comparison("d", "m", runs, target_accuracy=0.9)
+    text = comparison.save(tmp_path).read_text()
+    epoch = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))["runs"][1]["epochs"][0]
+    assert epoch["train_loss"] is None and epoch["test_loss"] is None and epoch["test_accuracy"] == 0.5
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jdl.compare.Comparison("d", "m", runs[:1], target_accuracy=0.9).plot(tmp_path / "diverged")
 
 
 def test_cli_refuses_a_learning_rate_that_is_not_finite(tmp_path, capsys):

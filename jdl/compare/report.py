@@ -31,7 +31,7 @@ class Comparison:
         """Write ``directory/results.json`` (the folder is made if need be)."""
         Path(directory).mkdir(parents=True, exist_ok=True)
         path = Path(directory) / "results.json"
-        path.write_text(json.dumps(_jsonable(self.to_json()), indent=1, allow_nan=True) + "\n")
+        path.write_text(json.dumps(jsonable(self.to_json()), indent=1, allow_nan=False) + "\n")
         return path
 
     def table(self) -> str:
@@ -45,13 +45,15 @@ class Comparison:
         return plot(self, directory)
 
 
-def _jsonable(value):
+def jsonable(value):
+    """``value`` with NumPy scalars as Python numbers and non-finite floats as
+    None (JSON's null: ``NaN`` is not JSON), for results.json."""
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -175,7 +177,8 @@ def plot(result: Comparison, directory: str | Path) -> list[Path]:
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.set_title(f"{label}: {result.model} on {result.dataset}")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # not when every run diverged: nothing drawn
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(directory / name, dpi=110)
@@ -190,7 +193,8 @@ def plot(result: Comparison, directory: str | Path) -> list[Path]:
         ax.set_xlabel("learning rate")
         ax.set_ylabel("validation accuracy (last epoch)")
         ax.set_title(f"learning-rate sensitivity: {result.model} on {result.dataset}")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # not when every run diverged: nothing drawn
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(directory / "lr_sensitivity.png", dpi=110)

@@ -26,7 +26,7 @@ from jdl._checks import is_int
 from jdl.data import sources
 from jdl.data.transforms import wants_rng
 
-__all__ = ["Batch", "Loader", "Transform", "load"]
+__all__ = ["Batch", "BatchLargerThanSplitError", "Loader", "Transform", "load"]
 
 Batch = dict[str, Any]
 Transform = Callable[..., Batch]  # batch -> batch, or (batch, rng) -> batch
@@ -222,15 +222,24 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
 
 
+class BatchLargerThanSplitError(ValueError):
+    """A batch size larger than the split it batches, with drop_remainder: no batch at all."""
+
+    def __init__(self, message: str, batch_size: int, num_examples: int):
+        super().__init__(message)
+        self.batch_size, self.num_examples = batch_size, num_examples
+
+
 def _check_batching(num_examples: int, batch_size: int, drop_remainder: bool, what: str) -> None:
     _check_batch_size(batch_size)
     if num_examples == 0:
         raise ValueError(f"{what} holds no examples")
     if drop_remainder and batch_size > num_examples:
-        raise ValueError(
+        raise BatchLargerThanSplitError(
             f"batch_size {batch_size} is larger than {what}, which holds {num_examples} "
             "examples: with drop_remainder=True no batch would be left. Use batch_size <= "
-            f"{num_examples}, or drop_remainder=False for one smaller batch."
+            f"{num_examples}, or drop_remainder=False for one smaller batch.",
+            batch_size, num_examples,
         )
 
 
