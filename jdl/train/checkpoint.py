@@ -67,8 +67,12 @@ def _existing(directory: str | os.PathLike) -> Path:
 
 def load(directory: str | os.PathLike, target: dict[str, Any]) -> dict[str, Any]:
     """Read a checkpoint into the structure of ``target`` (same keys and pytrees)."""
-    path = _existing(directory)
-    raw = serialization.msgpack_restore(path.read_bytes())
+    return restore(load_raw(directory), target, checkpoint_path(directory))
+
+
+def restore(raw: dict[str, Any], target: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's raw contents (``load_raw``, read from ``path``) in the
+    structure of ``target`` (same keys and pytrees)."""
     missing = set(target) - set(raw)
     if missing:
         raise ValueError(f"checkpoint {path} lacks {sorted(missing)}; it holds {sorted(raw)}")

@@ -413,7 +413,7 @@ def _restore(directory, raw: dict, fresh: _Start) -> _Start:
     an error naming the first array that differs."""
     like = {"params": fresh.params, "state": fresh.state, "opt_state": fresh.opt_state}
     try:
-        restored = ckpt.load(directory, like)
+        restored = ckpt.restore(raw, like, ckpt.checkpoint_path(directory))
     except (ValueError, KeyError, TypeError) as error:  # another structure: e.g. another optimizer's state
         raise ValueError(f"fit: the checkpoint in {directory} does not fit this model and optimizer: "
                          f"its state has another structure ({error})") from error
