@@ -116,13 +116,17 @@ def known_names() -> list[str]:
     return sorted({mnist_sample.NAME, *names})
 
 
-def check_name(name: str) -> None:
-    """Raises ValueError naming `name` and close names when no builder has that name."""
+def check_name(name: str) -> str:
+    """``name`` with its builder named as tfds registers it ('Fashion_MNIST:3.0.1'
+    -> 'fashion_mnist:3.0.1'), so that jdl's own handling of a dataset (the
+    shipped mnist_sample, IDX files, known split sizes) does not depend on how
+    the name was spelled; a ValueError naming `name` and close names when no
+    builder has that name."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"dataset name must be a non-empty string; got {name!r}")
     base = _base(name)
     if base == mnist_sample.NAME:
-        return
+        return name
     try:
         tfds = _tfds()
     except ImportError as e:
@@ -131,8 +135,7 @@ def check_name(name: str) -> None:
             "only 'mnist_sample' works without it"
         ) from e
     try:
-        tfds.builder_cls(base)
-        return
+        return tfds.builder_cls(base).name + name[len(base):]
     except (tfds.core.registered.DatasetNotFoundError, ValueError):  # ValueError: bad syntax
         pass
     close = difflib.get_close_matches(base, known_names(), n=5, cutoff=0.6)
@@ -146,21 +149,6 @@ def check_name(name: str) -> None:
 def _base(name: str) -> str:
     """The builder's name in a dataset name: 'fashion_mnist:3.0.1' -> 'fashion_mnist'."""
     return name.split(":")[0].split("/")[0]
-
-
-def _canonical(name: str) -> str:
-    """``name`` with its builder named as tfds registers it ('Fashion_MNIST:3.0.1'
-    -> 'fashion_mnist:3.0.1'), so that jdl's own handling of a dataset (the
-    shipped mnist_sample, IDX files, known split sizes) does not depend on
-    how the name was spelled."""
-    base = _base(name)
-    if base == mnist_sample.NAME:
-        return name
-    try:
-        resolved = _tfds().builder_cls(base).name
-    except Exception:  # noqa: BLE001 - check_name has vouched for it; tfds resolves it later
-        return name
-    return resolved + name[len(base):]
 
 
 def _check_shipped_version(name: str) -> None:
@@ -244,8 +232,7 @@ def read_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
     prepared and cannot be obtained offline), IdxVerificationError (IDX files
     in manual_dir that fail verification).
     """
-    check_name(name)
-    name = _canonical(name)
+    name = check_name(name)
     if _base(name) == mnist_sample.NAME:
         _check_shipped_version(name)
         name = mnist_sample.NAME
@@ -507,10 +494,9 @@ def _decode_array_record(builder, base: str) -> tuple[np.ndarray, np.ndarray]:
 
     def read(start: int):
         keys = list(range(start, min(start + 1024, n)))
-        many = getattr(source, "__getitems__", None)
         try:
-            examples = many(keys) if many is not None else [source[i] for i in keys]
-        except TypeError:  # tfds.testing.mock_data's sources only answer source[i]
+            examples = source.__getitems__(keys)
+        except (AttributeError, TypeError):  # sources that only answer source[i] (tfds.testing.mock_data's)
             examples = [source[i] for i in keys]
         return ([np.asarray(e["image"], np.uint8) for e in examples],
                 [int(e["label"]) for e in examples])
