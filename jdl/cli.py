@@ -157,24 +157,26 @@ def run_compare(args: argparse.Namespace) -> int:
     )  # fmt: skip
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    before = set(out.iterdir())
     try:  # the plots first, results.json last: a folder holding results.json is a finished run
         plots = result.plot(out)
         path = result.save(out)
     except BaseException:  # Ctrl-C or an error while writing: no half-written results left behind
-        _remove_results(out, created)
+        _remove_written(out, created, before)
         raise
     print(result.table())
     print(f"\nresults: {path}\nplots:   {', '.join(str(p) for p in plots)}")
     return 0
 
 
-def _remove_results(out: Path, created: bool) -> None:
-    """What run_compare writes into ``out`` removed again (and ``out`` if it made it)."""
+def _remove_written(out: Path, created: bool, before: set[Path]) -> None:
+    """What was written into ``out`` since it held ``before`` removed again
+    (and ``out`` itself if it was ``created``)."""
     if created:
         shutil.rmtree(out, ignore_errors=True)
         return
-    for name in ("results.json", "training_loss.png", "test_accuracy.png", "lr_sensitivity.png"):
-        (out / name).unlink(missing_ok=True)
+    for path in set(out.iterdir()) - before:
+        path.unlink(missing_ok=True)
 
 
 def _use_compilation_cache(args) -> None:
