@@ -17,14 +17,21 @@ def registry_key(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
+def scalar(value):
+    """The number a 0-d array (NumPy's, a concrete JAX one) holds; anything
+    else as it is.  A traced 0-d value has none: its ``item`` raises."""
+    if getattr(value, "shape", None) == () and callable(getattr(value, "item", None)):
+        return value.item()
+    return value
+
+
 def is_real(value) -> bool:
     """A real number: Python's or NumPy's, or a 0-d array holding one (a
     concrete JAX scalar too); not a bool, a string or a complex number
     (rates, fractions, a loss's hyperparameters).  A traced value is not one
     (callers that accept traced hyperparameters let them through first)."""
-    if getattr(value, "shape", None) == () and callable(getattr(value, "item", None)):
-        try:
-            value = value.item()
-        except Exception:  # noqa: BLE001 - a tracer: no concrete value
-            return False
+    try:
+        value = scalar(value)
+    except Exception:  # noqa: BLE001 - a tracer: no concrete value
+        return False
     return isinstance(value, numbers.Real) and not isinstance(value, bool)

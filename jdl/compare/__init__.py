@@ -27,7 +27,7 @@ import numpy as np
 
 from jdl import data as jdl_data
 from jdl import losses, models
-from jdl._checks import is_int, is_real
+from jdl._checks import is_int, is_real, scalar
 from jdl.compare.engine import Group, choose_engine, group_evaluator, init_groups, train_cluster
 from jdl.compare.presets import CLASSIC, FULL_BATCH, PRESETS, Preset, preset
 from jdl.compare.report import Comparison, format_table, plot
@@ -196,7 +196,7 @@ def run(
     if is_int(seeds):
         seed_list = list(range(int(seeds)))
     elif not isinstance(seeds, (str, bytes)) and hasattr(seeds, "__iter__"):  # a list, range, array, generator
-        given = [s.item() if getattr(s, "shape", None) == () else s for s in seeds]  # 0-d arrays as numbers
+        given = [scalar(s) for s in seeds]  # 0-d arrays as numbers
         seed_list = [int(s) for s in given] if all(is_int(s) for s in given) else []
     else:
         seed_list = []
