@@ -169,6 +169,7 @@ def run(quick: bool = False, models: tuple[str, ...] = ("mlp", "cnn"), repeats: 
 # ``jdl.train.engine`` settings).  Environment variables apply to the whole
 # process (every program); engine settings to the programs they name.
 _AUTOTUNE_OFF = {"xla_gpu_autotune_level": 0}
+_AUTOTUNE_QUICK = {"xla_gpu_autotune_level": 1}
 LAB: dict[str, tuple[dict, dict]] = {
     "default": ({}, {}),
     # jax.random's threefry hash as a precompiled kernel, not unrolled rounds for XLA to compile
@@ -185,6 +186,15 @@ LAB: dict[str, tuple[dict, dict]] = {
                                              {"GPU_EVALUATION_COMPILER_OPTIONS": _AUTOTUNE_OFF}),
     "start_on_host+evaluation_autotune0": ({}, {"RUN_ONCE_ON_HOST": True,
                                                 "GPU_EVALUATION_COMPILER_OPTIONS": _AUTOTUNE_OFF}),
+    # candidate kernels still timed, but without initializing, re-initializing
+    # and cross-checking their buffers (levels 2-4; XLA's default is 4)
+    "autotune1": ({"XLA_FLAGS": "--xla_gpu_autotune_level=1"}, {}),
+    "evaluation_autotune1": ({}, {"GPU_EVALUATION_COMPILER_OPTIONS": _AUTOTUNE_QUICK}),
+    "threefry_kernel+autotune1": ({"JAX_THREEFRY_GPU_KERNEL_LOWERING": "true",
+                                   "XLA_FLAGS": "--xla_gpu_autotune_level=1"}, {}),
+    "threefry_kernel+autotune1+evaluation_autotune0": ({"JAX_THREEFRY_GPU_KERNEL_LOWERING": "true",
+                                                        "XLA_FLAGS": "--xla_gpu_autotune_level=1"},
+                                                       {"GPU_EVALUATION_COMPILER_OPTIONS": _AUTOTUNE_OFF}),
 }  # fmt: skip
 
 

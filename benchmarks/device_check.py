@@ -149,19 +149,61 @@ def command_buffers(quick: bool) -> list[dict]:
 # XLA flags that may shorten compilation (``cold_start.LAB``), for their cost
 # to the epoch they compile: label -> flags.
 EPOCH_FLAGS = {"default": "", "autotune0": "--xla_gpu_autotune_level=0",
-               "triton_gemm_off": "--xla_gpu_enable_triton_gemm=false"}  # fmt: skip
+               "triton_gemm_off": "--xla_gpu_enable_triton_gemm=false",
+               "autotune1": "--xla_gpu_autotune_level=1"}  # fmt: skip
 
 
-def epoch_flags(quick: bool) -> list[dict]:
+def epoch_flags(quick: bool, labels: tuple[str, ...] = ("default", "autotune0", "triton_gemm_off")) -> list[dict]:
     """The cnn's bfloat16 scan epoch (``train_epoch``, jdl and flax+optax)
     in a fresh process under each of ``EPOCH_FLAGS``: what compiling without
     timing candidate kernels, or without Triton's matrix products, costs the
     epoch (the lines give each library's compile seconds too)."""
     code = f"train_epoch.run({quick}, ('mlp',) if {quick} else ('cnn',), ways=('scan',), dtype='bfloat16')"
     records = []
-    for label, flags in EPOCH_FLAGS.items():
-        records += _suffixed(_train_epoch_with_flags(flags, code), label)
+    for label in labels:
+        records += _suffixed(_train_epoch_with_flags(EPOCH_FLAGS[label], code), label)
     return records
+
+
+# XLA options for ``fit``'s evaluation program (``engine.GPU_EVALUATION_COMPILER_OPTIONS``
+# candidates): label -> options.
+EVALUATION_OPTIONS = {"default": {}, "autotune0": {"xla_gpu_autotune_level": 0},
+                      "autotune1": {"xla_gpu_autotune_level": 1}}  # fmt: skip
+
+
+def evaluation_speed(quick: bool, calls: int = 20) -> list[dict]:
+    """``fit``'s evaluation program for the cnn in bfloat16 (windows of 1,000
+    test images, ``step.eval_step``) compiled under each of
+    ``EVALUATION_OPTIONS``: its compile seconds, and the median seconds of one
+    evaluation of the test split over ``calls`` calls, taken in turns: what
+    compiling the evaluation with less autotuning costs each epoch."""
+    from jdl.train.engine import evaluate_arrays
+    from jdl.train.step import eval_step
+
+    _, test, source = common.mnist_shaped(512)
+    n = 2000 if quick else len(test["label"])
+    images, labels = jax.device_put(test["image"][:n]), jax.device_put(test["label"][:n])
+    model = models.cnn(dtype=jnp.bfloat16)
+    params, state = model.init(jax.random.key(0), (1, *images.shape[1:]))
+    lowered = jax.jit(eval_step(model, losses.cross_entropy, 1000)).lower(
+        params, state, images, labels, 0, 0)
+    programs, compile_s, results = {}, {}, {}
+    for label, options in EVALUATION_OPTIONS.items():
+        begun = time.perf_counter()
+        programs[label] = lowered.compile(compiler_options=dict(options)) if options else lowered.compile()
+        compile_s[label] = time.perf_counter() - begun
+        results[label] = evaluate_arrays(programs[label], params, state, images, labels, 1000)  # warm-up
+    times: dict[str, list[float]] = {label: [] for label in EVALUATION_OPTIONS}
+    for _ in range(3 if quick else calls):
+        for label, program in programs.items():
+            begun = time.perf_counter()
+            evaluate_arrays(program, params, state, images, labels, 1000)
+            times[label].append(time.perf_counter() - begun)
+    default_s = common.median(times["default"])
+    return [common.line(f"evaluation/cnn/bfloat16/{label}", common.median(times[label]), "default options",
+                        default_s, examples=n, data=source, compile_s=compile_s[label], compiler_options=options,
+                        accuracy=results[label]["accuracy"], reference_accuracy=results["default"]["accuracy"])
+            for label, options in EVALUATION_OPTIONS.items()]  # fmt: skip
 
 
 def scan_variants(quick: bool) -> list[dict]:
@@ -313,6 +355,12 @@ def main() -> None:
         ("cold_start_threefry_kernel", lambda: threefry_kernel(lambda: cold_start.run(args.quick, models=("cnn",)))),
         ("cold_start_lab", lambda: cold_start.lab(args.quick)),
         ("epoch_flags", lambda: epoch_flags(args.quick)),
+        ("evaluation_speed", lambda: evaluation_speed(args.quick)),
+        ("cold_start_lab_autotune", lambda: cold_start.lab(
+            args.quick, repeats=3, names=("default", "autotune1", "evaluation_autotune0", "evaluation_autotune1",
+                                          "threefry_kernel+autotune1",
+                                          "threefry_kernel+autotune1+evaluation_autotune0"))),
+        ("epoch_flags_autotune1", lambda: epoch_flags(args.quick, ("autotune1", "default"))),
         ("bf16", lambda: train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn", "fmnist_2c2d"),
                                          ways=("scan",), dtype="bfloat16")
          + train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn",), ways=("scan",))),
