@@ -172,6 +172,9 @@ _AUTOTUNE_OFF = {"xla_gpu_autotune_level": 0}
 _AUTOTUNE_QUICK = {"xla_gpu_autotune_level": 1}
 LAB: dict[str, tuple[dict, dict]] = {
     "default": ({}, {}),
+    # XLA's and JAX's defaults: jdl's GPU settings of stop 19 undone (level-4
+    # autotuning; threefry's unrolled rounds in the start program too)
+    "xla_defaults": ({}, {"GPU_COMPILER_OPTIONS": {}, "RUN_ONCE_THREEFRY_KERNEL": False}),
     # jax.random's threefry hash as a precompiled kernel, not unrolled rounds for XLA to compile
     "threefry_kernel": ({"JAX_THREEFRY_GPU_KERNEL_LOWERING": "true"}, {}),
     # the initialization and the optimizer's first state compiled and run on the host's CPU

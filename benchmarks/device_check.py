@@ -209,7 +209,8 @@ def evaluation_speed(quick: bool, calls: int = 20) -> list[dict]:
 def scan_variants(quick: bool) -> list[dict]:
     """The scan epoch of jdl (``fit``) with each convolution method, against
     flax+optax's scan, each compiled with and without command buffers
-    (``compiler_options``, per program: no process-wide flags)."""
+    (``compiler_options``, per program over ``engine.GPU_COMPILER_OPTIONS``:
+    no process-wide flags)."""
     data, test, _ = common.mnist_shaped(512 if quick else 60000)
     test = {k: v[:2000] for k, v in test.items()}
     epochs, records = (2 if quick else 4), []
@@ -218,13 +219,9 @@ def scan_variants(quick: bool) -> list[dict]:
             flax_s, flax_compile, flax_acc = train_epoch.time_flax(
                 train_epoch.FLAX[name](), "scan", data, test, 128, epochs, options or None)
             for method in ("lax", "matmul"):
-                engine.GPU_COMPILER_OPTIONS.clear()
-                engine.GPU_COMPILER_OPTIONS.update(options)
-                try:
+                with mock.patch.dict(engine.GPU_COMPILER_OPTIONS, options):  # over jdl's own, then restored
                     model = getattr(models, name)(conv_method=method)
                     jdl_s, jdl_compile, jdl_acc = train_epoch.time_jdl(model, "scan", data, test, 128, epochs)
-                finally:
-                    engine.GPU_COMPILER_OPTIONS.clear()
                 records.append(common.line(
                     f"variants/{name}/{method}/{label}", jdl_s, f"flax+optax scan ({label})", flax_s,
                     examples=len(data["label"]), jdl_compile_s=jdl_compile, reference_compile_s=flax_compile,
@@ -361,6 +358,8 @@ def main() -> None:
                                           "threefry_kernel+autotune1",
                                           "threefry_kernel+autotune1+evaluation_autotune0"))),
         ("epoch_flags_autotune1", lambda: epoch_flags(args.quick, ("autotune1", "default"))),
+        ("cold_start_defaults", lambda: cold_start.lab(
+            args.quick, repeats=3, names=("default", "xla_defaults", "start_on_host", "evaluation_autotune0"))),
         ("bf16", lambda: train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn", "fmnist_2c2d"),
                                          ways=("scan",), dtype="bfloat16")
          + train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn",), ways=("scan",))),

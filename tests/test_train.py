@@ -199,6 +199,44 @@ def test_evaluation_programs_compile_with_their_own_gpu_options(monkeypatch):
     assert train.engine.compile_lowered(Lowered(), evaluation=True) == {"a": 1, "b": 3}
 
 
+def test_programs_run_once_lower_random_draws_to_the_gpu_kernel(monkeypatch):
+    """``engine.lower_once`` (fit's start program, compare's initialization)
+    traces with JAX's threefry GPU-kernel lowering on when the backend is a
+    GPU and ``RUN_ONCE_THREEFRY_KERNEL`` is set, and leaves it off on the
+    CPU, when unset and after lowering.  The values are the CPU's either way."""
+    from jax._src import config as jax_config
+
+    seen = []
+
+    def draw(seed):
+        seen.append(jax_config.threefry_gpu_kernel_lowering.value)  # read while tracing
+        return jax.random.normal(jax.random.key(seed), (3,))
+
+    expected = np.asarray(jax.random.normal(jax.random.key(4), (3,)))
+    np.testing.assert_array_equal(train.engine.run_once(draw, 4), expected)
+    with monkeypatch.context() as patch:
+        patch.setattr(jax, "default_backend", lambda: "gpu")
+        lowered = train.engine.lower_once(draw, 4)
+        patch.setattr(train.engine, "RUN_ONCE_THREEFRY_KERNEL", False)
+        train.engine.lower_once(lambda seed: draw(seed), 5)  # a new function: traced again
+    assert seen == [False, True, False]
+    assert jax_config.threefry_gpu_kernel_lowering.value is False
+    np.testing.assert_array_equal(lowered.compile()(4), expected)  # lowered for the CPU all the same
+
+
+def test_training_programs_compile_with_autotuning_level_1_on_a_gpu(monkeypatch):
+    """``GPU_COMPILER_OPTIONS``' default: XLA times candidate kernels without
+    cross-checking their buffers (level 1), for training and evaluation."""
+
+    class Lowered:
+        def compile(self, compiler_options=None):
+            return compiler_options
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert train.engine.compile_lowered(Lowered()) == {"xla_gpu_autotune_level": 1}
+    assert train.engine.compile_lowered(Lowered(), evaluation=True) == {"xla_gpu_autotune_level": 1}
+
+
 def test_epochs_may_be_a_numpy_integer():
     result = train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=np.int64(2),
                        progress=False)  # fmt: skip

@@ -41,6 +41,7 @@ from jdl.train.engine import (
     choose_mode,
     compile_lowered,
     compile_once,
+    lower_once,
     run_once,
     uses_convolution,
     windows,
@@ -86,7 +87,7 @@ def init_groups(model, groups: list[Group], image_shape) -> tuple[tuple[Carry, .
         base_key, init_key = run_keys(seed)
         return (base_key, *model.init(init_key, (1, *image_shape)))
 
-    program = compile_once(jax.jit(init_one).lower(np.int32(0)))
+    program = compile_once(lower_once(init_one, np.int32(0)))
     per_seed = [program(np.int32(seed)) for seed in distinct]
     sizes = np.cumsum([len(g.seeds) for g in groups])[:-1]
 

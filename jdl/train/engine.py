@@ -21,6 +21,7 @@ CPU too.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax._src import config as jax_config  # the threefry lowering's state: no public context manager
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jdl.train.step import Carry, all_finite, step_key
@@ -130,10 +132,19 @@ class Placement:
         return jax.lax.with_sharding_constraint(batch, self.batch)
 
 
-# XLA options jdl compiles its training programs with on a GPU.  Empty: command
-# buffers (CUDA graphs, while loops included) changed nothing on an H100
-# (benchmarks/README.md); benchmarks/device_check.py measures candidates here.
-GPU_COMPILER_OPTIONS: dict[str, str] = {}
+# XLA options jdl compiles its training and evaluation programs with on a GPU.
+# Autotuning level 1 (XLA's default is 4): candidate convolution and
+# matrix-product kernels are still timed and the fastest chosen, without
+# initializing, re-initializing and cross-checking their buffers.  The flax
+# CNN's cold start on an H200 (one epoch of 2,560 images and its accuracy,
+# fresh processes, 3 rounds): 5.63 s against 7.99 s (4.29 s with threefry as
+# a kernel in the whole process, see ``lower_once``); its bfloat16 epoch of
+# 60,000 images 0.0644 s against 0.0648 s, the same test accuracy
+# (benchmarks/README.md, stop 19).  The comparison's programs compile with it
+# too (not measured apart).  Level 0 (no timing) compiled fastest but ran the
+# epoch 40 times and the evaluation 15 times slower.  Command buffers (CUDA
+# graphs) changed nothing on an H100.  ``{}``: XLA's defaults.
+GPU_COMPILER_OPTIONS: dict[str, Any] = {"xla_gpu_autotune_level": 1}
 
 
 # Steps per loop iteration of ``fit``'s scan epoch, by backend (absent: 1).
@@ -151,11 +162,10 @@ def scan_unroll() -> int:
 
 
 # XLA options for ``fit``'s evaluation program on a GPU, over
-# ``GPU_COMPILER_OPTIONS``.  Empty until measured.  The candidate is
-# ``{"xla_gpu_autotune_level": 0}``: the evaluation runs once an epoch, so
-# timing candidate kernels for its shapes (batch 1000 against training's 128)
-# may cost more compilation than it saves running (device_check.py's
-# ``cold_start_lab``).
+# ``GPU_COMPILER_OPTIONS``.  Empty: without timing candidate kernels
+# (``{"xla_gpu_autotune_level": 0}``) the flax CNN's cold start on an H200
+# was 3.5 s shorter but each evaluation of 10,000 images took 78 ms against
+# 5 ms, which a run of ten epochs pays back (stop 19).
 GPU_EVALUATION_COMPILER_OPTIONS: dict[str, Any] = {}
 
 
@@ -204,9 +214,36 @@ def run_once_placement() -> jax.sharding.Sharding | None:
     return None
 
 
+# Whether programs run once (initialization) are lowered with jax.random's
+# threefry hash as JAX's precompiled GPU kernel rather than its unrolled
+# rounds, which XLA compiles anew for each draw's shape.  The same bits either
+# way.  Only there: in a training step a kernel call cannot fuse with what
+# uses the bits (dropout's masks).  Measured on an H200 for the whole
+# process (``JAX_THREEFRY_GPU_KERNEL_LOWERING``), where the start program's
+# compilation was the longest (stop 19, ``GPU_COMPILER_OPTIONS``).
+RUN_ONCE_THREEFRY_KERNEL = True
+
+
+def _threefry_kernel_lowering() -> contextlib.AbstractContextManager:
+    """A context in which JAX lowers threefry to its GPU kernel, when
+    ``RUN_ONCE_THREEFRY_KERNEL`` and the default backend is a GPU (and this
+    JAX has the setting); otherwise one that changes nothing."""
+    setting = getattr(jax_config, "threefry_gpu_kernel_lowering", None)
+    if RUN_ONCE_THREEFRY_KERNEL and setting is not None and jax.default_backend() == "gpu":
+        return setting(True)
+    return contextlib.nullcontext()
+
+
+def lower_once(fn: Callable, *args, **jit_kwargs) -> jax.stages.Lowered:
+    """``jax.jit(fn, **jit_kwargs).lower(*args)`` for a program called once,
+    with ``RUN_ONCE_THREEFRY_KERNEL``'s lowering of random draws."""
+    with _threefry_kernel_lowering():
+        return jax.jit(fn, **jit_kwargs).lower(*args)
+
+
 def run_once(fn: Callable, *args):
-    """``jax.jit(fn)(*args)`` for a program called once (``compile_once``)."""
-    return compile_once(jax.jit(fn).lower(*args))(*args)
+    """``jax.jit(fn)(*args)`` for a program called once (``lower_once``, ``compile_once``)."""
+    return compile_once(lower_once(fn, *args))(*args)
 
 
 def stream_step(run: Callable) -> Callable:

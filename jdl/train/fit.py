@@ -24,6 +24,7 @@ from jdl.train.engine import (
     compile_lowered,
     compile_once,
     evaluate_arrays,
+    lower_once,
     run_once,
     run_once_placement,
     uses_convolution,
@@ -267,7 +268,7 @@ def fit(
     # On an accelerator the start program may run on the host (``RUN_ONCE_ON_HOST``);
     # parameters given by the caller stay where they are.
     host = run_once_placement() if params is None and state is None else None
-    lowered_start = jax.jit(start_program, **({"out_shardings": host} if host else {})).lower(*start_args)
+    lowered_start = lower_once(start_program, *start_args, **({"out_shardings": host} if host else {}))
     lowered_eval = None
     if eval_data is not None:
         eval_arrays = _evaluation_arrays(model, loss_fn, carry_shapes.params, carry_shapes.state, eval_data,
