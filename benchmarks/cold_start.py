@@ -189,8 +189,8 @@ LAB: dict[str, tuple[dict, dict]] = {
                                              {"GPU_EVALUATION_COMPILER_OPTIONS": _AUTOTUNE_OFF}),
     "start_on_host+evaluation_autotune0": ({}, {"RUN_ONCE_ON_HOST": True,
                                                 "GPU_EVALUATION_COMPILER_OPTIONS": _AUTOTUNE_OFF}),
-    # candidate kernels still timed, but without initializing, re-initializing
-    # and cross-checking their buffers (levels 2-4; XLA's default is 4)
+    # candidate kernels still timed, but without the initializing, re-initializing
+    # and cross-checking of their buffers that levels 2-4 add (XLA's default is 4)
     "autotune1": ({"XLA_FLAGS": "--xla_gpu_autotune_level=1"}, {}),
     "evaluation_autotune1": ({}, {"GPU_EVALUATION_COMPILER_OPTIONS": _AUTOTUNE_QUICK}),
     "threefry_kernel+autotune1": ({"JAX_THREEFRY_GPU_KERNEL_LOWERING": "true",
