@@ -292,6 +292,22 @@ def unrolled(part: Callable[[], list[dict]], steps: int = 2) -> list[dict]:
         return _suffixed(part(), f"unroll{steps}")
 
 
+def unroll_sweep(quick: bool, steps=(1, 2, 4), rounds: int = 2) -> list[dict]:
+    """The cnn's bfloat16 scan epoch through ``fit`` (``train_epoch``, with
+    flax+optax's beside it each time) with ``fit``'s scan unrolled each of
+    ``steps`` steps per loop iteration, ``rounds`` times in rotated order:
+    whether unrolling brings the epoch under the 0.06 s goal, and what it
+    adds to the compilation (each line's ``jdl_compile_s``)."""
+    names = ("mlp",) if quick else ("cnn",)
+    lines = []
+    for round_ in range(rounds):
+        shift = round_ % len(steps)
+        for count in steps[shift:] + steps[:shift]:
+            part = lambda: train_epoch.run(quick, names, ways=("scan",), dtype="bfloat16")  # noqa: E731
+            lines += [{**line, "round": round_} for line in unrolled(part, count)]
+    return lines
+
+
 def threefry_kernel(part: Callable[[], list[dict]]) -> list[dict]:
     """``part()`` with ``JAX_THREEFRY_GPU_KERNEL_LOWERING=true`` in the
     environment of the fresh processes it starts: on a GPU, JAX then lowers
@@ -358,6 +374,7 @@ def main() -> None:
                                           "threefry_kernel+autotune1",
                                           "threefry_kernel+autotune1+evaluation_autotune0"))),
         ("epoch_flags_autotune1", lambda: epoch_flags(args.quick, ("autotune1", "default"))),
+        ("unroll_sweep", lambda: unroll_sweep(args.quick)),
         ("cold_start_defaults", lambda: cold_start.lab(
             args.quick, repeats=3, names=("default", "xla_defaults", "start_on_host", "evaluation_autotune0"))),
         ("bf16", lambda: train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn", "fmnist_2c2d"),
