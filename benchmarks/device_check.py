@@ -167,16 +167,16 @@ def epoch_flags(quick: bool, labels: tuple[str, ...] = ("default", "autotune0", 
 
 # XLA options for ``fit``'s evaluation program (``engine.GPU_EVALUATION_COMPILER_OPTIONS``
 # candidates): label -> options.
-EVALUATION_OPTIONS = {"default": {}, "autotune0": {"xla_gpu_autotune_level": 0},
+EVALUATION_OPTIONS = {"xla_default": {}, "autotune0": {"xla_gpu_autotune_level": 0},
                       "autotune1": {"xla_gpu_autotune_level": 1}}  # fmt: skip
 
 
-def evaluation_speed(quick: bool, calls: int = 20) -> list[dict]:
-    """``fit``'s evaluation program for the cnn in bfloat16 (windows of 1,000
-    test images, ``step.eval_step``) compiled under each of
-    ``EVALUATION_OPTIONS``: its compile seconds, and the median seconds of one
-    evaluation of the test split over ``calls`` calls, taken in turns: what
-    compiling the evaluation with less autotuning costs each epoch."""
+def evaluation_child(label: str, quick: bool, calls: int = 20) -> dict:
+    """In this (fresh) process: ``fit``'s evaluation program for the cnn in
+    bfloat16 (windows of 1,000 test images, ``step.eval_step``) compiled with
+    ``EVALUATION_OPTIONS[label]`` exactly; its compile seconds, the median
+    seconds of one evaluation of the test split over ``calls`` calls, and the
+    accuracy."""
     from jdl.train.engine import evaluate_arrays
     from jdl.train.step import eval_step
 
@@ -185,25 +185,40 @@ def evaluation_speed(quick: bool, calls: int = 20) -> list[dict]:
     images, labels = jax.device_put(test["image"][:n]), jax.device_put(test["label"][:n])
     model = models.cnn(dtype=jnp.bfloat16)
     params, state = model.init(jax.random.key(0), (1, *images.shape[1:]))
-    lowered = jax.jit(eval_step(model, losses.cross_entropy, 1000)).lower(
-        params, state, images, labels, 0, 0)
-    programs, compile_s, results = {}, {}, {}
-    for label, options in EVALUATION_OPTIONS.items():
-        begun = time.perf_counter()
-        programs[label] = lowered.compile(compiler_options=dict(options)) if options else lowered.compile()
-        compile_s[label] = time.perf_counter() - begun
-        results[label] = evaluate_arrays(programs[label], params, state, images, labels, 1000)  # warm-up
-    times: dict[str, list[float]] = {label: [] for label in EVALUATION_OPTIONS}
+    lowered = jax.jit(eval_step(model, losses.cross_entropy, 1000)).lower(params, state, images, labels, 0, 0)
+    begun = time.perf_counter()
+    program = lowered.compile(compiler_options=dict(EVALUATION_OPTIONS[label]))
+    compile_s = time.perf_counter() - begun
+    result = evaluate_arrays(program, params, state, images, labels, 1000)  # warm-up
+    times = []
     for _ in range(3 if quick else calls):
-        for label, program in programs.items():
-            begun = time.perf_counter()
-            evaluate_arrays(program, params, state, images, labels, 1000)
-            times[label].append(time.perf_counter() - begun)
-    default_s = common.median(times["default"])
-    return [common.line(f"evaluation/cnn/bfloat16/{label}", common.median(times[label]), "default options",
-                        default_s, examples=n, data=source, compile_s=compile_s[label], compiler_options=options,
-                        accuracy=results[label]["accuracy"], reference_accuracy=results["default"]["accuracy"])
-            for label, options in EVALUATION_OPTIONS.items()]  # fmt: skip
+        begun = time.perf_counter()
+        evaluate_arrays(program, params, state, images, labels, 1000)
+        times.append(time.perf_counter() - begun)
+    return {"seconds": common.median(times), "compile_s": compile_s, "accuracy": result["accuracy"],
+            "examples": n, "data": source}  # fmt: skip
+
+
+def evaluation_speed(quick: bool) -> list[dict]:
+    """``evaluation_child`` for each of ``EVALUATION_OPTIONS``, each in a
+    fresh process (in one process XLA's autotuning results of the first
+    compilation serve the next): what compiling the evaluation with less
+    autotuning saves, and costs each epoch."""
+    code = ("import json, sys; sys.path[:0] = ['benchmarks', '.']; import device_check; "
+            "print(json.dumps(device_check.evaluation_child({!r}, {})))")
+    children = {}
+    for label in EVALUATION_OPTIONS:
+        done = subprocess.run([sys.executable, "-c", code.format(label, quick)], capture_output=True, text=True,
+                              cwd=HERE.parent, timeout=600)  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"evaluation_child {label} failed: {done.stderr[-1500:]}")
+        children[label] = json.loads(done.stdout.strip().splitlines()[-1])
+    base = children["xla_default"]
+    return [common.line(f"evaluation/cnn/bfloat16/{label}", child["seconds"], "XLA's default options",
+                        base["seconds"], examples=child["examples"], data=child["data"], compile_s=child["compile_s"],
+                        reference_compile_s=base["compile_s"], compiler_options=EVALUATION_OPTIONS[label],
+                        accuracy=child["accuracy"], reference_accuracy=base["accuracy"])
+            for label, child in children.items()]  # fmt: skip
 
 
 def scan_variants(quick: bool) -> list[dict]:
@@ -295,16 +310,20 @@ def unrolled(part: Callable[[], list[dict]], steps: int = 2) -> list[dict]:
 def unroll_sweep(quick: bool, steps=(1, 2, 4), rounds: int = 2) -> list[dict]:
     """The cnn's bfloat16 scan epoch through ``fit`` (``train_epoch``, with
     flax+optax's beside it each time) with ``fit``'s scan unrolled each of
-    ``steps`` steps per loop iteration, ``rounds`` times in rotated order:
-    whether unrolling brings the epoch under the 0.06 s goal, and what it
-    adds to the compilation (each line's ``jdl_compile_s``)."""
+    ``steps`` steps per loop iteration (``engine.SCAN_UNROLL``), each in a
+    fresh process (no compilation or autotuning results carried from one to
+    the next), ``rounds`` times in rotated order: whether unrolling brings the
+    epoch under the 0.06 s goal, and what it adds to the compilation (each
+    line's ``jdl_compile_s``)."""
     names = ("mlp",) if quick else ("cnn",)
     lines = []
     for round_ in range(rounds):
         shift = round_ % len(steps)
         for count in steps[shift:] + steps[:shift]:
-            part = lambda: train_epoch.run(quick, names, ways=("scan",), dtype="bfloat16")  # noqa: E731
-            lines += [{**line, "round": round_} for line in unrolled(part, count)]
+            code = (f"(__import__('jdl.train.engine', fromlist=['SCAN_UNROLL']).SCAN_UNROLL.update(gpu={count}), "
+                    f"train_epoch.run({quick}, {names!r}, ways=('scan',), dtype='bfloat16'))[1]")  # fmt: skip
+            lines += [{**line, "round": round_}
+                      for line in _suffixed(_train_epoch_with_flags("", code), f"unroll{count}")]  # fmt: skip
     return lines
 
 

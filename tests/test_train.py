@@ -202,39 +202,77 @@ def test_evaluation_programs_compile_with_their_own_gpu_options(monkeypatch):
 def test_programs_run_once_lower_random_draws_to_the_gpu_kernel(monkeypatch):
     """``engine.lower_once`` (fit's start program, compare's initialization)
     traces with JAX's threefry GPU-kernel lowering on when the backend is a
-    GPU and ``RUN_ONCE_THREEFRY_KERNEL`` is set, and leaves it off on the
-    CPU, when unset and after lowering.  The values are the CPU's either way."""
+    GPU and ``RUN_ONCE_THREEFRY_KERNEL`` is set, and leaves it as it was on
+    the CPU, when unset and after lowering; lowered for a GPU in that context
+    the draw is JAX's kernel call.  The values are the CPU's either way."""
     from jax._src import config as jax_config
 
+    before = jax_config.threefry_gpu_kernel_lowering.value
     seen = []
 
     def draw(seed):
         seen.append(jax_config.threefry_gpu_kernel_lowering.value)  # read while tracing
         return jax.random.normal(jax.random.key(seed), (3,))
 
+    def gpu_text():  # a new function each time: traced and lowered again
+        return jax.jit(lambda seed: draw(seed)).trace(4).lower(lowering_platforms=("cuda",)).as_text()
+
     expected = np.asarray(jax.random.normal(jax.random.key(4), (3,)))
     np.testing.assert_array_equal(train.engine.run_once(draw, 4), expected)
     with monkeypatch.context() as patch:
         patch.setattr(jax, "default_backend", lambda: "gpu")
         lowered = train.engine.lower_once(draw, 4)
+        with train.engine._threefry_kernel_lowering():
+            kernel_text = gpu_text()
         patch.setattr(train.engine, "RUN_ONCE_THREEFRY_KERNEL", False)
-        train.engine.lower_once(lambda seed: draw(seed), 5)  # a new function: traced again
-    assert seen == [False, True, False]
-    assert jax_config.threefry_gpu_kernel_lowering.value is False
+        train.engine.lower_once(lambda seed: draw(seed), 5)
+        with train.engine._threefry_kernel_lowering():
+            unrolled_text = gpu_text()
+    assert seen == [before, True, True, before, before]
+    assert jax_config.threefry_gpu_kernel_lowering.value == before
+    assert "threefry2x32_ffi" in kernel_text and "threefry2x32_ffi" not in unrolled_text
     np.testing.assert_array_equal(lowered.compile()(4), expected)  # lowered for the CPU all the same
+
+
+def test_fit_and_compare_lower_their_initialization_with_lower_once(monkeypatch):
+    """The programs that draw the initial weights go through ``lower_once``:
+    fit's start program and the comparison's per-seed initialization."""
+    from jdl.compare.engine import Group, init_groups
+
+    calls = []
+
+    def spy(fn, *args, **kwargs):
+        calls.append(fn)
+        return train.engine.lower_once(fn, *args, **kwargs)
+
+    monkeypatch.setattr(sys.modules["jdl.train.fit"], "lower_once", spy)
+    monkeypatch.setattr(sys.modules["jdl.compare.engine"], "lower_once", spy)
+    train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), _loader(), epochs=1, progress=False)
+    assert [fn.__name__ for fn in calls] == ["start"]
+    init_groups(_small_mlp(), [Group("adam", optim.adam, np.array([1e-3], np.float32), np.array([0]))], (28, 28, 1))
+    assert [fn.__name__ for fn in calls] == ["start", "init_one"]
 
 
 def test_training_programs_compile_with_autotuning_level_1_on_a_gpu(monkeypatch):
     """``GPU_COMPILER_OPTIONS``' default: XLA times candidate kernels without
-    cross-checking their buffers (level 1), for training and evaluation."""
+    cross-checking their buffers (level 1), for training and evaluation,
+    unless the user's ``XLA_FLAGS`` set that option (compiler options would
+    override them)."""
 
     class Lowered:
         def compile(self, compiler_options=None):
             return compiler_options
 
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
     assert train.engine.compile_lowered(Lowered()) == {"xla_gpu_autotune_level": 1}
     assert train.engine.compile_lowered(Lowered(), evaluation=True) == {"xla_gpu_autotune_level": 1}
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_gpu_autotune_level=4")
+    assert train.engine.compile_lowered(Lowered()) is None  # compiled with the user's flags alone
+    monkeypatch.setattr(train.engine, "GPU_EVALUATION_COMPILER_OPTIONS", {"xla_gpu_enable_triton_gemm": False})
+    assert train.engine.compile_lowered(Lowered(), evaluation=True) == {"xla_gpu_enable_triton_gemm": False}
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_autotune_level_extra=1")  # another flag of which it is a prefix
+    assert train.engine.compile_lowered(Lowered()) == {"xla_gpu_autotune_level": 1}
 
 
 def test_epochs_may_be_a_numpy_integer():

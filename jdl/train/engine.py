@@ -22,6 +22,8 @@ CPU too.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -131,18 +133,21 @@ class Placement:
         return jax.lax.with_sharding_constraint(batch, self.batch)
 
 
-# XLA options jdl compiles its training and evaluation programs with on a GPU.
-# Autotuning level 1 (XLA's default is 4): candidate convolution and
-# matrix-product kernels are still timed and the fastest chosen, without
-# initializing, re-initializing and cross-checking their buffers.  The flax
-# CNN's cold start on an H200 (one epoch of 2,560 images and its accuracy,
-# fresh processes, 3 rounds): 5.63 s against 7.99 s (4.29 s with threefry as
-# a kernel in the whole process, see ``lower_once``); its bfloat16 epoch of
-# 60,000 images 0.0644 s against 0.0648 s, the same test accuracy
-# (benchmarks/README.md, stop 19).  The comparison's programs compile with it
-# too (not measured apart).  Level 0 (no timing) compiled fastest but ran the
-# epoch 40 times and the evaluation 15 times slower.  Command buffers (CUDA
-# graphs) changed nothing on an H100.  ``{}``: XLA's defaults.
+# XLA options for jdl's training and evaluation programs on a GPU
+# (``compile_lowered``: fit's epoch, step and evaluation programs, the
+# comparison's epochs and steps).  Autotuning level 1 (XLA's default is 4):
+# candidate convolution and matrix-product kernels are still timed and the
+# fastest chosen, without initializing, re-initializing and cross-checking
+# their buffers.  Measured on an H200 with the level set for the whole process
+# (``XLA_FLAGS``), the flax CNN's cold start (one epoch of 2,560 images and its
+# accuracy, fresh processes, 3 rounds): 5.63 s against 7.99 s, 4.29 s with
+# threefry as a kernel in the whole process too (see ``lower_once``); its
+# bfloat16 epoch of 60,000 images 0.0644 s against 0.0648 s, within the
+# spread between processes, the same test accuracy (benchmarks/README.md,
+# stop 19).  Level 0 (no timing) compiled fastest but ran jdl's epoch 41 times
+# and its evaluation 15 times slower.  Command buffers (CUDA graphs) changed
+# nothing on an H100.  ``{}``: XLA's defaults.  An option the user sets in
+# ``XLA_FLAGS`` is left to the user's value (``_options_not_in_xla_flags``).
 GPU_COMPILER_OPTIONS: dict[str, Any] = {"xla_gpu_autotune_level": 1}
 
 
@@ -150,8 +155,9 @@ GPU_COMPILER_OPTIONS: dict[str, Any] = {"xla_gpu_autotune_level": 1}
 # Unrolling trades compilation for step time: the flax CNN's scan epoch on an
 # H200 (benchmarks/step_variants.py, bfloat16) took 0.0587 / 0.0569 / 0.0562 s
 # with 1 / 2 / 4 steps per iteration, compiling in 0.81 / 1.03 / 1.71 s;
-# measured in that harness only, not yet through ``fit`` (device_check.py's
-# ``bf16_unroll2``), so ``fit`` does not unroll.
+# through ``fit`` (stop 19) two steps took 0.0621 s against 0.0632-0.0666 s
+# for one in other processes, within their spread, so ``fit`` does not unroll
+# (device_check.py's ``unroll_sweep`` measures 1, 2 and 4 in fresh processes).
 SCAN_UNROLL: dict[str, int] = {}
 
 
@@ -163,17 +169,29 @@ def scan_unroll() -> int:
 # XLA options for ``fit``'s evaluation program on a GPU, over
 # ``GPU_COMPILER_OPTIONS``.  Empty: without timing candidate kernels
 # (``{"xla_gpu_autotune_level": 0}``) the flax CNN's cold start on an H200
-# was 0.43 s shorter than with this module's settings (3.86 against 4.29 s),
-# but each evaluation of 10,000 images took 78 ms against 5 ms: a loss from
-# the sixth epoch on (stop 19).
+# was 0.43 s shorter than with level 1 and the threefry kernel set for the
+# whole process (3.86 against 4.29 s), but each evaluation of 10,000 images
+# took 78 ms against 5-5.5 ms (levels 4 and 1): a loss from the sixth epoch
+# on (stop 19).
 GPU_EVALUATION_COMPILER_OPTIONS: dict[str, Any] = {}
+
+
+def _options_not_in_xla_flags(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` less those the ``XLA_FLAGS`` environment variable sets
+    (``--name=...``): JAX applies compiler options over ``XLA_FLAGS``, so
+    without this jdl's defaults would silently override the user's flags."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    return {name: value for name, value in options.items()
+            if not re.search(rf"(^|\s)--{re.escape(name)}(=|\s|$)", flags)}  # fmt: skip
 
 
 def compile_lowered(lowered: jax.stages.Lowered, evaluation: bool = False) -> jax.stages.Compiled:
     """``lowered.compile()``, with ``GPU_COMPILER_OPTIONS`` on a GPU (and
-    ``GPU_EVALUATION_COMPILER_OPTIONS`` over them for an ``evaluation`` program)."""
+    ``GPU_EVALUATION_COMPILER_OPTIONS`` over them for an ``evaluation``
+    program), except those the user sets in ``XLA_FLAGS``."""
     if jax.default_backend() == "gpu":
         options = GPU_COMPILER_OPTIONS | (GPU_EVALUATION_COMPILER_OPTIONS if evaluation else {})
+        options = _options_not_in_xla_flags(options)
         if options:
             return lowered.compile(compiler_options=dict(options))
     return lowered.compile()
@@ -217,10 +235,13 @@ def run_once_placement() -> jax.sharding.Sharding | None:
 # Whether programs run once (initialization) are lowered with jax.random's
 # threefry hash as JAX's precompiled GPU kernel rather than its unrolled
 # rounds, which XLA compiles anew for each draw's shape.  The same bits either
-# way.  Only there: in a training step a kernel call cannot fuse with what
-# uses the bits (dropout's masks).  Measured on an H200 for the whole
-# process (``JAX_THREEFRY_GPU_KERNEL_LOWERING``), where the start program's
-# compilation was the longest (stop 19, ``GPU_COMPILER_OPTIONS``).
+# way; the kernel's inputs (keys and counters broadcast to each draw's shape,
+# four uint32 arrays) take memory for the moment of the draw.  Only there: in
+# a training step a kernel call cannot fuse with what uses the bits (dropout's
+# masks).  Measured on an H200 for the whole process
+# (``JAX_THREEFRY_GPU_KERNEL_LOWERING``), where the start program's
+# compilation gained most, 4.8 -> 3.1 s (stop 19, ``GPU_COMPILER_OPTIONS``);
+# not yet measured as set here, for the programs run once alone.
 RUN_ONCE_THREEFRY_KERNEL = True
 
 try:  # the setting's state: JAX has no public context manager for it
@@ -234,7 +255,10 @@ def _threefry_kernel_lowering() -> contextlib.AbstractContextManager:
     ``RUN_ONCE_THREEFRY_KERNEL`` and the default backend is a GPU (and this
     JAX has the setting); otherwise one that changes nothing."""
     if RUN_ONCE_THREEFRY_KERNEL and _THREEFRY_KERNEL_SETTING is not None and jax.default_backend() == "gpu":
-        return _THREEFRY_KERNEL_SETTING(True)
+        try:
+            return _THREEFRY_KERNEL_SETTING(True)
+        except TypeError:  # another JAX's setting, not a context manager
+            pass
     return contextlib.nullcontext()
 
 
