@@ -253,6 +253,28 @@ def test_fit_and_compare_lower_their_initialization_with_lower_once(monkeypatch)
     assert [fn.__name__ for fn in calls] == ["start", "init_one"]
 
 
+def test_evaluate_compiles_as_fits_evaluation_does(monkeypatch):
+    """``train.evaluate`` compiles its window through ``compile_lowered`` as an
+    evaluation program (so with fit's GPU options), and scores as before."""
+    fit_module = sys.modules["jdl.train.fit"]
+    kinds = []
+
+    def spy(lowered, evaluation=False):
+        kinds.append(evaluation)
+        return train.engine.compile_lowered(lowered, evaluation)
+
+    model = _small_mlp()
+    params, state = model.init(jax.random.key(0), (1, 28, 28, 1))
+    data = {"image": np.random.default_rng(0).random((250, 28, 28, 1), np.float32),
+            "label": np.arange(250, dtype=np.int32) % 10}  # fmt: skip
+    monkeypatch.setattr(fit_module, "compile_lowered", spy)
+    scores = train.evaluate(model, losses.cross_entropy, params, state, data, batch_size=100)
+    logits, _ = model.apply(params, state, jnp.asarray(data["image"]))
+    expected = np.mean(np.argmax(np.asarray(logits, np.float64), -1) == data["label"])
+    assert kinds == [True]
+    assert scores["accuracy"] == pytest.approx(expected)
+
+
 def test_training_programs_compile_with_autotuning_level_1_on_a_gpu(monkeypatch):
     """``GPU_COMPILER_OPTIONS``' default: XLA times candidate kernels without
     cross-checking their buffers (level 1), for training and evaluation,

@@ -134,8 +134,8 @@ class Placement:
 
 
 # XLA options for jdl's training and evaluation programs on a GPU
-# (``compile_lowered``: fit's epoch, step and evaluation programs, the
-# comparison's epochs and steps).  Autotuning level 1 (XLA's default is 4):
+# (``compile_lowered``: fit's epoch, step and evaluation programs,
+# ``evaluate``'s, the comparison's epochs and steps).  Autotuning level 1 (XLA's default is 4):
 # candidate convolution and matrix-product kernels are still timed and the
 # fastest chosen, without initializing, re-initializing and cross-checking
 # their buffers.  Measured on an H200 with the level set for the whole process

@@ -141,9 +141,10 @@ def evaluate(model: Layer, loss_fn: LossFn, params, state, data, *, batch_size: 
     """Mean loss and accuracy of the model on ``data`` (a jdl loader or a dict
     with ``image`` and ``label`` arrays), in eval mode."""
     images, labels = _evaluation_arrays(model, loss_fn, params, state, data, batch_size)
-    size = min(batch_size, len(images))
-    fn = jax.jit(eval_step(model, loss_fn, size))
-    return evaluate_arrays(fn, params, state, jnp.asarray(images), jnp.asarray(labels), size)
+    images, labels = jnp.asarray(images), jnp.asarray(labels)
+    lowered = _lowered_evaluation(model, loss_fn, Carry(params, state, None, None), images, labels, batch_size)
+    fn = compile_lowered(lowered, evaluation=True)  # fit's options for its evaluation program
+    return evaluate_arrays(fn, params, state, images, labels, min(batch_size, len(images)))
 
 
 def _cores() -> int:
