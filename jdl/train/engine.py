@@ -135,10 +135,10 @@ class Placement:
 
 # XLA options for jdl's training and evaluation programs on a GPU
 # (``compile_lowered``: fit's epoch, step and evaluation programs,
-# ``evaluate``'s, the comparison's epochs and steps).  Autotuning level 1 (XLA's default is 4):
-# candidate convolution and matrix-product kernels are still timed and the
-# fastest chosen, without initializing, re-initializing and cross-checking
-# their buffers.  Measured on an H200 with the level set for the whole process
+# ``evaluate``'s, the comparison's epochs and steps).  Autotuning level 1
+# (XLA's default is 4): candidate convolution and matrix-product kernels are
+# still timed and the fastest chosen, without initializing, re-initializing
+# and cross-checking their buffers.  Measured on an H200 with the level set for the whole process
 # (``XLA_FLAGS``), the flax CNN's cold start (one epoch of 2,560 images and its
 # accuracy, fresh processes, 3 rounds): 5.63 s against 7.99 s, 4.29 s with
 # threefry as a kernel in the whole process too (see ``lower_once``); its
