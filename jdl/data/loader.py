@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from jdl._checks import is_int
+from jdl._checks import is_int, scalar
 from jdl.data import sources
 from jdl.data.transforms import wants_rng
 
@@ -38,12 +38,6 @@ def _to_float(images: np.ndarray) -> np.ndarray:
         return np.divide(images, np.float32(255), dtype=np.float32)
     return np.asarray(images, np.float32)
 
-
-
-def _is_whole(value) -> bool:
-    """An integer scalar: Python's, NumPy's, a 0-d array's (as a checkpoint
-    stores it) or JAX's; not a bool or a float."""
-    return np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, np.integer)
 
 
 class Loader:
@@ -182,7 +176,8 @@ class Loader:
         missing = {"epoch", "step", "seed"} - set(state)
         if missing:
             raise ValueError(f"state needs keys epoch, step, seed; missing {sorted(missing)}")
-        not_whole = {k: state[k] for k in ("epoch", "step", "seed") if not _is_whole(state[k])}
+        # integer scalars: Python's, NumPy's, a 0-d array's (as a checkpoint stores them) or JAX's
+        not_whole = {k: state[k] for k in ("epoch", "step", "seed") if not is_int(scalar(state[k]))}
         if not_whole:
             raise ValueError(f"state epoch, step and seed must be integers; got {not_whole}")
         epoch, step, seed = int(state["epoch"]), int(state["step"]), int(state["seed"])
