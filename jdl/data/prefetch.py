@@ -280,12 +280,13 @@ class Prefetcher(Iterator):
             self._put(_Raised(error))
 
     def _run_loader(self, loader) -> None:
+        from jdl.data.loader import _to_float  # the Loader's conversion of images to float32
+
         jax = self._jax
         images, labels = loader.stored()
         table = None
         if images.dtype == np.uint8:
-            table_host = np.divide(np.arange(256, dtype=np.uint8), np.float32(255),
-                                   dtype=np.float32)  # exactly the Loader's conversion
+            table_host = _to_float(np.arange(256, dtype=np.uint8))
             replicated = self._stacked
             if hasattr(replicated, "mesh"):
                 from jax.sharding import NamedSharding, PartitionSpec
@@ -300,8 +301,8 @@ class Prefetcher(Iterator):
             full = target if size == loader.batch_size else count
             order = np.concatenate(pending + [pending[-1]] * (full - count))
             x = np.take(images, order, axis=0).reshape(full, size, *images.shape[1:])
-            if table is None:  # the Loader's conversion of any images but uint8: float32 as they are
-                x = np.asarray(x, np.float32)
+            if table is None:  # uint8 images are converted on the device, through the table
+                x = _to_float(x)
             y = np.take(labels, order, axis=0).reshape(full, size)
             split = _loader_splitter(full, table is not None)
             placed = split(jax.device_put(x, self._stacked), jax.device_put(y, self._stacked),
