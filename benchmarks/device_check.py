@@ -130,13 +130,25 @@ def _train_epoch_with_flags(flags: str, code: str) -> list[dict]:
     list of them) runs in a fresh process with ``flags`` added to
     ``XLA_FLAGS``; one line saying why when it fails."""
     flags = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
-    code = f"import json, sys; sys.path[:0] = ['benchmarks', '.']; import train_epoch; print(json.dumps({code}))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE.parent,
-                          env={**os.environ, "XLA_FLAGS": flags}, timeout=600)  # fmt: skip
-    if done.returncode != 0:
+    try:
+        lines = _json_from_fresh_process(f"import train_epoch; print(json.dumps({code}))",
+                                         {**os.environ, "XLA_FLAGS": flags})  # fmt: skip
+    except RuntimeError as error:
         return [common.line("train_epoch", float("nan"), "default flags", float("nan"),
-                            failed=done.stderr[-2000:], xla_flags=flags)]  # fmt: skip
-    return [{**line, "xla_flags": flags} for line in json.loads(done.stdout.strip().splitlines()[-1])]
+                            failed=str(error), xla_flags=flags)]  # fmt: skip
+    return [{**line, "xla_flags": flags} for line in lines]
+
+
+def _json_from_fresh_process(code: str, environment: dict | None = None):
+    """What ``code`` prints last, one JSON line, parsed: run in a fresh Python
+    process from the repository's root with ``benchmarks/`` and the root on
+    its path (``json`` imported), in ``environment`` (default: this one's);
+    a RuntimeError with the end of its stderr when it fails."""
+    done = subprocess.run([sys.executable, "-c", f"import json, sys; sys.path[:0] = ['benchmarks', '.']; {code}"],
+                          capture_output=True, text=True, cwd=HERE.parent, env=environment, timeout=600)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def command_buffers(quick: bool) -> list[dict]:
@@ -204,15 +216,13 @@ def evaluation_speed(quick: bool) -> list[dict]:
     fresh process (in one process XLA's autotuning results of the first
     compilation serve the next): what compiling the evaluation with less
     autotuning saves, and costs each epoch."""
-    code = ("import json, sys; sys.path[:0] = ['benchmarks', '.']; import device_check; "
-            "print(json.dumps(device_check.evaluation_child({!r}, {})))")
     children = {}
     for label in EVALUATION_OPTIONS:
-        done = subprocess.run([sys.executable, "-c", code.format(label, quick)], capture_output=True, text=True,
-                              cwd=HERE.parent, timeout=600)  # fmt: skip
-        if done.returncode != 0:
-            raise RuntimeError(f"evaluation_child {label} failed: {done.stderr[-1500:]}")
-        children[label] = json.loads(done.stdout.strip().splitlines()[-1])
+        code = f"import device_check; print(json.dumps(device_check.evaluation_child({label!r}, {quick})))"
+        try:
+            children[label] = _json_from_fresh_process(code)
+        except RuntimeError as error:
+            raise RuntimeError(f"evaluation_child {label} failed: {error}") from error
     base = children["xla_default"]
     return [common.line(f"evaluation/cnn/bfloat16/{label}", child["seconds"], "XLA's default options",
                         base["seconds"], examples=child["examples"], data=child["data"], compile_s=child["compile_s"],
