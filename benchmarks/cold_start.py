@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -92,15 +94,50 @@ def _flax(model_name: str, train: dict, test: dict) -> float:
     return float(train_epoch.flax_accuracy(state, jnp.asarray(test["image"]), jnp.asarray(test["label"])))
 
 
+def apply_settings(settings: dict) -> None:
+    """Set each of ``settings``: a bare name is a ``jdl.train.engine``
+    attribute (e.g. ``RUN_ONCE_ON_HOST``), a dotted one ``module.ATTRIBUTE``
+    (e.g. ``jdl.nn.layers.GPU_MATMUL_MAX_CHANNELS``)."""
+    for name, value in settings.items():
+        module_name, _, attribute = name.rpartition(".")
+        module = importlib.import_module(module_name) if module_name else engine
+        if not hasattr(module, attribute):
+            raise ValueError(f"{module.__name__} has no setting {attribute!r}")
+        setattr(module, attribute, value)
+
+
+def _to_92(library: str, model_name: str) -> Callable[[], dict]:
+    """``time_to_accuracy``'s run of ``library`` to 92% on real Fashion-MNIST in bfloat16."""
+    import time_to_accuracy
+
+    real = common.fashion_mnist()
+    if real is None:
+        raise RuntimeError("real Fashion-MNIST not found (Debian's dataset-fashion-mnist or JDL_FASHION_MNIST_DIR)")
+    train, test, _ = real
+    timer = time_to_accuracy.jdl_time if library == "jdl" else time_to_accuracy.flax_time
+    return lambda: timer(model_name, train, test, 20, dtype=jnp.bfloat16)
+
+
+# What a child runs: ``library`` -> (library, whether to 92% on real Fashion-MNIST).
+CHILD_RUNS = {"jdl": ("jdl", False), "flax": ("flax", False), "jdl_to_92": ("jdl", True),
+              "flax_to_92": ("flax", True)}  # fmt: skip
+
+
 def child(library: str, model_name: str, examples: int, settings: dict | None = None) -> dict:
     """One cold run in this (fresh) process: wall seconds from the call to the
-    accuracy, and every compilation JAX logged on the way.  ``settings``:
-    ``jdl.train.engine`` attributes to set first (e.g. ``RUN_ONCE_ON_HOST``)."""
-    for name, value in (settings or {}).items():
-        if not hasattr(engine, name):
-            raise ValueError(f"jdl.train.engine has no setting {name!r}")
-        setattr(engine, name, value)
-    train, test = _data(examples)
+    accuracy, and every compilation JAX logged on the way.  ``settings``: see
+    ``apply_settings``.  ``library`` ``'jdl'`` or ``'flax'``: one epoch of
+    ``examples`` images of ``mnist_sample``; ``'jdl_to_92'`` or
+    ``'flax_to_92'``: to 92% test accuracy on real Fashion-MNIST in bfloat16,
+    as ``time_to_accuracy`` (the line then gives the epochs and the seconds of
+    training too)."""
+    apply_settings(settings or {})
+    name, to_92 = CHILD_RUNS[library]
+    if to_92:
+        call = _to_92(name, model_name)
+    else:
+        train, test = _data(examples)
+        call = lambda: (_jdl if name == "jdl" else _flax)(model_name, train, test)  # noqa: E731
     jax.config.update("jax_enable_compilation_cache", False)
     log = _CompileLog()
     logger = logging.getLogger("jax")
@@ -110,9 +147,12 @@ def child(library: str, model_name: str, examples: int, settings: dict | None = 
     jax.block_until_ready(jnp.zeros(1) + 1)  # the backend started, as in any program before its first model
     log.compiled.clear()
     start = time.perf_counter()
-    accuracy = (_jdl if library == "jdl" else _flax)(model_name, train, test)
+    result = call()
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "accuracy": accuracy, "compiled": log.compiled}
+    if to_92:
+        return {"wall_s": wall, "accuracy": result["accuracy"], "epochs": result["epochs"],
+                "train_s": result["train_s"], "compiled": log.compiled}  # fmt: skip
+    return {"wall_s": wall, "accuracy": result, "compiled": log.compiled}
 
 
 def _spawn(library: str, model_name: str, examples: int, env: dict | None = None,
@@ -130,10 +170,14 @@ def _spawn(library: str, model_name: str, examples: int, env: dict | None = None
 
 
 def _summary(runs: list[dict]) -> dict:
-    return {"wall_s": common.median([r["wall_s"] for r in runs]),
-            "compile_s": common.median([sum(s for _, s in r["compiled"]) for r in runs]),
-            "programs": common.median([len(r["compiled"]) for r in runs]),
-            "accuracy": runs[-1]["accuracy"]}  # fmt: skip
+    summary = {"wall_s": common.median([r["wall_s"] for r in runs]),
+               "compile_s": common.median([sum(s for _, s in r["compiled"]) for r in runs]),
+               "programs": common.median([len(r["compiled"]) for r in runs]),
+               "accuracy": runs[-1]["accuracy"]}  # fmt: skip
+    for key in ("epochs", "train_s"):  # runs to 92%
+        if key in runs[-1]:
+            summary[f"{key}_each"] = [r[key] for r in runs]
+    return summary
 
 
 def _slowest(compiled: list[tuple[str, float]], top: int = 6) -> list[list]:
@@ -170,6 +214,9 @@ def run(quick: bool = False, models: tuple[str, ...] = ("mlp", "cnn"), repeats: 
 # process (every program); engine settings to the programs they name.
 _AUTOTUNE_OFF = {"xla_gpu_autotune_level": 0}
 _AUTOTUNE_QUICK = {"xla_gpu_autotune_level": 1}
+# Every convolution as one matrix product of shifted windows (``conv_as_matmul``)
+_ALL_CONVS_MATMUL = {"jdl.nn.layers.GPU_MATMUL_MAX_CHANNELS": 1 << 30}
+_NO_TRITON_GEMM = {"xla_gpu_enable_triton_gemm": False}
 LAB: dict[str, tuple[dict, dict]] = {
     "default": ({}, {}),
     # XLA's and JAX's defaults: jdl's GPU settings of stop 19 undone (level-4
@@ -198,15 +245,28 @@ LAB: dict[str, tuple[dict, dict]] = {
     "threefry_kernel+autotune1+evaluation_autotune0": ({"JAX_THREEFRY_GPU_KERNEL_LOWERING": "true",
                                                         "XLA_FLAGS": "--xla_gpu_autotune_level=1"},
                                                        {"GPU_EVALUATION_COMPILER_OPTIONS": _AUTOTUNE_OFF}),
+    # the start, epoch and evaluation programs compiled one after another, not side by side
+    # (each one's compilation seconds alone)
+    "sequential": ({}, {"jdl.train.fit.COMPILE_THREADS": 0}),
+    # no timing of candidate kernels, with every convolution a matrix product
+    # (level 0 ran cuDNN's convolutions 41 times slower): XLA's default Triton
+    # tiling, or cuBLAS's own heuristics
+    "autotune0+matmul": ({}, {"GPU_COMPILER_OPTIONS": _AUTOTUNE_OFF, **_ALL_CONVS_MATMUL}),
+    "autotune0+matmul+cublas": ({}, {"GPU_COMPILER_OPTIONS": _AUTOTUNE_OFF | _NO_TRITON_GEMM, **_ALL_CONVS_MATMUL}),
+    "autotune0+cublas": ({}, {"GPU_COMPILER_OPTIONS": _AUTOTUNE_OFF | _NO_TRITON_GEMM}),
+    # level 1 choosing among cuBLAS's and cuDNN's algorithms only: no Triton kernels to compile for timing
+    "autotune1+cublas": ({}, {"GPU_COMPILER_OPTIONS": _AUTOTUNE_QUICK | _NO_TRITON_GEMM}),
 }  # fmt: skip
 
 
 def lab(quick: bool = False, model_name: str = "cnn", repeats: int = 2, examples: int = 2560,
-        names: tuple[str, ...] = tuple(LAB)) -> list[dict]:  # fmt: skip
+        names: tuple[str, ...] = tuple(LAB), to_92: bool = False) -> list[dict]:  # fmt: skip
     """jdl's cold start (``child``) under each of ``LAB``'s settings named in
     ``names``, and flax+optax's under none, ``repeats`` rounds, each round in
     a rotated order (the host drifts); one line per setting: the median wall
-    seconds against jdl's ``default`` in the same rounds."""
+    seconds against jdl's ``default`` in the same rounds.  ``to_92``: each
+    run to 92% on real Fashion-MNIST in bfloat16, not one epoch of
+    ``mnist_sample`` (lines named ``cold_to_92/...``)."""
     if quick:
         model_name, repeats, examples, names = "mlp", 1, 512, ("default", "start_on_host")
     labels = ["default", *(name for name in names if name != "default"), "flax+optax"]
@@ -219,24 +279,25 @@ def lab(quick: bool = False, model_name: str = "cnn", repeats: int = 2, examples
                 continue
             env, settings = LAB.get(label, ({}, {}))
             try:
-                runs[label].append(_spawn("flax" if label == "flax+optax" else "jdl", model_name, examples, env,
-                                          settings))  # fmt: skip
+                library = ("flax" if label == "flax+optax" else "jdl") + ("_to_92" if to_92 else "")
+                runs[label].append(_spawn(library, model_name, examples, env, settings))
             except RuntimeError as error:
                 failed[label] = str(error)[-1500:]
     baseline = _summary(runs["default"]) if runs["default"] else {"wall_s": float("nan")}
+    title = "cold_to_92" if to_92 else "cold_start_lab"
     records = []
     for label in labels:
         env, settings = LAB.get(label, ({}, {}))
         if label in failed:
-            records.append(common.line(f"cold_start_lab/{model_name}/{label}", float("nan"), "jdl default",
+            records.append(common.line(f"{title}/{model_name}/{label}", float("nan"), "jdl default",
                                        baseline["wall_s"], env=env, settings=settings, failed=failed[label]))
             continue
         mine = _summary(runs[label])
         records.append(common.line(
-            f"cold_start_lab/{model_name}/{label}", mine["wall_s"], "jdl default", baseline["wall_s"],
-            examples=examples, repeats=repeats, walls=[round(r["wall_s"], 3) for r in runs[label]],
-            compile_s=mine["compile_s"], programs=mine["programs"], accuracy=mine["accuracy"], env=env,
-            settings=settings, slowest_compiles=_slowest(runs[label][-1]["compiled"])))  # fmt: skip
+            f"{title}/{model_name}/{label}", mine["wall_s"], "jdl default", baseline["wall_s"],
+            examples="fashion_mnist (real), bfloat16" if to_92 else examples, repeats=repeats,
+            walls=[round(r["wall_s"], 3) for r in runs[label]], **{k: v for k, v in mine.items() if k != "wall_s"},
+            env=env, settings=settings, slowest_compiles=_slowest(runs[label][-1]["compiled"])))  # fmt: skip
     return records
 
 

@@ -317,6 +317,37 @@ def unrolled(part: Callable[[], list[dict]], steps: int = 2) -> list[dict]:
         return _suffixed(part(), f"unroll{steps}")
 
 
+# Settings for the cold start measured in one call (``cold_start.LAB``): the
+# defaults, then the candidates whose epoch ``epoch_settings`` measures too.
+COLD_CANDIDATES = ("default", "xla_defaults", "sequential", "autotune0+matmul", "autotune0+matmul+cublas",
+                   "autotune0+cublas", "autotune1+cublas")  # fmt: skip
+# The settings the ``cold_to_92`` part runs to 92% beside the defaults (chosen
+# after the ``cold_start_lab_cublas`` and ``epoch_settings`` parts).
+TO_92_CANDIDATES: tuple[str, ...] = ("autotune0+matmul+cublas",)
+
+
+def epoch_settings(quick: bool, labels: tuple[str, ...]) -> list[dict]:
+    """The cnn's bfloat16 scan epoch (``train_epoch``, jdl and flax+optax) in
+    a fresh process under each of ``cold_start.LAB``'s settings named in
+    ``labels`` (``XLA_FLAGS`` and ``cold_start.apply_settings``'s; flax+optax
+    under the flags alone): what a setting that shortens the cold start costs
+    each epoch after it.  Lines renamed ``.../{label}``."""
+    import cold_start
+
+    names = ("mlp",) if quick else ("cnn",)
+    lines = []
+    for label in labels:
+        env, settings = cold_start.LAB[label]
+        unknown = set(env) - {"XLA_FLAGS"}
+        if unknown:
+            raise ValueError(f"epoch_settings: {label}'s environment {sorted(unknown)} is not passed on")
+        code = (f"(__import__('cold_start').apply_settings({settings!r}), "
+                f"train_epoch.run({quick}, {names!r}, ways=('scan',), dtype='bfloat16'))[1]")  # fmt: skip
+        lines += [{**line, "settings": settings}
+                  for line in _suffixed(_train_epoch_with_flags(env.get("XLA_FLAGS", ""), code), label)]  # fmt: skip
+    return lines
+
+
 def unroll_sweep(quick: bool, steps=(1, 2, 4), rounds: int = 2) -> list[dict]:
     """The cnn's bfloat16 scan epoch through ``fit`` (``train_epoch``, with
     flax+optax's beside it each time) with ``fit``'s scan unrolled each of
@@ -406,6 +437,10 @@ def main() -> None:
         ("unroll_sweep", lambda: unroll_sweep(args.quick)),
         ("cold_start_defaults", lambda: cold_start.lab(
             args.quick, repeats=3, names=("default", "xla_defaults", "start_on_host", "evaluation_autotune0"))),
+        ("cold_start_lab_cublas", lambda: cold_start.lab(args.quick, names=COLD_CANDIDATES)),
+        ("epoch_settings", lambda: epoch_settings(args.quick, ("default", *COLD_CANDIDATES[3:]))),
+        ("cold_to_92", lambda: cold_start.lab(args.quick, repeats=2, names=("default", *TO_92_CANDIDATES),
+                                              to_92=True)),
         ("bf16", lambda: train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn", "fmnist_2c2d"),
                                          ways=("scan",), dtype="bfloat16")
          + train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn",), ways=("scan",))),
