@@ -321,31 +321,43 @@ def unrolled(part: Callable[[], list[dict]], steps: int = 2) -> list[dict]:
 # defaults, then the candidates whose epoch ``epoch_settings`` measures too.
 COLD_CANDIDATES = ("default", "xla_defaults", "sequential", "autotune0+matmul", "autotune0+matmul+cublas",
                    "autotune0+cublas", "autotune1+cublas")  # fmt: skip
-# The settings the ``cold_to_92`` part runs to 92% beside the defaults (chosen
-# after the ``cold_start_lab_cublas`` and ``epoch_settings`` parts).
-TO_92_CANDIDATES: tuple[str, ...] = ("autotune0+matmul+cublas",)
+# The settings the ``cold_to_92`` and ``comparison_settings`` parts run beside
+# the defaults (chosen after the ``cold_start_lab_cublas`` and ``epoch_settings``
+# parts: cold start 1.94 against 4.50 s, epoch 0.0731 against 0.0652 s).
+TO_92_CANDIDATES: tuple[str, ...] = ("autotune1+cublas",)
 
 
-def epoch_settings(quick: bool, labels: tuple[str, ...]) -> list[dict]:
-    """The cnn's bfloat16 scan epoch (``train_epoch``, jdl and flax+optax) in
-    a fresh process under each of ``cold_start.LAB``'s settings named in
-    ``labels`` (``XLA_FLAGS`` and ``cold_start.apply_settings``'s; flax+optax
-    under the flags alone): what a setting that shortens the cold start costs
-    each epoch after it.  Lines renamed ``.../{label}``."""
+def _lines_under(label: str, expression: str) -> list[dict]:
+    """The lines ``expression`` (benchmark lines) gives in a fresh process
+    under ``cold_start.LAB[label]``'s settings (``XLA_FLAGS`` and
+    ``cold_start.apply_settings``'s), renamed ``.../{label}``."""
     import cold_start
 
-    names = ("mlp",) if quick else ("cnn",)
-    lines = []
-    for label in labels:
-        env, settings = cold_start.LAB[label]
-        unknown = set(env) - {"XLA_FLAGS"}
-        if unknown:
-            raise ValueError(f"epoch_settings: {label}'s environment {sorted(unknown)} is not passed on")
-        code = (f"(__import__('cold_start').apply_settings({settings!r}), "
-                f"train_epoch.run({quick}, {names!r}, ways=('scan',), dtype='bfloat16'))[1]")  # fmt: skip
-        lines += [{**line, "settings": settings}
-                  for line in _suffixed(_train_epoch_with_flags(env.get("XLA_FLAGS", ""), code), label)]  # fmt: skip
-    return lines
+    env, settings = cold_start.LAB[label]
+    unknown = set(env) - {"XLA_FLAGS"}
+    if unknown:
+        raise ValueError(f"{label}'s environment {sorted(unknown)} is not passed on")
+    code = f"(__import__('cold_start').apply_settings({settings!r}), {expression})[1]"
+    lines = _train_epoch_with_flags(env.get("XLA_FLAGS", ""), code)
+    return [{**line, "settings": settings} for line in _suffixed(lines, label)]
+
+
+def epoch_settings(quick: bool, labels: tuple[str, ...], models: tuple[str, ...] = ("cnn",)) -> list[dict]:
+    """The bfloat16 scan epoch of each of ``models`` (``train_epoch``, jdl and
+    flax+optax) in a fresh process under each of ``cold_start.LAB``'s settings
+    named in ``labels`` (flax+optax under the flags alone): what a setting
+    that shortens the cold start costs each epoch after it."""
+    names = ("mlp",) if quick else models
+    expression = f"train_epoch.run({quick}, {names!r}, ways=('scan',), dtype='bfloat16')"
+    return [line for label in labels for line in _lines_under(label, expression)]
+
+
+def comparison_settings(quick: bool, labels: tuple[str, ...]) -> list[dict]:
+    """``comparison.run``'s 8 vmapped bfloat16 cnn configurations against the
+    same 8 one after another, in a fresh process under each of
+    ``cold_start.LAB``'s settings named in ``labels`` (both sides under them)."""
+    expression = f"__import__('comparison').run({quick}, strategies=('vmap',), dtype='bfloat16')"
+    return [line for label in labels for line in _lines_under(label, expression)]
 
 
 def unroll_sweep(quick: bool, steps=(1, 2, 4), rounds: int = 2) -> list[dict]:
@@ -441,6 +453,9 @@ def main() -> None:
         ("epoch_settings", lambda: epoch_settings(args.quick, ("default", *COLD_CANDIDATES[3:]))),
         ("cold_to_92", lambda: cold_start.lab(args.quick, repeats=2, names=("default", *TO_92_CANDIDATES),
                                               to_92=True)),
+        ("comparison_settings", lambda: comparison_settings(args.quick, ("default", *TO_92_CANDIDATES))),
+        ("epoch_settings_models", lambda: epoch_settings(args.quick, ("default", *TO_92_CANDIDATES),
+                                                         ("fmnist_2c2d", "mlp"))),
         ("bf16", lambda: train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn", "fmnist_2c2d"),
                                          ways=("scan",), dtype="bfloat16")
          + train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn",), ways=("scan",))),
