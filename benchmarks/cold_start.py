@@ -256,6 +256,8 @@ LAB: dict[str, tuple[dict, dict]] = {
     "autotune0+cublas": ({}, {"GPU_COMPILER_OPTIONS": _AUTOTUNE_OFF | _NO_TRITON_GEMM}),
     # level 1 choosing among cuBLAS's and cuDNN's algorithms only: no Triton kernels to compile for timing
     "autotune1+cublas": ({}, {"GPU_COMPILER_OPTIONS": _AUTOTUNE_QUICK | _NO_TRITON_GEMM}),
+    # the evaluation program alone so (it runs once an epoch; less to compile beside the epoch's)
+    "evaluation_cublas": ({}, {"GPU_EVALUATION_COMPILER_OPTIONS": _NO_TRITON_GEMM}),
 }  # fmt: skip
 
 

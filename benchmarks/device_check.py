@@ -180,7 +180,9 @@ def epoch_flags(quick: bool, labels: tuple[str, ...] = ("default", "autotune0", 
 # XLA options for ``fit``'s evaluation program (``engine.GPU_EVALUATION_COMPILER_OPTIONS``
 # candidates): label -> options.
 EVALUATION_OPTIONS = {"xla_default": {}, "autotune0": {"xla_gpu_autotune_level": 0},
-                      "autotune1": {"xla_gpu_autotune_level": 1}}  # fmt: skip
+                      "autotune1": {"xla_gpu_autotune_level": 1},
+                      "autotune1+cublas": {"xla_gpu_autotune_level": 1,
+                                           "xla_gpu_enable_triton_gemm": False}}  # fmt: skip
 
 
 def evaluation_child(label: str, quick: bool, calls: int = 20) -> dict:
@@ -454,6 +456,8 @@ def main() -> None:
         ("cold_to_92", lambda: cold_start.lab(args.quick, repeats=2, names=("default", *TO_92_CANDIDATES),
                                               to_92=True)),
         ("comparison_settings", lambda: comparison_settings(args.quick, ("default", *TO_92_CANDIDATES))),
+        ("cold_to_92_evaluation", lambda: cold_start.lab(
+            args.quick, repeats=2, names=("default", "evaluation_cublas", "autotune1+cublas"), to_92=True)),
         ("epoch_settings_models", lambda: epoch_settings(args.quick, ("default", *TO_92_CANDIDATES),
                                                          ("fmnist_2c2d", "mlp"))),
         ("bf16", lambda: train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn", "fmnist_2c2d"),
