@@ -28,6 +28,11 @@ goals need runs from this one script, saving its lines after each part:
 6. ``bf16_unroll2``: the cnn's bfloat16 epoch and time to 92% with ``fit``'s
    scan unrolled two steps per iteration (``unrolled``), against ``bf16`` and
    ``time_to_accuracy_bf16``.
+7. settings in fresh processes (``cold_start.LAB``): ``epoch_settings``,
+   ``comparison_settings`` and ``epoch_settings_models`` (what a setting that
+   shortens the cold start costs each epoch), ``cold_to_92`` and
+   ``cold_to_92_evaluation`` (to 92% on real Fashion-MNIST from the call),
+   ``unroll_sweep`` (``fit``'s scan unrolled 1, 2 and 4 steps).
 
 On the device machine, from the repository root, with Fashion-MNIST's four
 ``.gz`` files in ``.device-data/fashion-mnist`` (carried; no TensorFlow needed)::

@@ -277,9 +277,10 @@ def test_evaluate_compiles_as_fits_evaluation_does(monkeypatch):
 
 def test_training_programs_compile_with_autotuning_level_1_on_a_gpu(monkeypatch):
     """``GPU_COMPILER_OPTIONS``' default: XLA times candidate kernels without
-    cross-checking their buffers (level 1), for training and evaluation,
-    unless the user's ``XLA_FLAGS`` set that option (compiler options would
-    override them)."""
+    cross-checking their buffers (level 1), for training and evaluation, and
+    evaluation programs take cuBLAS's matrix products, not Triton's
+    (``GPU_EVALUATION_COMPILER_OPTIONS``' default), unless the user's
+    ``XLA_FLAGS`` set those options (compiler options would override them)."""
 
     class Lowered:
         def compile(self, compiler_options=None):
@@ -288,11 +289,13 @@ def test_training_programs_compile_with_autotuning_level_1_on_a_gpu(monkeypatch)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     assert train.engine.compile_lowered(Lowered()) == {"xla_gpu_autotune_level": 1}
-    assert train.engine.compile_lowered(Lowered(), evaluation=True) == {"xla_gpu_autotune_level": 1}
+    assert train.engine.compile_lowered(Lowered(), evaluation=True) == {"xla_gpu_autotune_level": 1,
+                                                                         "xla_gpu_enable_triton_gemm": False}
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_gpu_autotune_level=4")
     assert train.engine.compile_lowered(Lowered()) is None  # compiled with the user's flags alone
-    monkeypatch.setattr(train.engine, "GPU_EVALUATION_COMPILER_OPTIONS", {"xla_gpu_enable_triton_gemm": False})
     assert train.engine.compile_lowered(Lowered(), evaluation=True) == {"xla_gpu_enable_triton_gemm": False}
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_triton_gemm=true")
+    assert train.engine.compile_lowered(Lowered(), evaluation=True) == {"xla_gpu_autotune_level": 1}
     monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_autotune_level_extra=1")  # another flag of which it is a prefix
     assert train.engine.compile_lowered(Lowered()) == {"xla_gpu_autotune_level": 1}
 

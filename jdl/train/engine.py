@@ -155,9 +155,9 @@ GPU_COMPILER_OPTIONS: dict[str, Any] = {"xla_gpu_autotune_level": 1}
 # Unrolling trades compilation for step time: the flax CNN's scan epoch on an
 # H200 (benchmarks/step_variants.py, bfloat16) took 0.0587 / 0.0569 / 0.0562 s
 # with 1 / 2 / 4 steps per iteration, compiling in 0.81 / 1.03 / 1.71 s;
-# through ``fit`` (stop 19) two steps took 0.0621 s against 0.0632-0.0666 s
-# for one in other processes, within their spread, so ``fit`` does not unroll
-# (device_check.py's ``unroll_sweep`` measures 1, 2 and 4 in fresh processes).
+# through ``fit``, fresh processes, 2 rounds (stop 20, ``unroll_sweep``):
+# 1 / 2 / 4 steps 0.0644-0.0659 / 0.0650-0.0659 / 0.0662 s, compiling in
+# 3.1-3.2 / 3.6-4.0 / 4.4-4.5 s, so ``fit`` does not unroll.
 SCAN_UNROLL: dict[str, int] = {}
 
 
@@ -167,13 +167,19 @@ def scan_unroll() -> int:
 
 
 # XLA options for ``fit``'s evaluation program on a GPU, over
-# ``GPU_COMPILER_OPTIONS``.  Empty: without timing candidate kernels
-# (``{"xla_gpu_autotune_level": 0}``) the flax CNN's cold start on an H200
-# was 0.43 s shorter than with level 1 and the threefry kernel set for the
-# whole process (3.86 against 4.29 s), but each evaluation of 10,000 images
-# took 78 ms against 5-5.5 ms (levels 4 and 1): a loss from the sixth epoch
-# on (stop 19).
-GPU_EVALUATION_COMPILER_OPTIONS: dict[str, Any] = {}
+# ``GPU_COMPILER_OPTIONS``: its matrix products through cuBLAS, not Triton
+# kernels compiled and timed for each shape.  Measured on an H200 (stop 20,
+# fresh processes): the flax CNN's bfloat16 evaluation program (windows of
+# 1,000 images) compiled in 0.66 s against 1.64 s and evaluated the 10,000
+# test images in 4.5 ms against 5.7 ms; that CNN to 92% on Fashion-MNIST
+# from the call took 5.1 s against 6.4 s (2 rounds, same machine): less
+# compilation running beside the epoch's.  Without any timing of candidate
+# kernels (``{"xla_gpu_autotune_level": 0}``) each evaluation took 78-81 ms.
+# The same for the training programs (``GPU_COMPILER_OPTIONS``) started
+# faster still (4.4 s to 92%) but ran the epoch 8-24% slower (cnn,
+# fmnist_2c2d, mlp) and the comparison's vmapped epoch 33% slower: not
+# adopted there (benchmarks/README.md, stop 20).
+GPU_EVALUATION_COMPILER_OPTIONS: dict[str, Any] = {"xla_gpu_enable_triton_gemm": False}
 
 
 def _options_not_in_xla_flags(options: dict[str, Any]) -> dict[str, Any]:
