@@ -219,9 +219,11 @@ _ALL_CONVS_MATMUL = {"jdl.nn.layers.GPU_MATMUL_MAX_CHANNELS": 1 << 30}
 _NO_TRITON_GEMM = {"xla_gpu_enable_triton_gemm": False}
 LAB: dict[str, tuple[dict, dict]] = {
     "default": ({}, {}),
-    # XLA's and JAX's defaults: jdl's GPU settings of stop 19 undone (level-4
-    # autotuning; threefry's unrolled rounds in the start program too)
-    "xla_defaults": ({}, {"GPU_COMPILER_OPTIONS": {}, "RUN_ONCE_THREEFRY_KERNEL": False}),
+    # XLA's and JAX's defaults: jdl's GPU settings of stops 19 and 20 undone
+    # (level-4 autotuning and Triton's matrix products everywhere; threefry's
+    # unrolled rounds in the start program too)
+    "xla_defaults": ({}, {"GPU_COMPILER_OPTIONS": {}, "GPU_EVALUATION_COMPILER_OPTIONS": {},
+                          "RUN_ONCE_THREEFRY_KERNEL": False}),
     # jax.random's threefry hash as a precompiled kernel, not unrolled rounds for XLA to compile
     "threefry_kernel": ({"JAX_THREEFRY_GPU_KERNEL_LOWERING": "true"}, {}),
     # the initialization and the optimizer's first state compiled and run on the host's CPU
@@ -256,7 +258,8 @@ LAB: dict[str, tuple[dict, dict]] = {
     "autotune0+cublas": ({}, {"GPU_COMPILER_OPTIONS": _AUTOTUNE_OFF | _NO_TRITON_GEMM}),
     # level 1 choosing among cuBLAS's and cuDNN's algorithms only: no Triton kernels to compile for timing
     "autotune1+cublas": ({}, {"GPU_COMPILER_OPTIONS": _AUTOTUNE_QUICK | _NO_TRITON_GEMM}),
-    # the evaluation program alone so (it runs once an epoch; less to compile beside the epoch's)
+    # the evaluation program alone so (it runs once an epoch; less to compile
+    # beside the epoch's): jdl's default since stop 20, so now the same as "default"
     "evaluation_cublas": ({}, {"GPU_EVALUATION_COMPILER_OPTIONS": _NO_TRITON_GEMM}),
 }  # fmt: skip
 

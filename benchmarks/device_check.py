@@ -130,17 +130,17 @@ def _seconds_per_call(step, first, calls: int) -> float:
     return common.median(times)
 
 
-def _train_epoch_with_flags(flags: str, code: str) -> list[dict]:
-    """The lines ``train_epoch`` gives when ``code`` (an expression for a
-    list of them) runs in a fresh process with ``flags`` added to
+def _lines_with_flags(flags: str, code: str) -> list[dict]:
+    """The benchmark lines ``code`` (an expression for a list of them, with
+    ``train_epoch`` imported) gives in a fresh process with ``flags`` added to
     ``XLA_FLAGS``; one line saying why when it fails."""
     flags = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
     try:
         lines = _json_from_fresh_process(f"import train_epoch; print(json.dumps({code}))",
                                          {**os.environ, "XLA_FLAGS": flags})  # fmt: skip
     except RuntimeError as error:
-        return [common.line("train_epoch", float("nan"), "default flags", float("nan"),
-                            failed=str(error), xla_flags=flags)]  # fmt: skip
+        return [common.line("fresh_process", float("nan"), "default flags", float("nan"),
+                            failed=str(error), code=code, xla_flags=flags)]  # fmt: skip
     return [{**line, "xla_flags": flags} for line in lines]
 
 
@@ -158,7 +158,7 @@ def _json_from_fresh_process(code: str, environment: dict | None = None):
 
 def command_buffers(quick: bool) -> list[dict]:
     """The cnn epoch (``train_epoch``) in a subprocess with command buffers for loops."""
-    lines = _train_epoch_with_flags(f"--xla_gpu_enable_command_buffer={COMMAND_BUFFERS}",
+    lines = _lines_with_flags(f"--xla_gpu_enable_command_buffer={COMMAND_BUFFERS}",
                                     f"train_epoch.run({quick}, ('mlp',) if {quick} else ('cnn', 'mlp'))")  # fmt: skip
     return [{**line, "benchmark": f"command_buffers/{line['benchmark']}"} for line in lines]
 
@@ -178,7 +178,7 @@ def epoch_flags(quick: bool, labels: tuple[str, ...] = ("default", "autotune0", 
     code = f"train_epoch.run({quick}, ('mlp',) if {quick} else ('cnn',), ways=('scan',), dtype='bfloat16')"
     records = []
     for label in labels:
-        records += _suffixed(_train_epoch_with_flags(EPOCH_FLAGS[label], code), label)
+        records += _suffixed(_lines_with_flags(EPOCH_FLAGS[label], code), label)
     return records
 
 
@@ -345,7 +345,7 @@ def _lines_under(label: str, expression: str) -> list[dict]:
     if unknown:
         raise ValueError(f"{label}'s environment {sorted(unknown)} is not passed on")
     code = f"(__import__('cold_start').apply_settings({settings!r}), {expression})[1]"
-    lines = _train_epoch_with_flags(env.get("XLA_FLAGS", ""), code)
+    lines = _lines_with_flags(env.get("XLA_FLAGS", ""), code)
     return [{**line, "settings": settings} for line in _suffixed(lines, label)]
 
 
@@ -383,7 +383,7 @@ def unroll_sweep(quick: bool, steps=(1, 2, 4), rounds: int = 2) -> list[dict]:
             code = (f"(__import__('jdl.train.engine', fromlist=['SCAN_UNROLL']).SCAN_UNROLL.update(gpu={count}), "
                     f"train_epoch.run({quick}, {names!r}, ways=('scan',), dtype='bfloat16'))[1]")  # fmt: skip
             lines += [{**line, "round": round_}
-                      for line in _suffixed(_train_epoch_with_flags("", code), f"unroll{count}")]  # fmt: skip
+                      for line in _suffixed(_lines_with_flags("", code), f"unroll{count}")]  # fmt: skip
     return lines
 
 
