@@ -36,6 +36,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -217,6 +218,9 @@ _AUTOTUNE_QUICK = {"xla_gpu_autotune_level": 1}
 # Every convolution as one matrix product of shifted windows (``conv_as_matmul``)
 _ALL_CONVS_MATMUL = {"jdl.nn.layers.GPU_MATMUL_MAX_CHANNELS": 1 << 30}
 _NO_TRITON_GEMM = {"xla_gpu_enable_triton_gemm": False}
+# ``lab`` puts a temporary folder, the same for all its rounds, in place of this
+_AUTOTUNE_CACHE_FOLDER = "{autotune_cache}"
+_AUTOTUNE_CACHE = {"xla_gpu_per_fusion_autotune_cache_dir": _AUTOTUNE_CACHE_FOLDER}
 LAB: dict[str, tuple[dict, dict]] = {
     "default": ({}, {}),
     # XLA's and JAX's defaults: jdl's GPU settings of stops 19 and 20 undone
@@ -261,6 +265,11 @@ LAB: dict[str, tuple[dict, dict]] = {
     # the evaluation program alone so (it runs once an epoch; less to compile
     # beside the epoch's): jdl's default since stop 20, so now the same as "default"
     "evaluation_cublas": ({}, {"GPU_EVALUATION_COMPILER_OPTIONS": _NO_TRITON_GEMM}),
+    # XLA's own cache of autotuning results, one file per fusion, in a folder
+    # that the lab's first round fills and later rounds read (JAX's cache of
+    # whole programs stays off): what a second run of a program with the same
+    # fusions (another optimizer, another learning rate) would save
+    "autotune_cache": ({}, {"GPU_COMPILER_OPTIONS": _AUTOTUNE_QUICK | _AUTOTUNE_CACHE}),
 }  # fmt: skip
 
 
@@ -271,9 +280,24 @@ def lab(quick: bool = False, model_name: str = "cnn", repeats: int = 2, examples
     a rotated order (the host drifts); one line per setting: the median wall
     seconds against jdl's ``default`` in the same rounds.  ``to_92``: each
     run to 92% on real Fashion-MNIST in bfloat16, not one epoch of
-    ``mnist_sample`` (lines named ``cold_to_92/...``)."""
+    ``mnist_sample`` (lines named ``cold_to_92/...``).  Settings that name
+    ``_AUTOTUNE_CACHE_FOLDER`` share one temporary folder over all rounds:
+    the first round's run fills it, the later rounds' read it."""
     if quick:
         model_name, repeats, examples, names = "mlp", 1, 512, ("default", "start_on_host")
+    with tempfile.TemporaryDirectory(prefix="jdl-autotune-") as folder:
+        return _lab(model_name, repeats, examples, names, to_92, folder)
+
+
+def _with_folder(settings: dict, folder: str) -> dict:
+    """``settings`` with ``_AUTOTUNE_CACHE_FOLDER`` replaced by ``folder``, at any depth."""
+    if isinstance(settings, dict):
+        return {name: _with_folder(value, folder) for name, value in settings.items()}
+    return folder if settings == _AUTOTUNE_CACHE_FOLDER else settings
+
+
+def _lab(model_name: str, repeats: int, examples: int, names: tuple[str, ...], to_92: bool,
+         folder: str) -> list[dict]:  # fmt: skip
     labels = ["default", *(name for name in names if name != "default"), "flax+optax"]
     runs: dict[str, list[dict]] = {label: [] for label in labels}
     failed: dict[str, str] = {}  # a setting this machine refuses does not cost the others' lines
@@ -283,6 +307,7 @@ def lab(quick: bool = False, model_name: str = "cnn", repeats: int = 2, examples
             if label in failed:
                 continue
             env, settings = LAB.get(label, ({}, {}))
+            settings = _with_folder(settings, folder)
             try:
                 library = ("flax" if label == "flax+optax" else "jdl") + ("_to_92" if to_92 else "")
                 runs[label].append(_spawn(library, model_name, examples, env, settings))

@@ -32,7 +32,9 @@ goals need runs from this one script, saving its lines after each part:
    ``comparison_settings`` and ``epoch_settings_models`` (what a setting that
    shortens the cold start costs each epoch), ``cold_to_92`` and
    ``cold_to_92_evaluation`` (to 92% on real Fashion-MNIST from the call),
-   ``unroll_sweep`` (``fit``'s scan unrolled 1, 2 and 4 steps).
+   ``unroll_sweep`` (``fit``'s scan unrolled 1, 2 and 4 steps),
+   ``autotune_cache`` (to 92% with XLA's per-fusion autotuning cache, the
+   first of 3 rounds filling it).
 
 On the device machine, from the repository root, with Fashion-MNIST's four
 ``.gz`` files in ``.device-data/fashion-mnist`` (carried; no TensorFlow needed)::
@@ -463,6 +465,8 @@ def main() -> None:
         ("comparison_settings", lambda: comparison_settings(args.quick, ("default", *TO_92_CANDIDATES))),
         ("cold_to_92_evaluation", lambda: cold_start.lab(
             args.quick, repeats=2, names=("default", "evaluation_cublas", "autotune1+cublas"), to_92=True)),
+        ("autotune_cache", lambda: cold_start.lab(args.quick, repeats=3, names=("default", "autotune_cache"),
+                                                  to_92=True)),
         ("epoch_settings_models", lambda: epoch_settings(args.quick, ("default", *TO_92_CANDIDATES),
                                                          ("fmnist_2c2d", "mlp"))),
         ("bf16", lambda: train_epoch.run(args.quick, ("mlp",) if args.quick else ("cnn", "fmnist_2c2d"),
