@@ -465,6 +465,7 @@ def main() -> None:
         ("comparison_settings", lambda: comparison_settings(args.quick, ("default", *TO_92_CANDIDATES))),
         ("cold_to_92_evaluation", lambda: cold_start.lab(
             args.quick, repeats=2, names=("default", "evaluation_cublas", "autotune1+cublas"), to_92=True)),
+        ("flat_optimizer", lambda: step_variants.run_flat_optimizer(args.quick)),
         ("autotune_cache", lambda: cold_start.lab(args.quick, repeats=3, names=("default", "autotune_cache"),
                                                   to_92=True)),
         ("epoch_settings_models", lambda: epoch_settings(args.quick, ("default", *TO_92_CANDIDATES),

@@ -105,10 +105,12 @@ def _cnn_with(first_conv=None, pool=None, dtype=jnp.bfloat16) -> nn.Layer:
     )  # fmt: skip
 
 
-def _time(model, images, labels, orders, threshold: int, unroll: int = 1, fold: int = 3) -> tuple[float, float]:
+def _time(model, images, labels, orders, threshold: int, unroll: int = 1, fold: int = 3,
+          tx=None) -> tuple[float, float]:  # fmt: skip
+    """``tx``: the optimizer (default Adam 1e-3)."""
     with (mock.patch.object(layers, "GPU_MATMUL_MAX_CHANNELS", threshold),
           mock.patch.object(layers, "MATMUL_BIAS_FOLD_MAX_CHANNELS", fold)):  # fmt: skip
-        tx = optim.adam(1e-3)
+        tx = tx or optim.adam(1e-3)
         step = train_step(model, losses.cross_entropy, tx, guard=False)
         return profile_step.jdl_epoch_seconds(model, tx, step, images, labels, orders, unroll)
 
@@ -163,6 +165,32 @@ def run_bfloat16(quick: bool = False) -> list[dict]:
     return [common.line(f"step_variants/cnn/bfloat16/{label}", seconds, "flax+optax scan (bfloat16)", reference_s,
                         data=source, jdl_compile_s=compile_s, examples=len(data["label"]))
             for label, (seconds, compile_s) in times.items()]  # fmt: skip
+
+
+def run_flat_optimizer(quick: bool = False, rounds: int = 2) -> list[dict]:
+    """The flax CNN in bfloat16 with Adam updating each parameter array on its
+    own (jdl's way: one small update kernel per array on a GPU, ~1-2 µs each
+    in the stop 16 trace) against Adam on all parameters as one flat vector
+    (``optax.flatten`` around ``jdl.optim.adam``: the gradients concatenated,
+    one update, the updates split again), ``rounds`` times alternately, with
+    flax+optax's bfloat16 epoch as the yardstick: whether a multi-tensor
+    update brings the epoch under 0.06 s."""
+    import optax
+
+    data, _, source = common.mnist_shaped(2048 if quick else 60000)
+    images, labels = jnp.asarray(data["image"]), jnp.asarray(data["label"])
+    orders = profile_step.epoch_orders(len(data["label"]), 2 if quick else 4)
+    half = jnp.bfloat16
+    cases = {"per_array": lambda: optim.adam(1e-3), "flat": lambda: optax.flatten(optim.adam(1e-3))}
+    times: dict[str, list[tuple[float, float]]] = {label: [] for label in cases}
+    for round_ in range(rounds):
+        for label in list(cases)[:: 1 if round_ % 2 == 0 else -1]:
+            times[label].append(_time(models.cnn(dtype=half), images, labels, orders, 3, tx=cases[label]()))
+    reference_s = profile_step.flax_epoch_seconds("cnn", images, labels, orders, dtype=half)
+    return [common.line(f"step_variants/cnn/bfloat16/adam_{label}", common.median([t for t, _ in runs]),
+                        "flax+optax scan (bfloat16)", reference_s, data=source, rounds=[t for t, _ in runs],
+                        jdl_compile_s=runs[-1][1], examples=len(data["label"]))
+            for label, runs in times.items()]  # fmt: skip
 
 
 if __name__ == "__main__":
