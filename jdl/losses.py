@@ -197,9 +197,12 @@ def _integer_labels(name: str, scores, labels, num_classes: int, what: str, take
             f"{name}: integer labels must have shape {scores.shape[:-1]} "
             f"({what} shape {scores.shape} minus the class axis); got {labels.shape}{hint}"
         )
+    # A class count beyond the labels' dtype (300 classes, uint8 labels) would
+    # wrap around when jnp compares in that dtype: every label is below it.
+    fits = num_classes <= jnp.iinfo(labels.dtype).max
     return _check_values(
         labels,
-        lambda y: (y >= 0) & (y < num_classes),
+        (lambda y: (y >= 0) & (y < num_classes)) if fits else (lambda y: y >= 0),
         f"{name}: integer labels must lie in [0, {num_classes}) for {what} with "
         f"{num_classes} classes",
     )

@@ -257,6 +257,23 @@ def test_integer_predictions_are_promoted():
     assert float(L.mse(jnp.array([1, 2]), jnp.array([0, 0]))) == 2.5
 
 
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize(("dtype", "classes"), [(np.uint8, 300), (np.int16, 40000), (np.int8, 200)])
+def test_narrow_integer_labels_with_more_classes_than_their_dtype_holds(dtype, classes, jit):
+    """Labels of a dtype narrower than the class count (uint8 labels, 300
+    classes) are valid and give optax's loss, not NaN (a comparison in the
+    labels' dtype would wrap the class count around)."""
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((4, classes)).astype(np.float32)
+    labels = np.array([0, 1, 50, 100], dtype)
+    fn = jax.jit(L.cross_entropy) if jit else L.cross_entropy
+    hinge = jax.jit(L.multiclass_hinge_loss) if jit else L.multiclass_hinge_loss
+    expected = optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(np.int32)).mean()
+    np.testing.assert_allclose(fn(logits, labels), expected, rtol=1e-6)
+    expected = optax.losses.multiclass_hinge_loss(logits, labels.astype(np.int32)).mean()
+    np.testing.assert_allclose(hinge(logits, labels), expected, rtol=1e-6)
+
+
 def test_half_precision_predictions_are_computed_with_in_float32():
     """A mixed-precision model's bfloat16 logits: the loss is computed in float32
     from their values (NumPy in float64 on the same values as the reference)."""
