@@ -47,6 +47,18 @@ def test_normalize_refuses_stds_that_do_not_fit_the_channels():
     np.testing.assert_allclose(out, (gray["image"].astype(np.float64) - 0.5) / 0.2, rtol=1e-6)
 
 
+@pytest.mark.parametrize(("mean", "std", "message"), [
+    (0.1, float("nan"), r"std must be positive and finite; got nan"),
+    (0.1, float("inf"), r"std must be positive and finite; got inf"),
+    (0.1, (0.3, -0.2, 0.3), r"std must be positive and finite"),
+    (float("nan"), 0.3, r"mean must be finite; got nan"),
+    ((0.1, float("-inf"), 0.2), 0.3, r"mean must be finite"),
+])
+def test_normalize_refuses_a_mean_or_std_that_would_ruin_every_image(mean, std, message):
+    with pytest.raises(ValueError, match=message):
+        T.normalize(mean, std)
+
+
 def test_normalize_constants_match_the_data():
     images = jd.load("mnist_sample", split="train", batch_size=10).arrays()["image"]
     mean, std = T.channel_mean_std(images)
@@ -62,6 +74,41 @@ def test_one_hot():
     assert np.array_equal(out["label"].sum(1), np.ones(6))
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         T.one_hot(3)(batch_of())
+
+
+@pytest.mark.parametrize("num_classes", [2.5, "10", 0, True])
+def test_one_hot_refuses_a_class_count_that_is_not_a_positive_int(num_classes):
+    with pytest.raises(ValueError, match=r"one_hot: num_classes must be an int >= 1; got"):
+        T.one_hot(num_classes)
+
+
+def test_one_hot_refuses_labels_that_are_not_class_indices():
+    once = T.one_hot(10)(batch_of())
+    expected = r"labels must be integer class indices; got float32 labels of shape \(6, 10\)"
+    with pytest.raises(ValueError, match=expected):
+        T.one_hot(10)(once)
+
+
+@pytest.mark.parametrize("padding", [-1, 1.5, "2"])
+def test_crops_refuse_a_padding_that_is_not_a_non_negative_int(padding):
+    with pytest.raises(ValueError, match=r"random_crop: padding must be an int >= 0"):
+        T.random_crop(padding)
+    with pytest.raises(ValueError, match=r"random_crop_device: padding must be an int >= 0"):
+        T.random_crop_device(jax.random.key(0), jnp.ones((2, 5, 5, 1)), padding)
+
+
+def test_augmentations_refuse_one_image_without_a_batch_axis():
+    image = np.random.default_rng(0).random((5, 7, 3), dtype=np.float32)
+    rng = np.random.default_rng(0)
+    expected = r"images must be a batch of shape \(B, H, W, C\); got shape \(5, 7, 3\)"
+    with pytest.raises(ValueError, match="random_flip: " + expected):
+        T.random_flip()({"image": image}, rng)
+    with pytest.raises(ValueError, match="random_crop: " + expected):
+        T.random_crop(2)({"image": image}, rng)
+    with pytest.raises(ValueError, match="random_flip_device: " + expected):
+        T.random_flip_device(jax.random.key(0), jnp.asarray(image))
+    with pytest.raises(ValueError, match="random_crop_device: " + expected):
+        T.random_crop_device(jax.random.key(0), jnp.asarray(image), 2)
 
 
 @pytest.mark.parametrize("padding", [0, 1, 4])

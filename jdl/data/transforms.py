@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from jdl._checks import is_int
+
 __all__ = [
     "CIFAR100_MEAN_STD",
     "CIFAR10_MEAN_STD",
@@ -109,8 +111,10 @@ def normalize(mean: float | Sequence[float], std: float | Sequence[float]) -> Ho
     """`image <- (image - mean) / std` per channel (broadcast over the last axis), float32."""
     mean_arr = np.asarray(mean, np.float32).reshape(-1)
     std_arr = np.asarray(std, np.float32).reshape(-1)
-    if np.any(std_arr <= 0):
-        raise ValueError(f"std must be positive; got {std}")
+    if not np.all(np.isfinite(mean_arr)):
+        raise ValueError(f"normalize: mean must be finite; got {mean}")
+    if not np.all(np.isfinite(std_arr) & (std_arr > 0)):
+        raise ValueError(f"normalize: std must be positive and finite; got {std}")
     if mean_arr.size > 1 and std_arr.size > 1 and mean_arr.size != std_arr.size:
         raise ValueError(f"normalize: mean and std must have one value each or one per channel, as many of "
                          f"each; got {mean_arr.size} means and {std_arr.size} stds")
@@ -130,19 +134,34 @@ def normalize(mean: float | Sequence[float], std: float | Sequence[float]) -> Ho
 
 def one_hot(num_classes: int) -> HostTransform:
     """`label` (B,) int -> (B, num_classes) float32 with a 1 at the label."""
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1; got {num_classes}")
+    if not is_int(num_classes) or num_classes < 1:
+        raise ValueError(f"one_hot: num_classes must be an int >= 1; got {num_classes!r}")
     eye = np.eye(num_classes, dtype=np.float32)
 
     def fn(batch: dict, rng: np.random.Generator | None = None) -> dict:
         del rng
         labels = np.asarray(batch["label"])
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"one_hot: labels must be integer class indices; got {labels.dtype} labels of "
+                             f"shape {labels.shape} (one-hot already?)")
         if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
             raise ValueError(f"labels must be in [0, {num_classes}); got values "
                              f"{int(labels.min())}..{int(labels.max())}")
         return {**batch, "label": eye[labels]}
 
     return fn
+
+
+def _check_padding(name: str, padding) -> None:
+    if not is_int(padding) or padding < 0:
+        raise ValueError(f"{name}: padding must be an int >= 0 (pixels per side); got {padding!r}")
+
+
+def _check_batch_of_images(name: str, images) -> None:
+    """``images`` is a batch ``(B, H, W, C)``: one image alone would be taken for a batch of rows."""
+    if len(np.shape(images)) != 4:
+        raise ValueError(f"{name}: images must be a batch of shape (B, H, W, C); got shape {np.shape(images)}"
+                         f" (one image: add the batch axis, e.g. image[None])")
 
 
 def _require_rng(rng, name: str) -> np.random.Generator:
@@ -158,12 +177,12 @@ def random_crop(padding: int) -> HostTransform:
     Every image of the batch gets its own offset, uniform in [0, 2 * padding]
     along each axis.
     """
-    if padding < 0:
-        raise ValueError(f"padding must be >= 0; got {padding}")
+    _check_padding("random_crop", padding)
 
     def fn(batch: dict, rng: np.random.Generator | None = None) -> dict:
         rng = _require_rng(rng, "random_crop")
         images = np.asarray(batch["image"])
+        _check_batch_of_images("random_crop", images)
         b, h, w, _ = images.shape
         if padding == 0:
             return dict(batch)
@@ -184,6 +203,7 @@ def random_flip() -> HostTransform:
     def fn(batch: dict, rng: np.random.Generator | None = None) -> dict:
         rng = _require_rng(rng, "random_flip")
         images = np.asarray(batch["image"])
+        _check_batch_of_images("random_flip", images)
         flip = rng.random(images.shape[0]) < 0.5
         return {**batch, "image": np.where(flip[:, None, None, None], images[:, :, ::-1], images)}
 
@@ -199,6 +219,8 @@ def random_crop_device(key, images, padding: int):
     import jax
     import jax.numpy as jnp
 
+    _check_padding("random_crop_device", padding)
+    _check_batch_of_images("random_crop_device", images)
     if padding == 0:
         return images
     b, h, w, c = images.shape
@@ -218,5 +240,6 @@ def random_flip_device(key, images):
     import jax
     import jax.numpy as jnp
 
+    _check_batch_of_images("random_flip_device", images)
     flip = jax.random.bernoulli(key, 0.5, (images.shape[0],))
     return jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
