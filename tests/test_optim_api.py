@@ -297,6 +297,35 @@ def test_invalid_concrete_hyperparameters_raise_value_error(build):
         build()
 
 
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda: jo.sgd(0.1, momentum=0.9, nesterov="no"), r"nesterov must be True or False, got 'no'"),
+    (lambda: jo.momentum(0.1, nesterov=1), r"nesterov must be True or False, got 1"),
+    (lambda: jo.sgd(0.1, nesterov="no"), r"nesterov must be True or False, got 'no'"),
+    (lambda: jo.rmsprop(0.1, centered="no"), r"centered must be True or False, got 'no'"),
+    (lambda: jo.rmsprop(0.1, nesterov=0), r"nesterov must be True or False, got 0"),
+    (lambda: jo.trace(0.9, nesterov="False"), r"nesterov must be True or False"),
+    (lambda: jo.exponential_decay(0.1, 10, 0.5, staircase="yes"), r"staircase must be True or False"),
+])
+def test_switches_must_be_booleans_not_values_python_takes_for_one(build, message):
+    """A string such as 'no' is true to Python: taken as a switch it would
+    silently turn Nesterov or centering on."""
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+@pytest.mark.parametrize("build", [
+    lambda: jo.constant(lambda count: 0.1),
+    lambda: jo.cosine_decay(lambda count: 0.1, 100),
+    lambda: jo.exponential_decay(lambda count: 0.1, 10, 0.5),
+    lambda: jo.warmup_cosine_decay(0.0, lambda count: 0.1, 10, 100),
+    lambda: jo.piecewise_constant(lambda count: 0.1, {10: 0.5}),
+])
+def test_schedule_values_must_be_numbers_not_schedules(build):
+    """Refused when the schedule is built, not at the optimizer's first update."""
+    with pytest.raises(ValueError, match=r"must be a number, got the callable .*: a schedule's values are numbers"):
+        build()
+
+
 @pytest.mark.parametrize("learning_rate", ["0.1", None, [0.1], True, math.nan, math.inf, np.ones(2), object()])
 def test_a_learning_rate_must_be_a_number_or_a_callable(learning_rate):
     for build in (jo.gd, jo.adam, jo.rmsprop, jo.adagrad, jo.adadelta, jo.adamw, jo.sgd):

@@ -70,6 +70,22 @@ def check_range(
     return value
 
 
+def check_flag(name: str, value: Any) -> bool:
+    """A switch (``nesterov``, ``centered``): True or False, not a string or a
+    number that Python would take as one."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_schedule_value(name: str, value: Any) -> Any:
+    """A schedule's value (start, peak, boundary value): a finite real number
+    or a traced one, not itself a schedule."""
+    if callable(value):
+        raise ValueError(f"{name} must be a number, got the callable {value!r}: a schedule's values are numbers")
+    return check_number(name, value)
+
+
 def check_beta(name: str, value: Any) -> Any:
     """An exponential-averaging rate of Adam: in [0, 1)."""
     return check_range(name, value, 0.0, 1.0, include_high=False)

@@ -30,7 +30,7 @@ from typing import Any
 import jax
 
 from jdl._checks import registry_key
-from jdl.optim import transforms
+from jdl.optim import _validate, transforms
 from jdl.optim.base import GradientTransformation, ScalarOrSchedule, chain
 
 Float = jax.typing.ArrayLike
@@ -71,7 +71,7 @@ def sgd(
     importance of initialization and momentum in deep learning", ICML 2013.
     """
     if momentum is None:
-        if nesterov:
+        if _validate.check_flag("nesterov", nesterov):
             raise ValueError("nesterov=True needs a momentum, e.g. sgd(lr, momentum=0.9)")
         return gd(learning_rate)
     return chain(
@@ -145,7 +145,7 @@ def rmsprop(
     ]
     if momentum is not None:
         steps.append(transforms.trace(decay=momentum, nesterov=nesterov))
-    elif nesterov:
+    elif _validate.check_flag("nesterov", nesterov):
         raise ValueError("nesterov=True needs a momentum, e.g. rmsprop(lr, momentum=0.9)")
     return chain(*steps)
 

@@ -30,7 +30,7 @@ def _check_steps(name: str, value: int, *, positive: bool) -> None:
 
 def constant(value: jax.typing.ArrayLike) -> Schedule:
     """`lr(t) = value`."""
-    _validate.check_learning_rate(value, "value")
+    _validate.check_schedule_value("value", value)
     return lambda count: value
 
 
@@ -48,10 +48,11 @@ def exponential_decay(
     exponent is floored (decay in steps); `end_value` bounds the result
     (below for a decay, above for a growth).
     """
-    _validate.check_learning_rate(init_value, "init_value")
+    _validate.check_schedule_value("init_value", init_value)
     _check_steps("transition_steps", transition_steps, positive=True)
     _check_steps("transition_begin", transition_begin, positive=False)
     _validate.check_range("decay_rate", decay_rate, 0.0, include_low=False)
+    staircase = _validate.check_flag("staircase", staircase)
     if end_value is not None:
         _validate.check_number("end_value", end_value)
         clip = jnp.maximum if decay_rate < 1.0 else jnp.minimum
@@ -81,7 +82,7 @@ def cosine_decay(
     Loshchilov and Hutter, "SGDR: Stochastic Gradient Descent with Warm
     Restarts", ICLR 2017.
     """
-    _validate.check_learning_rate(init_value, "init_value")
+    _validate.check_schedule_value("init_value", init_value)
     _check_steps("decay_steps", decay_steps, positive=True)
     _validate.check_range("alpha", alpha, 0.0, 1.0)
     _validate.check_number("exponent", exponent)
@@ -117,8 +118,8 @@ def warmup_cosine_decay(
     Minibatch SGD", arXiv:1706.02677, 2017 (warm-up); Loshchilov and Hutter,
     ICLR 2017 (cosine).
     """
-    _validate.check_learning_rate(init_value, "init_value")
-    _validate.check_learning_rate(peak_value, "peak_value")
+    _validate.check_schedule_value("init_value", init_value)
+    _validate.check_schedule_value("peak_value", peak_value)
     _validate.check_number("end_value", end_value)
     _check_steps("warmup_steps", warmup_steps, positive=False)
     _check_steps("decay_steps", decay_steps, positive=True)
@@ -153,7 +154,7 @@ def piecewise_constant(
     `piecewise_constant_schedule`); the pairs may also be given as a
     sequence of `(boundary, scale)`.
     """
-    _validate.check_learning_rate(init_value, "init_value")
+    _validate.check_schedule_value("init_value", init_value)
     given = boundaries_and_scales or {}
     if isinstance(given, Mapping):
         given = given.items()

@@ -122,7 +122,7 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool =
     `identity()` for no scaling.
     """
     _validate.check_learning_rate(learning_rate)
-    sign = -1 if flip_sign else 1
+    sign = -1 if _validate.check_flag("flip_sign", flip_sign) else 1
     if callable(learning_rate):
         return scale_by_schedule(lambda count: sign * learning_rate(count))
     return scale(sign * learning_rate)
@@ -141,6 +141,7 @@ def trace(decay: jax.typing.ArrayLike, nesterov: bool = False) -> GradientTransf
     learning", ICML 2013 (the Nesterov form).
     """
     _validate.check_range("momentum", decay, 0.0, 1.0)
+    nesterov = _validate.check_flag("nesterov", nesterov)
 
     def init_fn(params):
         return TraceState(trace=tree_zeros_like(params))
@@ -211,6 +212,7 @@ def scale_by_rms(
     _validate.check_range("decay", decay, 0.0, 1.0)
     _validate.check_range("eps", eps, 0.0)
     _validate.check_range("initial_scale", initial_scale, 0.0)
+    centered = _validate.check_flag("centered", centered)
 
     def init_fn(params):
         nu = tree_full_like(params, initial_scale)
