@@ -112,15 +112,18 @@ def test_mock_data_test_split_keeps_every_example(mocked_tfds, tmp_path):
 # -- errors and offline behavior -------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["mnist_sample:1.0.0", "MnistSample"])
+@pytest.mark.parametrize("name", ["mnist_sample:1.0.0", "MnistSample", "MNIST_Sample", "Mnist_Sample:1.0.0"])
 def test_other_spellings_of_mnist_sample_read_the_shipped_digits(name, tmp_path):
     loader = jd.load(name, split="test", batch_size=100, shuffle=False, data_dir=tmp_path)
     images, labels = mnist_sample.read_split("test")
     arrays = loader.arrays()
     assert np.array_equal(as_rows(np.round(arrays["image"] * 255), arrays["label"]), as_rows(images, labels))
     assert files_under(tmp_path) == []  # nothing prepared: the archive is read
-    with pytest.raises(ValueError, match=r"mnist_sample ships with jdl at version 1.0.0 only; got 'mnist_sample:2"):
+    only = r"mnist_sample ships with jdl at version 1.0.0 only, with no configs; got "
+    with pytest.raises(ValueError, match=only + "'mnist_sample:2"):
         jd.load("mnist_sample:2.0.0", split="test", batch_size=100)
+    with pytest.raises(ValueError, match=only + "'mnist_sample/foo'"):
+        jd.load("MNIST_sample/foo", split="test", batch_size=100)
 
 
 def test_fashion_mnist_spelled_otherwise_is_verified_as_idx_files(tmp_path, monkeypatch):

@@ -292,6 +292,14 @@ def test_flatten():
     np.testing.assert_array_equal(y, np.asarray(x).reshape(4, 30))
 
 
+def test_flatten_and_a_model_take_an_empty_batch():
+    y, _ = nn.Flatten().apply({}, {}, jnp.ones((0, 3, 2, 5)))
+    assert y.shape == (0, 30)
+    model = models.mlp()
+    params, state = model.init(jax.random.key(0), (1, 28, 28, 1))
+    assert model.apply(params, state, jnp.zeros((0, 28, 28, 1)))[0].shape == (0, 10)
+
+
 def test_batchnorm_matches_flax_in_train_and_eval():
     x = _images((16, 5, 5, 3)) * 3.0 + 1.0
     layer = nn.BatchNorm(momentum=0.9, eps=1e-5)

@@ -125,8 +125,8 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not name:
         raise ValueError(f"dataset name must be a non-empty string; got {name!r}")
     base = _base(name)
-    if base == mnist_sample.NAME:
-        return name
+    if base.lower() == mnist_sample.NAME:  # as tfds, whatever the case
+        return mnist_sample.NAME + name[len(base):]
     try:
         tfds = _tfds()
     except ImportError as e:
@@ -155,8 +155,8 @@ def _check_shipped_version(name: str) -> None:
     """A ValueError unless ``name`` (mnist_sample's) asks for the shipped version or none."""
     rest = name[len(mnist_sample.NAME):]
     if rest not in ("", f":{mnist_sample.VERSION}"):
-        raise ValueError(f"{mnist_sample.NAME} ships with jdl at version {mnist_sample.VERSION} only; "
-                         f"got {name!r}")
+        raise ValueError(f"{mnist_sample.NAME} ships with jdl at version {mnist_sample.VERSION} only, with no "
+                         f"configs; got {name!r}")
 
 
 _SPLIT_TERM = re.compile(r"^\s*([\w\-]+)\s*(\[[^\]]*\])?\s*$")

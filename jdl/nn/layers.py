@@ -423,7 +423,8 @@ def Flatten() -> Layer:  # noqa: N802
         return {}, {}
 
     def apply(params, state, x, key=None, train=False):
-        return x.reshape(x.shape[0], -1), state
+        # the size, not -1: an empty batch has no size to infer it from
+        return x.reshape(x.shape[0], math.prod(x.shape[1:])), state
 
     return make_layer("flatten", init, apply)
 
