@@ -394,6 +394,101 @@ def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path):
     assert resumed.history[0]["train_loss"] == pytest.approx(uninterrupted.history[0]["train_loss"], rel=1e-12)
 
 
+def test_ctrl_c_landing_while_a_step_holds_the_carry_waits_for_the_step(tmp_path, monkeypatch):
+    """A real SIGINT delivered just after a compiled step returns, before
+    fit has its result (the step consumed the old carry): fit raises
+    ``TrainingInterrupted`` at the next consistent point with the parameters
+    and a checkpoint, and the resumed run ends on the uninterrupted run's
+    parameters.  Python's own handling would raise inside the call and lose
+    the parameters (about half of real Ctrl-Cs, found by review)."""
+    import signal
+
+    runner_module = sys.modules["jdl.train.runner"]
+    compiled_step, calls = runner_module.EpochRunner._compiled_step, []
+
+    def interrupted_after_fifth_step(self, batch):
+        step = compiled_step(self, batch)
+
+        def run(*args):
+            out = step(*args)
+            calls.append(1)
+            if len(calls) == 5:
+                os.kill(os.getpid(), signal.SIGINT)  # handled before ``out`` reaches fit
+            return out
+
+        return run
+
+    def fit(**kwargs):
+        return train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), _loader(), epochs=2, seed=1,
+                         progress=False, mode="stream", **kwargs)
+
+    uninterrupted = fit()
+    monkeypatch.setattr(runner_module.EpochRunner, "_compiled_step", interrupted_after_fifth_step)
+    with pytest.raises(train.TrainingInterrupted) as caught:
+        fit(checkpoint_dir=str(tmp_path))
+    monkeypatch.undo()
+    assert caught.value.result.params is not None and caught.value.checkpoint is not None
+    saved = checkpoint.load_raw(tmp_path)
+    assert (int(saved["epoch"]), int(saved["step"])) == (0, 5)
+    resumed = fit(checkpoint_dir=str(tmp_path), resume=True)
+    _assert_trees_equal(resumed.params, uninterrupted.params)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's handler is back
+
+
+def test_a_checkpoint_dir_is_checked_before_anything_trains(tmp_path):
+    """A checkpoint_dir that cannot be written, or that holds an earlier run's
+    checkpoint when resume is not given, and a stop_when that is not a
+    function: errors before the first step, not after the first epoch."""
+    def fit(**kwargs):
+        return train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=1, progress=False,
+                         **kwargs)
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(ValueError, match=r"checkpoint_dir: .*a_file is a file, not a folder"):
+        fit(checkpoint_dir=str(a_file / "run"))
+    with pytest.raises(TypeError, match=r"stop_when must be a function of an epoch's record, or None; got 'yes'"):
+        fit(stop_when="yes")
+    fit(checkpoint_dir=str(tmp_path / "run"), seed=3)
+    before = (tmp_path / "run" / checkpoint.FILENAME).read_bytes()
+    with pytest.raises(ValueError, match=r"holds a checkpoint \(epoch 1, seed 3\) of an earlier run: pass resume=True"):
+        fit(checkpoint_dir=str(tmp_path / "run"), seed=5)
+    assert (tmp_path / "run" / checkpoint.FILENAME).read_bytes() == before
+
+
+def test_a_corrupt_checkpoint_is_named_in_the_error(tmp_path):
+    (tmp_path / checkpoint.FILENAME).write_bytes(b"\x93\x01")  # a truncated msgpack array
+    with pytest.raises(ValueError, match=r"checkpoint.msgpack is not a jdl checkpoint"):
+        checkpoint.load_raw(tmp_path)
+
+
+def test_training_labels_beyond_the_models_outputs_are_refused_before_training():
+    images, labels = jdl.data.mnist_sample.read_split("train")
+    labels = labels.astype(np.int64)
+    labels[40] = 12  # beyond the 10 outputs, far from the 2 examples fit builds its sample from
+    loader = jdl.data.Loader(images, labels, batch_size=100, shuffle=False, num_classes=10)
+    with pytest.raises(ValueError, match=r"integer labels must lie in \[0, 10\) .* got labels from 0 to 12"):
+        train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), loader, epochs=1, progress=False)
+
+
+def test_a_transform_that_changes_the_image_shape_trains_on_the_shape_it_gives():
+    crop = lambda batch: {**batch, "image": batch["image"][:, 2:26, 2:26]}  # noqa: E731
+    result = train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(transform=crop), epochs=1,
+                       progress=False)  # fmt: skip
+    assert result.params["dense_0"]["w"].shape == (24 * 24, 32)
+
+
+def test_evaluation_dicts_of_integer_images_or_unequal_lengths_are_refused():
+    model = _small_mlp()
+    params, state = model.init(jax.random.key(0), (1, 28, 28, 1))
+    images, labels = jdl.data.mnist_sample.read_split("test")
+    with pytest.raises(ValueError, match=r"images must be floats, as the model trained on; got uint8"):
+        train.evaluate(model, losses.cross_entropy, params, state, {"image": images, "label": labels})
+    floats = images.astype(np.float32) / 255
+    with pytest.raises(ValueError, match=r"the evaluation data has 10 images but 1000 labels"):
+        train.evaluate(model, losses.cross_entropy, params, state, {"image": floats[:10], "label": labels})
+
+
 @pytest.mark.parametrize("where", ["evaluation", "after_record"])
 def test_interrupt_between_epochs_resumes_exactly(tmp_path, monkeypatch, where):
     """Ctrl-C in an epoch's evaluation (after its last step) or after its
@@ -401,11 +496,11 @@ def test_interrupt_between_epochs_resumes_exactly(tmp_path, monkeypatch, where):
     on the uninterrupted run's parameters and history."""
     fit_module = sys.modules["jdl.train.fit"]
 
-    def fit(**kwargs):
+    def fit(folder=tmp_path, **kwargs):
         return train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), _loader(batch_size=500), epochs=3,
-                         seed=2, eval_data=_test_data(), progress=False, checkpoint_dir=str(tmp_path), **kwargs)
+                         seed=2, eval_data=_test_data(), progress=False, checkpoint_dir=str(folder), **kwargs)
 
-    uninterrupted = fit()
+    uninterrupted = fit(tmp_path / "uninterrupted")
     if where == "evaluation":
         evaluate, calls = fit_module.evaluate_arrays, []
 

@@ -80,5 +80,34 @@ def restore(raw: dict[str, Any], target: dict[str, Any], path: str | os.PathLike
 
 
 def load_raw(directory: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint's contents as nested dicts of NumPy arrays."""
-    return serialization.msgpack_restore(_existing(directory).read_bytes())
+    """The checkpoint's contents as nested dicts of NumPy arrays; a ValueError
+    naming the file when it is not a checkpoint (truncated, corrupt)."""
+    path = _existing(directory)
+    try:
+        raw = serialization.msgpack_restore(path.read_bytes())
+    except Exception as error:  # noqa: BLE001 - msgpack raises its own kinds for each way a file is broken
+        raise ValueError(f"{path} is not a jdl checkpoint (truncated or corrupt?): {error}") from error
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} is not a jdl checkpoint: it holds a {type(raw).__name__}, not a dict")
+    return raw
+
+
+def holds_checkpoint(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` has a checkpoint file."""
+    return checkpoint_path(directory).is_file()
+
+
+def check_writable(directory: str | os.PathLike) -> None:
+    """A ValueError saying why unless a checkpoint could be written to
+    ``directory`` (a folder, existing or to be made, or its nearest existing
+    parent, writable); creates nothing."""
+    path = checkpoint_path(directory)
+    if path.exists() and not path.is_file():
+        raise ValueError(f"checkpoint_dir: {path} exists and is not a file")
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"checkpoint_dir: {folder} is a file, not a folder; got checkpoint_dir={str(directory)!r}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"checkpoint_dir: {folder} is not writable; got checkpoint_dir={str(directory)!r}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,21 +62,76 @@ class NonFiniteLossError(FloatingPointError):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during ``fit``: ``result`` holds the last consistent parameters,
-    saved to ``checkpoint`` when ``fit`` had a ``checkpoint_dir``."""
+    saved to ``checkpoint`` when ``fit`` had a ``checkpoint_dir``.  After a
+    second Ctrl-C that did not wait for a consistent point, ``result``'s
+    parameters are None and ``checkpoint`` is the last one saved before it
+    (None if none was)."""
 
     def __init__(self, result: TrainResult, checkpoint=None):
-        super().__init__(
-            f"training interrupted; saved a checkpoint to {checkpoint} (resume with fit(..., resume=...))"
-            if checkpoint
-            else "training interrupted (no checkpoint_dir was given, nothing saved)"
-        )
+        if result.params is None:
+            where = (f"; the last checkpoint saved is {checkpoint} (resume with fit(..., resume=...))" if checkpoint
+                     else " (no checkpoint saved)")  # fmt: skip
+            message = f"training interrupted at once by a second Ctrl-C: the step under way is lost{where}"
+        elif checkpoint:
+            message = f"training interrupted; saved a checkpoint to {checkpoint} (resume with fit(..., resume=...))"
+        else:
+            message = "training interrupted (no checkpoint_dir was given, nothing saved)"
+        super().__init__(message)
         self.result, self.checkpoint = result, checkpoint
 
 
+class _DeferredInterrupts:
+    """While training: Ctrl-C (SIGINT) is remembered and raised as
+    KeyboardInterrupt at the next ``check()``, a point where the carry, the
+    steps done and their metrics agree.  Python raises KeyboardInterrupt
+    where the signal lands, which may be after a compiled step has consumed
+    (donated) the carry and before its result is assigned: the parameters
+    would be lost.  A second Ctrl-C before a check raises at once.  Only in
+    the main thread and over Python's own SIGINT handler; otherwise nothing
+    changes."""
+
+    def __init__(self):
+        self.pending, self._previous = False, None
+
+    def __enter__(self) -> _DeferredInterrupts:
+        if threading.current_thread() is threading.main_thread() and (
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler):  # fmt: skip
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def check(self) -> None:
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc_info) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        if exc_info[0] is None:
+            self.check()
+
+
 def _host_arrays(data) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of a loader (its transform applied) or a dict."""
+    """Images and labels of a loader (its transform applied) or a dict: a
+    ValueError when a dict's images are not float (a Loader scales uint8
+    images to [0, 1]; a dict's are taken as they are) or its images and
+    labels differ in number."""
     if isinstance(data, dict):
-        return np.asarray(data["image"]), np.asarray(data["label"])
+        images, labels = np.asarray(data["image"]), np.asarray(data["label"])
+        if not np.issubdtype(images.dtype, np.floating):
+            raise ValueError(
+                f"the evaluation data's images must be floats, as the model trained on; got {images.dtype} "
+                "(a jdl.data.Loader scales uint8 images to [0, 1]: wrap them in one, or divide by 255)"
+            )
+        if len(images) != len(labels):
+            raise ValueError(f"the evaluation data has {len(images)} images but {len(labels)} labels")
+        return images, labels
     arrays = data.batch(np.arange(data.num_examples)) if data.transform is not None else data.arrays()
     return np.asarray(arrays["image"]), np.asarray(arrays["label"])
 
@@ -248,12 +305,17 @@ def fit(
     if not is_int(eval_batch_size) or eval_batch_size < 1:
         raise ValueError(f"fit: eval_batch_size must be a positive int; got {eval_batch_size!r}")
     _check_data_and_optimizer(train_data, optimizer)
+    if stop_when is not None and not callable(stop_when):
+        raise TypeError(f"fit: stop_when must be a function of an epoch's record, or None; got {stop_when!r}")
+    if checkpoint_dir is not None:
+        _check_checkpoint_dir(checkpoint_dir, resume)
     loader = train_data
     resume_from = (checkpoint_dir if resume is True else resume) if resume else None
     # the checkpoint's raw contents, checked against the seed, loader and epochs before anything compiles
     raw_checkpoint = _check_resumable(resume_from, seed, loader, epochs) if resume else None
     placement = Placement(loader.batch_size, data_parallel)
-    start_program, start_args, shapes = _start_program(model, loss_fn, optimizer, loader, seed, params, state)
+    start_program, start_args, shapes, image_shape = _start_program(model, loss_fn, optimizer, loader, seed,
+                                                                    params, state)  # fmt: skip
     # The shapes, placed: the epoch and evaluation programs are lowered from
     # these, to compile side by side with the start program.
     key_shape, *shapes = jax.tree_util.tree_map(
@@ -262,7 +324,7 @@ def fit(
     carry_shapes = Carry(*shapes)
     run = with_device_transform(train_step(model, loss_fn, optimizer, guard=False), device_transform)
     guarded_step = jax.jit(with_device_transform(train_step(model, loss_fn, optimizer), device_transform))
-    image_shape = (1, *loader.image_shape)
+    image_shape = (1, *image_shape)  # as the model sees them: after the loader's transform
     data_bytes = loader.num_examples * int(np.prod(image_shape)) * 4  # float32 on the device
     mode = choose_mode(mode, has_conv=uses_convolution(model, carry_shapes.params, carry_shapes.state, image_shape),
                        has_host_transform=loader.transform is not None, data_bytes=data_bytes)  # fmt: skip
@@ -299,36 +361,44 @@ def fit(
 
     bar = _progress(range(start.epoch, epochs), progress, epochs, start.epoch)
     epoch = start.epoch
+    interrupts = _DeferredInterrupts()
+    runner.at_safe_point = interrupts.check  # after each step of the stream engine
     try:
-        for epoch in bar:
-            first_step = start.step if epoch == start.epoch else 0
-            if epoch != start.epoch:
-                partial = _no_steps()
-            compile_before, epoch_start = runner.compile_s, time.perf_counter()
-            start_carry = runner.snapshot()  # for a replay if the epoch goes bad
-            runner.train_epoch(epoch, first_step)
-            fetched, bad, finite = runner.fetch()  # one host sync per epoch
-            partial, runner.pending = _append(partial, fetched, runner.pending), []
-            time_s = time.perf_counter() - epoch_start - (runner.compile_s - compile_before)
-            if bad >= 0 or not finite:
-                carry, first_bad = runner.replay_guarded(guarded_step, start_carry, epoch, first_step, bad)
-                bad_epoch, bad_step = divmod(first_bad, runner.steps_per_epoch)
-                path = save(bad_epoch, bad_step, carry, _no_steps())
-                raise NonFiniteLossError(bad_epoch + 1, bad_step, runner.steps_per_epoch, result(carry), path)
-            record = _epoch_record(epoch, partial, time_s, runner.compile_s)
-            if eval_data is not None:
-                scores, record["eval_s"] = timed(evaluate_arrays, eval_fn, runner.carry.params, runner.carry.state,
-                                                 eval_images, eval_labels, eval_batch_size)  # fmt: skip
-                record["test_loss"], record["test_accuracy"] = scores["loss"], scores["accuracy"]
-            history.append(record)
-            partial, runner.done = _no_steps(), 0
-            save(epoch + 1, 0, runner.carry, partial)
-            _show(bar, record)
-            if stop_when is not None and stop_when(record):
-                break
+        with interrupts:
+            for epoch in bar:
+                first_step = start.step if epoch == start.epoch else 0
+                if epoch != start.epoch:
+                    partial = _no_steps()
+                compile_before, epoch_start = runner.compile_s, time.perf_counter()
+                start_carry = runner.snapshot()  # for a replay if the epoch goes bad
+                runner.train_epoch(epoch, first_step)
+                interrupts.check()
+                fetched, bad, finite = runner.fetch()  # one host sync per epoch
+                partial, runner.pending = _append(partial, fetched, runner.pending), []
+                time_s = time.perf_counter() - epoch_start - (runner.compile_s - compile_before)
+                if bad >= 0 or not finite:
+                    carry, first_bad = runner.replay_guarded(guarded_step, start_carry, epoch, first_step, bad)
+                    bad_epoch, bad_step = divmod(first_bad, runner.steps_per_epoch)
+                    path = save(bad_epoch, bad_step, carry, _no_steps())
+                    raise NonFiniteLossError(bad_epoch + 1, bad_step, runner.steps_per_epoch, result(carry), path)
+                record = _epoch_record(epoch, partial, time_s, runner.compile_s)
+                if eval_data is not None:
+                    scores, record["eval_s"] = timed(evaluate_arrays, eval_fn, runner.carry.params,
+                                                     runner.carry.state, eval_images, eval_labels,
+                                                     eval_batch_size)  # fmt: skip
+                    record["test_loss"], record["test_accuracy"] = scores["loss"], scores["accuracy"]
+                history.append(record)
+                partial, runner.done = _no_steps(), 0
+                save(epoch + 1, 0, runner.carry, partial)
+                _show(bar, record)
+                interrupts.check()
+                if stop_when is not None and stop_when(record):
+                    break
     except KeyboardInterrupt as interrupt:
-        if not runner.carry_alive():
-            raise TrainingInterrupted(TrainResult(None, None, None, history)) from interrupt
+        if not runner.carry_alive():  # a second Ctrl-C landed while a step held the carry
+            last = ckpt.checkpoint_path(checkpoint_dir) if checkpoint_dir is not None else None
+            last = last if last is not None and last.is_file() else None
+            raise TrainingInterrupted(TrainResult(None, None, None, history), last) from interrupt
         if history and history[-1]["epoch"] == epoch + 1:  # the epoch is recorded: the next one starts
             path = save(epoch + 1, 0, runner.carry, _no_steps())
         else:
@@ -350,13 +420,16 @@ class _Start(NamedTuple):
 
 
 def _start_program(model: Layer, loss_fn: LossFn, optimizer: GradientTransformation, loader, seed: int, params,
-                   state) -> tuple[Callable, tuple, Any]:  # fmt: skip
-    """``(start, args, shapes)``: ``start(*args) -> (base_key, params, state,
-    opt_state)`` of a new run, one program to run once: ``key(seed)`` split
-    into the steps' base key and the initialization key, the model
-    initialized for the loader's images (unless ``params`` are given), the
-    optimizer's state; ``shapes``, the shapes it returns.  Checked to fit the
-    loader's images and labels and the loss before anything compiles."""
+                   state) -> tuple[Callable, tuple, Any, tuple[int, ...]]:  # fmt: skip
+    """``(start, args, shapes, image_shape)``: ``start(*args) -> (base_key,
+    params, state, opt_state)`` of a new run, one program to run once:
+    ``key(seed)`` split into the steps' base key and the initialization key,
+    the model initialized for the loader's images (unless ``params`` are
+    given), the optimizer's state; ``shapes``, the shapes it returns;
+    ``image_shape``, one image's shape as the model gets it (after the
+    loader's transform).  Checked to fit the loader's images and labels (all
+    of its integer labels, when it has no transform) and the loss before
+    anything compiles."""
     sample = loader.batch(np.arange(min(2, loader.num_examples)))
     images, labels = np.asarray(sample["image"]), np.asarray(sample["label"])
     if params is not None and state is None:
@@ -369,8 +442,10 @@ def _start_program(model: Layer, loss_fn: LossFn, optimizer: GradientTransformat
         return base_key, params, state, optimizer.init(params)
 
     shapes = jax.eval_shape(start, params, state)
+    if loader.transform is None:  # the stored labels are those trained on: all of them checked, not the sample's
+        labels = np.asarray(loader.stored()[1])
     _check_model_fits(model, loss_fn, shapes[1], shapes[2], images, labels, loader.num_classes)
-    return start, (params, state), shapes
+    return start, (params, state), shapes, images.shape[1:]
 
 
 def _check_data_and_optimizer(train_data, optimizer) -> None:
@@ -386,6 +461,19 @@ def _check_data_and_optimizer(train_data, optimizer) -> None:
         raise TypeError(
             "fit: optimizer must be a gradient transformation with init and update, such as "
             f"jdl.optim.adam(1e-3) or optax.adam(1e-3){hint}; got {type(optimizer).__name__}"
+        )
+
+
+def _check_checkpoint_dir(directory, resume) -> None:
+    """A ValueError before anything trains unless a checkpoint can be written
+    to ``directory``, and unless it holds none or ``resume`` says which run
+    continues (an earlier run's checkpoint is not overwritten silently)."""
+    ckpt.check_writable(directory)
+    if not resume and ckpt.holds_checkpoint(directory):
+        raw = ckpt.load_raw(directory)
+        raise ValueError(
+            f"fit: checkpoint_dir {directory} holds a checkpoint (epoch {int(raw['epoch'])}, seed {int(raw['seed'])}) "
+            "of an earlier run: pass resume=True to continue it, or give another checkpoint_dir"
         )
 
 

@@ -42,6 +42,9 @@ class EpochRunner:
         self.compile_s = 0.0
         self.done: int = 0  # steps of the current epoch done
         self.pending: list[tuple[dict, list[int]]] = []  # (metrics on the device, batch sizes) not yet fetched
+        # called after each step of the stream engine, where carry, ``done`` and ``pending`` agree (fit
+        # raises a deferred Ctrl-C there)
+        self.at_safe_point: Callable[[], None] = lambda: None
         self._steps: dict[tuple, Any] = {}
         self._orders: dict[int, tuple[np.ndarray, jax.Array]] = {}  # epoch -> (order, its full steps placed)
         self._finite = jax.jit(all_finite)
@@ -96,6 +99,7 @@ class EpochRunner:
                                        epoch * self.steps_per_epoch + index)  # fmt: skip
             self.pending.append((metrics, [len(batch["label"])]))
             self.done = index + 1
+            self.at_safe_point()
 
     def _scan_full_steps(self, epoch: int) -> list[tuple[int, dict]]:
         """The epoch's full batches in one compiled scan; returns the partial
