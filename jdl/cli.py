@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import math
+import os
 import shutil
 import sys
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from jdl._checks import registry_key
@@ -81,37 +83,77 @@ def _model_dtype(args: argparse.Namespace) -> str | None:
     return None if args.dtype == "float32" else args.dtype
 
 
-def _out_dir(out: str | None, kind: str) -> Path:
+# Held in an output folder while a run uses it: another run refuses the
+# folder (two runs would otherwise both pass the check for earlier results,
+# train, and the last to finish would overwrite the other's results).
+CLAIM = ".jdl-run-in-progress"
+
+
+def _claim(out: Path) -> bool:
+    """Claim ``out`` for this run: a ValueError if it holds earlier results or
+    cannot be written, FileExistsError if another run claimed it first;
+    whether ``out`` was made here."""
     from jdl.compare import check_out_dir
 
-    path = Path(out) if out else Path("jdl-runs") / _dt.datetime.now().strftime(f"{kind}-%Y%m%d-%H%M%S")
-    _check_writable(check_out_dir(path))
-    return path
-
-
-def _check_writable(out: Path) -> None:
-    """Fail before any training if ``out`` cannot be made and written in; the
-    folders this check makes are removed again."""
+    if out.is_dir() and (out / CLAIM).exists():
+        raise FileExistsError(f"output folder {out} is in use by another jdl run (if none is, remove {out / CLAIM})")
+    check_out_dir(out)
     made = []
     try:
         for folder in [*reversed(out.parents), out]:
             if not folder.exists():
                 folder.mkdir()
                 made.append(folder)
-        with tempfile.TemporaryFile(dir=out):
-            pass
+        os.close(os.open(out / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        raise FileExistsError(f"output folder {out} is in use by another jdl run (if none is, remove "
+                              f"{out / CLAIM})") from None
     except OSError as error:
-        raise ValueError(f"cannot write the results to the output folder {out}: {error}") from None
-    finally:
         for folder in reversed(made):
             folder.rmdir()
+        raise ValueError(f"cannot write the results to the output folder {out}: {error}") from None
+    return bool(made) and made[-1] == out
+
+
+@contextlib.contextmanager
+def _output_folder(out: str | None, kind: str) -> Iterator[Path]:
+    """The run's output folder, claimed (``CLAIM``) from before any training
+    until its results are written, so that no other run writes there
+    meanwhile; ``out`` or, when None, a fresh ``jdl-runs/{kind}-<time>``
+    (with a suffix if another run took that name the same second).  When the
+    run fails or is interrupted, what it wrote there is removed again (and
+    the folder, if it was made here)."""
+    stamp = Path("jdl-runs") / _dt.datetime.now().strftime(f"{kind}-%Y%m%d-%H%M%S")
+    for attempt in range(1000):
+        path = Path(out) if out else (stamp if attempt == 0 else Path(f"{stamp}-{attempt + 1}"))
+        try:
+            created = _claim(path)
+            break
+        except (FileExistsError, ValueError) as error:
+            if out or not path.exists():  # the folder asked for, or a failure that is not a name taken
+                raise ValueError(str(error)) from None
+    else:
+        raise ValueError(f"no free output folder next to {stamp}")
+    before = set(path.iterdir())
+    try:
+        yield path
+    except BaseException:  # an error or Ctrl-C: no half-written results left behind
+        _remove_written(path, created, before)
+        raise
+    finally:
+        (path / CLAIM).unlink(missing_ok=True)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    with _output_folder(args.out, "train") as out:
+        return _train_into(args, out)
+
+
+def _train_into(args: argparse.Namespace, out: Path) -> int:
+    """``jdl train`` with its results written into ``out`` (claimed for it)."""
     import jdl.data
     from jdl import losses, models, optim, train
 
-    out = _out_dir(args.out, "train")
     name = registry_key(args.optimizer)  # as optim.get reads it
     learning_rate = optim.DEFAULT_LEARNING_RATES.get(name) if args.learning_rate is None else args.learning_rate
     optimizer = optim.get(args.optimizer, learning_rate=learning_rate)
@@ -127,7 +169,6 @@ def run_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "epochs": [{k: e[k] for k in ("epoch", "train_loss", "test_loss", "test_accuracy", "time_s", "compile_s")}
                    for e in result.history]}]}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
     from jdl.compare.report import jsonable
 
     (out / "results.json").write_text(json.dumps(jsonable(record), indent=1, allow_nan=False) + "\n")
@@ -138,9 +179,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    with _output_folder(args.out, "compare") as out:
+        return _compare_into(args, out)
+
+
+def _compare_into(args: argparse.Namespace, out: Path) -> int:
+    """``jdl compare`` with its results written into ``out`` (claimed for it)."""
     from jdl import compare
 
-    out = _out_dir(args.out, "compare")
     grid = None
     if args.learning_rates:
         try:
@@ -155,15 +201,8 @@ def run_compare(args: argparse.Namespace) -> int:
         learning_rates=grid, target_accuracy=args.target_accuracy, data_dir=args.data_dir,
         manual_dir=args.manual_dir, dtype=_model_dtype(args),
     )  # fmt: skip
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    before = set(out.iterdir())
-    try:  # the plots first, results.json last: a folder holding results.json is a finished run
-        plots = result.plot(out)
-        path = result.save(out)
-    except BaseException:  # Ctrl-C or an error while writing: no half-written results left behind
-        _remove_written(out, created, before)
-        raise
+    plots = result.plot(out)  # the plots first, results.json last: a folder holding results.json is a finished run
+    path = result.save(out)
     print(result.table())
     print(f"\nresults: {path}\nplots:   {', '.join(str(p) for p in plots)}")
     return 0

@@ -229,6 +229,43 @@ def test_cli_refuses_an_output_folder_with_earlier_results(tmp_path, capsys):
     assert (tmp_path / "results.json").read_text() == "{}"
 
 
+def test_cli_refuses_an_output_folder_another_run_is_using(tmp_path, capsys, monkeypatch):
+    """A run claims its output folder before training: another run given the
+    same folder meanwhile refuses it instead of overwriting its results when
+    both finish (found by review)."""
+    monkeypatch.setattr(jdl.train, "fit", lambda *a, **k: pytest.fail("trained in a folder in use"))
+    (tmp_path / cli.CLAIM).write_text("")
+    argv = ["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "adam", "--out", str(tmp_path),
+            "--no-compilation-cache"]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert "is in use by another jdl run" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [cli.CLAIM]
+
+
+def test_cli_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    """The default folder is named by the second: a second run in the same
+    second takes the next free name, and each run's claim is gone when it
+    has written its results."""
+    import datetime
+
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(cli._dt, "datetime", Frozen)
+    monkeypatch.chdir(tmp_path)
+    taken = tmp_path / "jdl-runs" / "train-20260102-030405"
+    taken.mkdir(parents=True)
+    (taken / "results.json").write_text("{}")
+    argv = ["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "adam", "--epochs", "1",
+            "--no-compilation-cache"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert (taken / "results.json").read_text() == "{}"
+    second = tmp_path / "jdl-runs" / "train-20260102-030405-2"
+    assert sorted(p.name for p in second.iterdir()) == ["results.json"]
+
+
 @pytest.mark.parametrize("option", ["--out", "--data-dir"])
 def test_cli_refuses_a_folder_it_cannot_write_before_training(option, tmp_path, capsys, monkeypatch):
     """An --out or --data-dir under a file: a one-line error (exit 2), no
