@@ -286,10 +286,13 @@ def fit(
 
     With ``checkpoint_dir`` a checkpoint (params, state, optimizer state,
     loader position, seed, history) is written atomically after every epoch
-    and on Ctrl-C; ``resume=True`` (or a path) continues from it and ends
+    and on Ctrl-C (which waits for the step under way; a second Ctrl-C stops
+    at once); ``resume=True`` (or a path) continues from it and ends
     with exactly the parameters of an uninterrupted run (a checkpoint made
     with another seed, loader, model or optimizer is a ValueError saying
-    what differs, the seed and loader before anything compiles).  A non-finite loss
+    what differs, the seed and loader before anything compiles).  A
+    ``checkpoint_dir`` that already holds a checkpoint needs ``resume``: an
+    earlier run's is not overwritten silently.  A non-finite loss
     raises ``NonFiniteLossError`` naming the epoch and step, keeping the last
     good parameters.  With several local devices, batches are sharded over
     them (data parallel, parameters replicated; with ``data_parallel='auto'``
