@@ -478,6 +478,29 @@ def test_a_transform_that_changes_the_image_shape_trains_on_the_shape_it_gives()
     assert result.params["dense_0"]["w"].shape == (24 * 24, 32)
 
 
+@pytest.mark.parametrize("loss", ["log_loss", "hinge_loss"])
+def test_a_model_of_one_score_per_example_trains_with_a_binary_loss(loss):
+    """A binary classifier whose output is one score per example, shape
+    (batch,), as log_loss (from logits) and hinge_loss take: fit trains it
+    and reports as accuracy the fraction of scores whose sign is the label's
+    (checked against NumPy on the final parameters)."""
+    images, labels = jdl.data.mnist_sample.read_split("train")
+    test_images, test_labels = jdl.data.mnist_sample.read_split("test")
+    zeros_and_ones, test_zeros_and_ones = labels <= 1, test_labels <= 1
+    loader = jdl.data.Loader(images[zeros_and_ones], labels[zeros_and_ones], batch_size=50, seed=0)
+    test = {"image": test_images[test_zeros_and_ones].astype(np.float32) / 255,
+            "label": test_labels[test_zeros_and_ones].astype(np.int32)}  # fmt: skip
+    one_score = nn.make_layer("one_score", lambda key, shape: ({}, {}), lambda p, s, x, key=None, train=False:
+                              (x[:, 0], s))  # fmt: skip
+    model = nn.serial(nn.Flatten(), nn.Dense(16), nn.relu, nn.Dense(1), one_score)
+    loss_fn = losses.log_loss if loss == "log_loss" else (lambda s, y: losses.hinge_loss(s, 2 * y - 1))
+    result = train.fit(model, loss_fn, optim.sgd(0.05), loader, epochs=2, eval_data=test, progress=False)
+    scores, _ = model.apply(result.params, result.state, jnp.asarray(test["image"]))
+    expected = np.mean((np.asarray(scores) > 0) == (test["label"] > 0))
+    assert result.history[-1]["test_accuracy"] == pytest.approx(expected)
+    assert expected > 0.95 and 0.0 < result.history[-1]["train_accuracy"] <= 1.0
+
+
 def test_evaluation_dicts_of_integer_images_or_unequal_lengths_are_refused():
     model = _small_mlp()
     params, state = model.init(jax.random.key(0), (1, 28, 28, 1))

@@ -149,7 +149,8 @@ def _check_model_fits(
     except (ValueError, TypeError) as error:
         raise ValueError(f"{data}'s images of shape {images.shape[1:]} do not fit the model: {error}") from error
     y = jax.ShapeDtypeStruct((2, *labels.shape[1:]), labels.dtype)
-    if np.issubdtype(labels.dtype, np.integer):
+    binary_scores = logits.ndim == 1 and labels.ndim == 1 and classes <= 2  # one score per example
+    if np.issubdtype(labels.dtype, np.integer) and not binary_scores:
         if logits.ndim != 2 or logits.shape[-1] < classes:
             raise ValueError(
                 f"the model's output of shape {tuple(logits.shape)} (per batch of 2) does not fit integer labels "

@@ -36,13 +36,23 @@ class Carry(NamedTuple):
     first_bad: jax.Array
 
 
-def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Fraction of examples whose largest logit is the label; ``labels`` are
-    integer classes or one-hot / probability rows."""
+def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per example, whether the prediction is right.  Several outputs: the
+    largest logit is the label (integer classes, or one-hot / probability
+    rows).  One score per example (shape ``(batch,)``, as binary losses take:
+    ``log_loss`` from logits, ``hinge_loss``, ``exponential_loss``): the
+    score's sign is the label's, for labels in {0, 1} or {-1, +1}."""
+    if logits.ndim == 1:
+        return (logits > 0) == (labels > 0)
     predicted = jnp.argmax(logits, axis=-1)
     if labels.ndim == logits.ndim:
         labels = jnp.argmax(labels, axis=-1)
-    return jnp.mean(predicted == labels)
+    return predicted == labels
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Fraction of examples predicted right (``correct``)."""
+    return jnp.mean(correct(logits, labels))
 
 
 def all_finite(tree) -> jax.Array:
@@ -237,9 +247,7 @@ def eval_step(model: Layer, loss_fn: LossFn, batch_size: int) -> Callable:
         y = lax.dynamic_slice_in_dim(labels, start, batch_size)
         logits, _ = model.apply(params, state, x, train=False)
         per_example = jax.vmap(lambda logit, label: loss_fn(logit[None], label[None]))(logits, y)
-        targets = jnp.argmax(y, axis=-1) if y.ndim == logits.ndim else y
-        correct = jnp.argmax(logits, axis=-1) == targets
         keep = jnp.arange(batch_size) >= skip
-        return jnp.sum(jnp.where(keep, per_example, 0.0)), jnp.sum(jnp.where(keep, correct, 0))
+        return jnp.sum(jnp.where(keep, per_example, 0.0)), jnp.sum(jnp.where(keep, correct(logits, y), 0))
 
     return evaluate_window
