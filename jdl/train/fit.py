@@ -155,6 +155,8 @@ def _check_model_fits(
             raise ValueError(
                 f"the model's output of shape {tuple(logits.shape)} (per batch of 2) does not fit integer labels "
                 f"of shape {tuple(y.shape)} with {classes} classes: expected logits of shape (batch, >= {classes})"
+                + (" (or, for a binary loss, one score per example: shape (batch,))"
+                   if classes <= 2 and logits.shape[-1:] == (1,) else "")
             )
         class_indices = labels.ndim == 1 and logits.ndim == 2 and logits.shape[-1] > 1  # not hinge's +-1 columns
         if class_indices and labels.size and (labels.min() < 0 or labels.max() >= logits.shape[-1]):
