@@ -209,13 +209,19 @@ def _compare_into(args: argparse.Namespace, out: Path) -> int:
 
 
 def _remove_written(out: Path, created: bool, before: set[Path]) -> None:
-    """What was written into ``out`` since it held ``before`` removed again
-    (and ``out`` itself if it was ``created``)."""
+    """The files written into ``out`` since it held ``before`` removed again
+    (folders made in it are left: they may hold what the user wanted kept,
+    such as a --data-dir), or ``out`` itself if it was ``created``.  Never
+    raises: the error or Ctrl-C that called for it is what the user sees."""
     if created:
         shutil.rmtree(out, ignore_errors=True)
         return
     for path in set(out.iterdir()) - before:
-        path.unlink(missing_ok=True)
+        if not path.is_dir():
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 def _use_compilation_cache(args) -> None:

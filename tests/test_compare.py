@@ -242,6 +242,29 @@ def test_cli_refuses_an_output_folder_another_run_is_using(tmp_path, capsys, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == [cli.CLAIM]
 
 
+def test_cli_interrupted_keeps_folders_it_made_in_an_existing_out_and_says_it_was_interrupted(
+        tmp_path, capsys, monkeypatch):  # fmt: skip
+    """Ctrl-C after the run made a folder (a --data-dir) in an --out that
+    existed: the files it wrote are removed, the folder is left, and the
+    interrupt, not a cleanup error, is what the user sees."""
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def interrupted(*args, **kwargs):
+        (out / "data").mkdir()
+        (out / "data" / "prepared.bin").write_bytes(b"kept")
+        (out / "results.json").write_text("{half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jdl.train, "fit", interrupted)
+    argv = ["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "adam", "--out", str(out),
+            "--no-compilation-cache"]  # fmt: skip
+    assert cli.main(argv) == 130
+    assert "jdl train: interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["data"]
+    assert (out / "data" / "prepared.bin").read_bytes() == b"kept"
+
+
 def test_cli_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
     """The default folder is named by the second: a second run in the same
     second takes the next free name, and each run's claim is gone when it

@@ -82,6 +82,14 @@ def test_one_hot_refuses_a_class_count_that_is_not_a_positive_int(num_classes):
         T.one_hot(num_classes)
 
 
+@pytest.mark.parametrize("count", [np.int64(10), jnp.int32(10)])
+def test_one_hot_and_crops_take_numpy_and_jax_integers(count):
+    out = T.one_hot(count)(batch_of())
+    assert out["label"].shape == (6, 10)
+    assert T.random_crop(count // 5)(batch_of(), np.random.default_rng(0))["image"].shape == (6, 5, 7, 3)
+    assert T.random_crop_device(jax.random.key(0), jnp.ones((2, 5, 5, 1)), count // 5).shape == (2, 5, 5, 1)
+
+
 def test_one_hot_refuses_labels_that_are_not_class_indices():
     once = T.one_hot(10)(batch_of())
     expected = r"labels must be integer class indices; got float32 labels of shape \(6, 10\)"

@@ -456,6 +456,47 @@ def test_a_checkpoint_dir_is_checked_before_anything_trains(tmp_path):
     assert (tmp_path / "run" / checkpoint.FILENAME).read_bytes() == before
 
 
+def test_a_second_ctrl_c_stops_at_once_and_names_the_last_checkpoint(tmp_path, monkeypatch):
+    """Two SIGINTs before fit reaches a consistent point: the second raises
+    at once (the step under way is lost), the error says so and names the
+    checkpoint of the last finished epoch, and Python's handler is back."""
+    import signal
+
+    runner_module = sys.modules["jdl.train.runner"]
+    compiled_step, calls = runner_module.EpochRunner._compiled_step, []
+    steps = len(_loader(batch_size=500))
+
+    def interrupted_twice(self, batch):
+        step = compiled_step(self, batch)
+
+        def run(*args):
+            out = step(*args)
+            calls.append(1)
+            if len(calls) == steps + 3:  # in the second epoch
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+
+        return run
+
+    monkeypatch.setattr(runner_module.EpochRunner, "_compiled_step", interrupted_twice)
+    with pytest.raises(train.TrainingInterrupted, match=r"second Ctrl-C: the step under way is lost; the last "
+                                                        r"checkpoint saved is .*checkpoint.msgpack") as caught:
+        train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(batch_size=500), epochs=3,
+                  progress=False, mode="stream", checkpoint_dir=str(tmp_path))  # fmt: skip
+    assert caught.value.result.params is None
+    assert caught.value.checkpoint == tmp_path / checkpoint.FILENAME
+    assert (int(checkpoint.load_raw(tmp_path)["epoch"]), int(checkpoint.load_raw(tmp_path)["step"])) == (1, 0)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_checkpoint_dir_holding_another_programs_checkpoint_is_refused_by_name(tmp_path):
+    checkpoint.save(tmp_path, {"params": {"w": np.zeros(3, np.float32)}})  # no epoch or seed: not fit's
+    with pytest.raises(ValueError, match=r"holds a checkpoint not written by fit: pass resume=True"):
+        train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=1, progress=False,
+                  checkpoint_dir=str(tmp_path))  # fmt: skip
+
+
 def test_a_corrupt_checkpoint_is_named_in_the_error(tmp_path):
     (tmp_path / checkpoint.FILENAME).write_bytes(b"\x93\x01")  # a truncated msgpack array
     with pytest.raises(ValueError, match=r"checkpoint.msgpack is not a jdl checkpoint"):
@@ -501,6 +542,26 @@ def test_a_model_of_one_score_per_example_trains_with_a_binary_loss(loss):
     assert expected > 0.95 and 0.0 < result.history[-1]["train_accuracy"] <= 1.0
 
 
+@pytest.mark.parametrize(("scores", "labels"), [
+    ([-2.0, -0.5, 0.5, 2.0], [0, 1, 1, 0]),                       # 0/1 labels
+    ([-2.0, -0.5, 0.5, 2.0], [-1, 1, 1, -1]),                     # -1/+1 labels
+    ([-2.0, -0.5, 0.5, 2.0], [0.1, 0.2, 0.6, 0.3]),               # soft targets in [0, 1]
+    ([[-2.0], [-0.5], [0.5], [2.0]], [[0.0], [1.0], [1.0], [0.0]]),  # (batch, 1) scores and labels
+    ([[-2.0], [-0.5], [0.5], [2.0]], [0, 1, 1, 0]),               # (batch, 1) scores, (batch,) labels
+])
+def test_accuracy_of_one_score_per_example_is_the_sign_agreeing_with_the_label(scores, labels):
+    """Right when the score is positive exactly where the label is above 1/2
+    (NumPy's count, not the code's), whatever the labels' convention; a
+    (batch, 1) output is one score per example, not a 1-way argmax (which
+    would always count right)."""
+    s, y = np.asarray(scores, np.float64).reshape(-1), np.asarray(labels, np.float64).reshape(-1)
+    expected = np.mean((s > 0) == (y > 0.5))
+    assert 0 < expected < 1  # some right, some wrong
+    from jdl.train.step import accuracy
+
+    assert float(accuracy(jnp.asarray(scores), jnp.asarray(labels))) == expected
+
+
 def test_evaluation_dicts_of_integer_images_or_unequal_lengths_are_refused():
     model = _small_mlp()
     params, state = model.init(jax.random.key(0), (1, 28, 28, 1))
@@ -510,6 +571,10 @@ def test_evaluation_dicts_of_integer_images_or_unequal_lengths_are_refused():
     floats = images.astype(np.float32) / 255
     with pytest.raises(ValueError, match=r"the evaluation data has 10 images but 1000 labels"):
         train.evaluate(model, losses.cross_entropy, params, state, {"image": floats[:10], "label": labels})
+    halves = train.evaluate(model, losses.cross_entropy, params, state,
+                            {"image": jnp.asarray(floats, jnp.bfloat16), "label": labels})  # fmt: skip
+    logits, _ = model.apply(params, state, jnp.asarray(floats, jnp.bfloat16))
+    assert halves["accuracy"] == pytest.approx(np.mean(np.argmax(np.asarray(logits, np.float32), -1) == labels))
 
 
 @pytest.mark.parametrize("where", ["evaluation", "after_record"])

@@ -23,11 +23,10 @@ randomly sampled from the padded image or its horizontal flip").
 from __future__ import annotations
 
 import inspect
+import operator
 from collections.abc import Callable, Sequence
 
 import numpy as np
-
-from jdl._checks import is_int
 
 __all__ = [
     "CIFAR100_MEAN_STD",
@@ -134,8 +133,10 @@ def normalize(mean: float | Sequence[float], std: float | Sequence[float]) -> Ho
 
 def one_hot(num_classes: int) -> HostTransform:
     """`label` (B,) int -> (B, num_classes) float32 with a 1 at the label."""
-    if not is_int(num_classes) or num_classes < 1:
+    count = _as_int(num_classes)
+    if count is None or count < 1:
         raise ValueError(f"one_hot: num_classes must be an int >= 1; got {num_classes!r}")
+    num_classes = count
     eye = np.eye(num_classes, dtype=np.float32)
 
     def fn(batch: dict, rng: np.random.Generator | None = None) -> dict:
@@ -152,9 +153,22 @@ def one_hot(num_classes: int) -> HostTransform:
     return fn
 
 
-def _check_padding(name: str, padding) -> None:
-    if not is_int(padding) or padding < 0:
+def _as_int(value) -> int | None:
+    """``value`` as a Python int when it is an integer (Python's, NumPy's, a
+    0-d JAX one; not a bool), else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _check_padding(name: str, padding) -> int:
+    number = _as_int(padding)
+    if number is None or number < 0:
         raise ValueError(f"{name}: padding must be an int >= 0 (pixels per side); got {padding!r}")
+    return number
 
 
 def _check_batch_of_images(name: str, images) -> None:
@@ -177,7 +191,7 @@ def random_crop(padding: int) -> HostTransform:
     Every image of the batch gets its own offset, uniform in [0, 2 * padding]
     along each axis.
     """
-    _check_padding("random_crop", padding)
+    padding = _check_padding("random_crop", padding)
 
     def fn(batch: dict, rng: np.random.Generator | None = None) -> dict:
         rng = _require_rng(rng, "random_crop")
@@ -219,7 +233,7 @@ def random_crop_device(key, images, padding: int):
     import jax
     import jax.numpy as jnp
 
-    _check_padding("random_crop_device", padding)
+    padding = _check_padding("random_crop_device", padding)
     _check_batch_of_images("random_crop_device", images)
     if padding == 0:
         return images

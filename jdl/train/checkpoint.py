@@ -83,8 +83,9 @@ def load_raw(directory: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint's contents as nested dicts of NumPy arrays; a ValueError
     naming the file when it is not a checkpoint (truncated, corrupt)."""
     path = _existing(directory)
+    data = path.read_bytes()  # an unreadable file is an OSError of its own, not a corrupt checkpoint
     try:
-        raw = serialization.msgpack_restore(path.read_bytes())
+        raw = serialization.msgpack_restore(data)
     except Exception as error:  # noqa: BLE001 - msgpack raises its own kinds for each way a file is broken
         raise ValueError(f"{path} is not a jdl checkpoint (truncated or corrupt?): {error}") from error
     if not isinstance(raw, dict):

@@ -124,7 +124,7 @@ def _host_arrays(data) -> tuple[np.ndarray, np.ndarray]:
     labels differ in number."""
     if isinstance(data, dict):
         images, labels = np.asarray(data["image"]), np.asarray(data["label"])
-        if not np.issubdtype(images.dtype, np.floating):
+        if not jnp.issubdtype(images.dtype, jnp.floating):  # bfloat16 too, which NumPy does not count
             raise ValueError(
                 f"the evaluation data's images must be floats, as the model trained on; got {images.dtype} "
                 "(a jdl.data.Loader scales uint8 images to [0, 1]: wrap them in one, or divide by 255)"
@@ -477,9 +477,12 @@ def _check_checkpoint_dir(directory, resume) -> None:
     ckpt.check_writable(directory)
     if not resume and ckpt.holds_checkpoint(directory):
         raw = ckpt.load_raw(directory)
+        written_by_fit = {"epoch", "seed"} <= set(raw)
+        what = (f"(epoch {int(raw['epoch'])}, seed {int(raw['seed'])}) of an earlier run" if written_by_fit
+                else "not written by fit")  # fmt: skip
         raise ValueError(
-            f"fit: checkpoint_dir {directory} holds a checkpoint (epoch {int(raw['epoch'])}, seed {int(raw['seed'])}) "
-            "of an earlier run: pass resume=True to continue it, or give another checkpoint_dir"
+            f"fit: checkpoint_dir {directory} holds a checkpoint {what}: pass resume=True to continue it, or give "
+            "another checkpoint_dir"
         )
 
 

@@ -39,11 +39,18 @@ class Carry(NamedTuple):
 def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Per example, whether the prediction is right.  Several outputs: the
     largest logit is the label (integer classes, or one-hot / probability
-    rows).  One score per example (shape ``(batch,)``, as binary losses take:
-    ``log_loss`` from logits, ``hinge_loss``, ``exponential_loss``): the
-    score's sign is the label's, for labels in {0, 1} or {-1, +1}."""
+    rows).  One score per example (shape ``(batch,)`` or ``(batch, 1)``, as
+    binary losses take: ``log_loss`` from logits, ``hinge_loss``,
+    ``exponential_loss``): the score is positive exactly when the label is
+    above 1/2, for labels in {0, 1}, {-1, +1} or soft targets in [0, 1].  (A
+    model that outputs probabilities, for ``log_loss(from_logits=False)``, is
+    not scored right by this rule.)"""
+    if logits.ndim >= 1 and logits.shape[-1:] == (1,):  # one score per example, kept in a last axis
+        if labels.shape == logits.shape:
+            labels = labels[..., 0]
+        logits = logits[..., 0]
     if logits.ndim == 1:
-        return (logits > 0) == (labels > 0)
+        return (logits > 0) == (labels > 0.5)
     predicted = jnp.argmax(logits, axis=-1)
     if labels.ndim == logits.ndim:
         labels = jnp.argmax(labels, axis=-1)
