@@ -188,7 +188,7 @@ def _compare_into(args: argparse.Namespace, out: Path) -> int:
     from jdl import compare
 
     grid = None
-    if args.learning_rates:
+    if args.learning_rates is not None:  # given, even empty: an empty grid is an error, not "no grid"
         try:
             grid = [float(x) for x in args.learning_rates.split(",") if x.strip()]
         except ValueError:

@@ -4,6 +4,7 @@ the report, the command line and its errors.  Data: the real mnist_sample."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -156,6 +157,7 @@ def test_cli_train_and_compare_in_mixed_precision(tmp_path):
         (["compare", "--optimizers", "adam,adamm"], r"unknown optimizer 'adamm'.*Did you mean 'adam'"),
         (["compare", "--model", "resnet"], r"unknown model 'resnet'; expected one of cifar100_3c3d"),
         (["compare", "--learning-rates", "0.1,-1"], r"learning rates must be positive.*-1"),
+        (["compare", "--learning-rates", ""], r"--learning-rates is empty; give at least one positive rate"),
         (["compare", "--learning-rates", ","], r"--learning-rates is empty"),
         (["compare", "--optimizers", "optax.apply_updates"], r"'optax.apply_updates' is not an optax optimizer taking"),
         (["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "adamx"], r"unknown optimizer"),
@@ -420,6 +422,28 @@ def test_table_reports_mean_and_std_over_seeds():
     assert f"{np.mean([0.8, 0.9]):.4f} ± {np.std([0.8, 0.9], ddof=1):.4f}" in table
     assert "mean ± sample std (ddof=1) over seeds" in table
     assert "1/2 runs" in table
+
+
+def test_table_names_the_target_it_counts_and_marks_a_grid_that_all_diverged():
+    """The columns' header gives the target as counted (90.5%, not a rounded
+    90%); an optimizer whose every searched rate diverged shows its rerun rate
+    as a fallback (†), not as the grid's best (*)."""
+    runs = [dict(r, optimizer=name) for name in ("adam", "minibatch") for r in _two_seed_comparison().runs]
+    search = [{"optimizer": "adam", "learning_rate": 1e-3, "validation_accuracy": 0.9, "validation_loss": 0.3,
+               "diverged": None},
+              {"optimizer": "minibatch", "learning_rate": 1e-3, "validation_accuracy": math.nan,
+               "validation_loss": math.nan, "diverged": {"epoch": 1, "step": 2}}]  # fmt: skip
+    table = jdl.compare.Comparison("d", "m", runs, target_accuracy=0.905, lr_search=search).table()
+    assert "epochs to 90.5%" in table and "s to 90.5%" in table
+    rows = {line.split()[0]: line.split()[1] for line in table.splitlines()[2:] if line.startswith(("adam", "mini"))}
+    assert rows == {"adam": "0.001*", "minibatch": "0.001†"}
+    assert "† every learning rate of the grid diverged on the validation split: rerun at the smallest." in table
+
+
+@pytest.mark.parametrize("rates", [0.01, "0.1,0.01", {"adam": 0.01}])
+def test_learning_rates_that_are_not_lists_are_refused_saying_what_was_expected(rates):
+    with pytest.raises(ValueError, match=r"learning_rates is a list of rates, or a dict of such lists by optimizer"):
+        jdl.compare.run("mnist_sample", "mlp", ["adam"], learning_rates=rates, progress=False)
 
 
 def test_a_single_run_shows_no_spread():

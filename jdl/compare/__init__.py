@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import jax
@@ -68,9 +68,9 @@ def _grids(optimizers: Sequence[str], learning_rates) -> dict[str, list[float]] 
         if missing:
             raise ValueError(f"a dict of learning-rate grids needs one for every optimizer compared; none for "
                              f"{missing}")  # fmt: skip
-        grids = {name: list(learning_rates[name]) for name in optimizers}
+        grids = {name: _grid_list(learning_rates[name], name) for name in optimizers}
     else:
-        grids = {name: list(learning_rates) for name in optimizers}
+        grids = {name: _grid_list(learning_rates, name) for name in optimizers}
     for name, grid in grids.items():
         if not grid:
             raise ValueError(f"the learning-rate grid for {name!r} is empty; give at least one positive rate")
@@ -79,6 +79,14 @@ def _grids(optimizers: Sequence[str], learning_rates) -> dict[str, list[float]] 
             raise ValueError(f"learning rates must be positive finite numbers; got {bad} for {name!r}")
         grids[name] = [float(lr) for lr in grid]
     return grids
+
+
+def _grid_list(grid, name: str) -> list:
+    """``grid`` as a list: a ValueError saying what was expected for a string or a single number."""
+    if isinstance(grid, (str, bytes)) or not isinstance(grid, Iterable):
+        raise ValueError(f"learning_rates is a list of rates, or a dict of such lists by optimizer, e.g. "
+                         f"[0.01, 0.1]; got {grid!r} for {name!r}")
+    return list(grid)
 
 
 def _by_preset_name(learning_rates):

@@ -81,8 +81,11 @@ def format_table(result: Comparison) -> str:
     training time, and diverged runs."""
     target = result.target_accuracy
     searched = {entry["optimizer"] for entry in result.lr_search}
-    header = ["optimizer", "lr", "batch", "test acc", f"epochs to {target:.0%}", f"s to {target:.0%}",
-              "train s", "status"]  # fmt: skip
+    # searched optimizers whose every rate diverged in the search: rerun at the grid's smallest, not a best
+    fallback = {name for name in searched
+                if all(e["diverged"] for e in result.lr_search if e["optimizer"] == name)}  # fmt: skip
+    percent = f"{100 * target:.4g}%"  # 90%, 90.5%, 99.99%: the threshold the columns count
+    header = ["optimizer", "lr", "batch", "test acc", f"epochs to {percent}", f"s to {percent}", "train s", "status"]
     rows = []
     for name, runs in by_optimizer(result.runs).items():
         finals = np.array([r["epochs"][-1]["test_accuracy"] for r in runs if r["epochs"] and not r.get("diverged")])
@@ -94,7 +97,7 @@ def format_table(result: Comparison) -> str:
         status = f"{len(diverged)}/{len(runs)} diverged" if diverged else "ok"
         rows.append([
             name,
-            f"{lr:g}" + ("*" if name in searched else ""),
+            f"{lr:g}" + ("†" if name in fallback else "*" if name in searched else ""),
             str(runs[0]["batch_size"]),
             _mean_and_spread(finals),
             f"{np.mean(epochs_to):.1f}" if len(epochs_to) == len(runs) else (f"{len(epochs_to)}/{len(runs)} runs"
@@ -108,8 +111,10 @@ def format_table(result: Comparison) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = [f"{result.dataset}, {result.model}; test accuracy after the last epoch, mean ± sample std (ddof=1) "
              "over seeds."]
-    if searched:
+    if searched - fallback:
         notes.append("* best learning rate of the grid, chosen on a validation split held out from training.")
+    if fallback:
+        notes.append("† every learning rate of the grid diverged on the validation split: rerun at the smallest.")
     notes.append("Times are of each optimizer's runs trained together with the others of the same batch size.")
     return "\n".join(lines + [""] + notes)
 
