@@ -78,8 +78,6 @@ CELLS = [
     result.save(OUT)
     for path in result.plot(OUT):
         display(Image(filename=str(path)))
-    # result.plot switches matplotlib to its file-only "Agg" backend; switch the notebook's inline plots back on.
-    %matplotlib inline
     """),
     md(r"""
     The same curves against **wall-clock time**, drawn directly from `result.runs` (one dict per run, as in
@@ -129,7 +127,6 @@ CELLS = [
     tuned.save(tuned_dir)
     paths = tuned.plot(tuned_dir)
     display(Image(filename=str(tuned_dir / "lr_sensitivity.png")))
-    %matplotlib inline
     """),
     md(r"""
     The sensitivity plot shows the validation accuracy of every rate in each grid: a flat curve means an
