@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +30,7 @@ from jdl.train.engine import (
     uses_convolution,
     with_device_transform,
 )
+from jdl.train.interrupts import DeferredInterrupts
 from jdl.train.runner import EpochRunner, timed
 from jdl.train.step import Carry, LossFn, eval_step, run_keys, train_step
 
@@ -78,43 +77,6 @@ class TrainingInterrupted(KeyboardInterrupt):
             message = "training interrupted (no checkpoint_dir was given, nothing saved)"
         super().__init__(message)
         self.result, self.checkpoint = result, checkpoint
-
-
-class _DeferredInterrupts:
-    """While training: Ctrl-C (SIGINT) is remembered and raised as
-    KeyboardInterrupt at the next ``check()``, a point where the carry, the
-    steps done and their metrics agree.  Python raises KeyboardInterrupt
-    where the signal lands, which may be after a compiled step has consumed
-    (donated) the carry and before its result is assigned: the parameters
-    would be lost.  A second Ctrl-C before a check raises at once.  Only in
-    the main thread and over Python's own SIGINT handler; otherwise nothing
-    changes."""
-
-    def __init__(self):
-        self.pending, self._previous = False, None
-
-    def __enter__(self) -> _DeferredInterrupts:
-        if threading.current_thread() is threading.main_thread() and (
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler):  # fmt: skip
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.pending:
-            raise KeyboardInterrupt
-        self.pending = True
-
-    def check(self) -> None:
-        if self.pending:
-            self.pending = False
-            raise KeyboardInterrupt
-
-    def __exit__(self, *exc_info) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-        if exc_info[0] is None:
-            self.check()
 
 
 def _host_arrays(data) -> tuple[np.ndarray, np.ndarray]:
@@ -367,7 +329,7 @@ def fit(
 
     bar = _progress(range(start.epoch, epochs), progress, epochs, start.epoch)
     epoch = start.epoch
-    interrupts = _DeferredInterrupts()
+    interrupts = DeferredInterrupts()
     runner.at_safe_point = interrupts.check  # after each step of the stream engine
     try:
         with interrupts:
