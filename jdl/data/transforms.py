@@ -23,10 +23,11 @@ randomly sampled from the padded image or its horizontal flip").
 from __future__ import annotations
 
 import inspect
-import operator
 from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from jdl._checks import is_int, scalar
 
 __all__ = [
     "CIFAR100_MEAN_STD",
@@ -156,12 +157,8 @@ def one_hot(num_classes: int) -> HostTransform:
 def _as_int(value) -> int | None:
     """``value`` as a Python int when it is an integer (Python's, NumPy's, a
     0-d JAX one; not a bool), else None."""
-    if isinstance(value, (bool, np.bool_)):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
+    value = scalar(value)
+    return int(value) if is_int(value) else None
 
 
 def _check_padding(name: str, padding) -> int:
