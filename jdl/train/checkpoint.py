@@ -60,7 +60,7 @@ def save(directory: str | os.PathLike, payload: dict[str, Any]) -> Path:
 def _existing(directory: str | os.PathLike) -> Path:
     """The checkpoint file in ``directory``: a FileNotFoundError saying what was expected if there is none."""
     path = checkpoint_path(directory)
-    if not path.is_file():
+    if not holds_checkpoint(directory):
         raise FileNotFoundError(f"no checkpoint at {path}: expected one written by fit(checkpoint_dir=...)")
     return path
 

@@ -364,8 +364,8 @@ def fit(
                     break
     except KeyboardInterrupt as interrupt:
         if not runner.carry_alive():  # a second Ctrl-C landed while a step held the carry
-            last = ckpt.checkpoint_path(checkpoint_dir) if checkpoint_dir is not None else None
-            last = last if last is not None and last.is_file() else None
+            held = checkpoint_dir is not None and ckpt.holds_checkpoint(checkpoint_dir)
+            last = ckpt.checkpoint_path(checkpoint_dir) if held else None
             raise TrainingInterrupted(TrainResult(None, None, None, history), last) from interrupt
         if history and history[-1]["epoch"] == epoch + 1:  # the epoch is recorded: the next one starts
             path = save(epoch + 1, 0, runner.carry, _no_steps())
