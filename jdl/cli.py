@@ -95,8 +95,9 @@ def _claim(out: Path) -> bool:
     whether ``out`` was made here."""
     from jdl.compare import check_out_dir
 
+    in_use = f"output folder {out} is in use by another jdl run (if none is, remove {out / CLAIM})"
     if out.is_dir() and (out / CLAIM).exists():
-        raise FileExistsError(f"output folder {out} is in use by another jdl run (if none is, remove {out / CLAIM})")
+        raise FileExistsError(in_use)
     check_out_dir(out)
     made = []
     try:
@@ -106,8 +107,7 @@ def _claim(out: Path) -> bool:
                 made.append(folder)
         os.close(os.open(out / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
-        raise FileExistsError(f"output folder {out} is in use by another jdl run (if none is, remove "
-                              f"{out / CLAIM})") from None
+        raise FileExistsError(in_use) from None
     except OSError as error:
         for folder in reversed(made):
             folder.rmdir()
@@ -129,9 +129,9 @@ def _output_folder(out: str | None, kind: str) -> Iterator[Path]:
         try:
             created = _claim(path)
             break
-        except (FileExistsError, ValueError) as error:
+        except (FileExistsError, ValueError):
             if out or not path.exists():  # the folder asked for, or a failure that is not a name taken
-                raise ValueError(str(error)) from None
+                raise  # main reports either as a one-line error
     else:
         raise ValueError(f"no free output folder next to {stamp}")
     before = set(path.iterdir())
