@@ -5,6 +5,15 @@ bounded-below function of a nested pytree.  The first steps' updates must
 agree with optax's to a relative 1e-5 and the parameters after 200 steps to
 1e-4.  Hypothesis draws the hyperparameters; they enter the compiled program
 as traced arrays, so each optimizer compiles once for all the examples.
+
+Some drawn hyperparameters make the run chaotic: optax's own run, started one
+float32 ulp away, ends 1e-3 to 0.2 from where it ends unperturbed.  There the
+parameters after 200 steps agree with optax's only for a program that rounds
+exactly as optax's does, and jdl's adadelta does not (it computes `d_t^2`
+without the square roots, for speed).  So a drawn example asks for 1e-4
+after 200 steps where optax's run is well-conditioned (the ulp moves it by
+less than 1e-5), and hypothesis draws until it has four such examples; the
+first steps are compared in every example.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import jdl.optim as jo
@@ -59,18 +68,31 @@ def assert_tree_close(actual, desired, rtol):
         np.testing.assert_allclose(a, d, rtol=rtol, atol=rtol * max(np.max(np.abs(d)), 1e-30))
 
 
+def max_relative_difference(actual, desired) -> float:
+    """The largest difference between two trees over the largest magnitude in `desired`."""
+    flat = lambda tree: np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree_util.tree_leaves(tree)])
+    a, d = flat(actual), flat(desired)
+    return float(np.max(np.abs(a - d)) / np.max(np.abs(d)))
+
+
 def run_both(jdl_tx, optax_tx):
     """Both trajectories, compiled as one program (half the compile time)."""
     return jax.jit(lambda: (trajectory(jdl_tx, jo.apply_updates), trajectory(optax_tx, optax.apply_updates)))()
 
 
-def check_against_optax(results):
+def check_against_optax(results, p_optax_perturbed=None):
+    """First steps to 1e-5, final parameters to 1e-4; with `p_optax_perturbed`
+    (optax's run from a start one ulp away), the final parameters only where
+    that ulp moved optax's own by less than 1e-5 (see the module's docstring)."""
     (p_jdl, u_jdl), (p_optax, u_optax) = results
     first = lambda tree: jax.tree_util.tree_map(lambda u: u[:FIRST], tree)
     assert_tree_close(first(u_jdl), first(u_optax), rtol=1e-5)
-    assert_tree_close(p_jdl, p_optax, rtol=1e-4)
-    # the run really optimized something
+    # the runs really optimized something
+    assert float(objective(p_jdl)) < float(objective(PARAMS)) - 0.1
     assert float(objective(p_optax)) < float(objective(PARAMS)) - 0.1
+    if p_optax_perturbed is not None:
+        assume(max_relative_difference(p_optax_perturbed, p_optax) < 1e-5)
+    assert_tree_close(p_jdl, p_optax, rtol=1e-4)
 
 
 # name: (jdl builder, optax builder), both taking the same keywords
@@ -169,14 +191,18 @@ def test_adamw_mask_matches_optax_masked_decay():
 
 @functools.cache
 def compiled_pair(name: str, static: tuple):
-    """One program: hyperparameters -> (jdl trajectory, optax trajectory)."""
+    """One program: hyperparameters -> ((jdl trajectory, optax trajectory),
+    optax's final parameters from a start one ulp away)."""
     make_jdl, make_optax = PAIRS[name]
+    ulp_away = jax.tree_util.tree_map(lambda x: jnp.nextafter(x, jnp.inf), PARAMS)
 
     def run(hp):
-        return (
+        optax_tx = make_optax(**hp, **dict(static))
+        trajectories = (
             trajectory(make_jdl(**hp, **dict(static)), jo.apply_updates),
-            trajectory(make_optax(**hp, **dict(static)), optax.apply_updates),
+            trajectory(optax_tx, optax.apply_updates),
         )
+        return trajectories, trajectory(optax_tx, optax.apply_updates, params=ulp_away)[0]
 
     return jax.jit(run)
 
@@ -240,7 +266,7 @@ STRATEGIES = {
 def test_matches_optax_for_drawn_hyperparameters(name, static, data):
     hyperparameters = data.draw(STRATEGIES[name, static])
     traced = {k: jnp.float32(v) for k, v in hyperparameters.items()}
-    check_against_optax(compiled_pair(name, static)(traced))
+    check_against_optax(*compiled_pair(name, static)(traced))
 
 
 # ---- NumPy transcriptions of the papers (float64), for the first steps ----

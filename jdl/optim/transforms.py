@@ -248,6 +248,13 @@ def scale_by_adadelta(rho: jax.typing.ArrayLike = 0.9, eps: jax.typing.ArrayLike
     The output `d_t` points uphill, like the gradient: a descent step is
     `-lr * d_t` (see `jdl.optim.adadelta`).  Zeiler, "ADADELTA: An Adaptive
     Learning Rate Method", arXiv:1212.5701, 2012.
+
+    `d_t^2` is computed as `(E[dx^2]_{t-1} + eps) / (E[g^2]_t + eps) * g_t^2`,
+    equal in exact arithmetic and to float32 rounding in practice.  Squaring
+    `d_t` itself (as optax does) shares the two square roots between the step
+    and the new `E[dx^2]`, and XLA then writes each root to memory as an array
+    of its own: five passes over every leaf instead of three, and a compiled
+    step 30% slower on the CPU (benchmarks/README.md, optimizer updates).
     """
     _validate.check_range("rho", rho, 0.0, 1.0)
     _validate.check_range("eps", eps, 0.0)
@@ -258,7 +265,8 @@ def scale_by_adadelta(rho: jax.typing.ArrayLike = 0.9, eps: jax.typing.ArrayLike
     def leaf(g, e_g, e_x):
         e_g = (1 - rho) * (g**2) + rho * e_g
         d = (jnp.sqrt(e_x + eps) / jnp.sqrt(e_g + eps)) * g
-        return d, e_g, (1 - rho) * (d**2) + rho * e_x
+        d_squared = (e_x + eps) / (e_g + eps) * (g**2)
+        return d, e_g, (1 - rho) * d_squared + rho * e_x
 
     def update_fn(updates, state, params=None):
         del params
