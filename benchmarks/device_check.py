@@ -411,6 +411,7 @@ def main() -> None:
     args = parser.parse_args()
     import cold_start
     import comparison
+    import optim_update
     import profile_step
     import step_variants
     import time_to_accuracy
@@ -466,6 +467,7 @@ def main() -> None:
         ("cold_to_92_evaluation", lambda: cold_start.lab(
             args.quick, repeats=2, names=("default", "evaluation_cublas", "autotune1+cublas"), to_92=True)),
         ("flat_optimizer", lambda: step_variants.run_flat_optimizer(args.quick)),
+        ("optimizers", lambda: optim_update.run(args.quick)),
         ("autotune_cache", lambda: cold_start.lab(args.quick, repeats=3, names=("default", "autotune_cache"),
                                                   to_92=True)),
         ("epoch_settings_models", lambda: epoch_settings(args.quick, ("default", *TO_92_CANDIDATES),
