@@ -292,7 +292,9 @@ def scan_epoch(run: Callable, placement: Placement, unroll: int = 1) -> Callable
     are the steps' (one row per step) and ``params_finite``, whether the
     parameters the epoch ends with are all finite (the fast step checks
     nothing; this saves the caller a program of its own).  ``unroll`` steps per
-    loop iteration (``lax.scan``'s)."""
+    loop iteration (``lax.scan``'s).  The carry is not donated: ``fit`` keeps
+    the epoch's starting carry for a replay, and this is that copy made
+    inside the program (``EpochRunner.starting_carry``)."""
 
     def epoch_fn(carry, images, labels, order, base_key, epoch, first_global_step):
         def body(carry, xs):
@@ -304,7 +306,7 @@ def scan_epoch(run: Callable, placement: Placement, unroll: int = 1) -> Callable
         carry, metrics = lax.scan(body, carry, (order, jnp.arange(steps, dtype=jnp.int32)), unroll=unroll)
         return carry, metrics | {"params_finite": all_finite(carry.params)}
 
-    return jax.jit(epoch_fn, donate_argnums=0)
+    return jax.jit(epoch_fn)
 
 
 def windows(n: int, batch_size: int) -> list[tuple[int, int]]:

@@ -338,7 +338,7 @@ def fit(
                 if epoch != start.epoch:
                     partial = _no_steps()
                 compile_before, epoch_start = runner.compile_s, time.perf_counter()
-                start_carry = runner.snapshot()  # for a replay if the epoch goes bad
+                start_carry = runner.starting_carry(first_step)  # for a replay if the epoch goes bad
                 runner.train_epoch(epoch, first_step)
                 interrupts.check()
                 fetched, bad, finite = runner.fetch()  # one host sync per epoch

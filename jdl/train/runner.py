@@ -79,9 +79,17 @@ class EpochRunner:
             self.compile_s += seconds
         return self._steps[signature]
 
-    def snapshot(self) -> Carry:
-        """A copy of the carry that the next (donating) step leaves intact
-        (``device_put`` copies buffers without compiling a program)."""
+    def starting_carry(self, first_step: int) -> Carry:
+        """The carry as the epoch starts from ``first_step``, kept for a
+        replay if the epoch goes bad.  An epoch run as one scan does not
+        donate its input, so that is the carry itself: XLA copies it into the
+        loop's buffers inside the program, one pass with no call per leaf
+        (on the CPU the mlp's epoch took 1-4% less than donating it and
+        copying it beforehand).  The stream engine's steps donate theirs: for
+        them a copy (``device_put`` copies buffers without compiling a
+        program)."""
+        if self.mode == "scan" and first_step == 0:
+            return self.carry
         return jax.device_put(self.carry, may_alias=False)
 
     def train_epoch(self, epoch: int, first_step: int = 0) -> None:
