@@ -10,7 +10,9 @@ both compute in bfloat16, parameters float32).  Two ways each:
   ``fit(mode='scan')``.
 
 Times are medians of whole epochs after a warm-up epoch, compile apart; jdl's
-come from ``fit``'s own history (what a user gets).  The line also gives the
+come from ``fit``'s own history (what a user gets).  Both include drawing the
+epoch's order (flax+optax's only since stop 21: before, its shuffle was drawn
+outside the timed region while ``fit``'s was inside).  The line also gives the
 test accuracy both reach, to show the same model was trained.  On the CPU
 XLA's convolutions in scan are about 25x slower (shared/FACTS.md), so there
 the convolutional models' ``scan`` line sets jdl's scan (whose ``nn.Conv`` is a
@@ -184,8 +186,8 @@ def time_flax(module: fnn.Module, way: str, data: dict, test: dict, batch: int, 
     epoch, compile_s = compile_flax_epoch(state, way, data, batch, compiler_options)
     times = []
     for _ in range(epochs):
+        start = time.perf_counter()  # the epoch's shuffle included, as in fit's time_s (since stop 21)
         order = rng.permutation(len(data["label"]))[:n].reshape(-1, batch)
-        start = time.perf_counter()
         state = jax.block_until_ready(epoch(state, order))
         times.append(time.perf_counter() - start)
     accuracy = float(flax_accuracy(state, jnp.asarray(test["image"]), jnp.asarray(test["label"])))

@@ -275,7 +275,8 @@ def cross_entropy(
     if jnp.issubdtype(labels.dtype, jnp.integer):
         valid = _integer_labels(name, logits, labels, num_classes, "logits", takes_targets=True)
         safe = jnp.where(valid, labels, 0)
-        log_p_label = jnp.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
+        is_label = jnp.arange(num_classes) == safe[..., None]
+        log_p_label = jnp.sum(jnp.where(is_label, log_p, 0.0), axis=-1)
         loss = -(1.0 - a) * log_p_label
         # the smoothing term only where a != 0 (concrete or traced): 0 * a masked logit's -inf would be NaN
         loss = loss - jnp.where(a == 0, 0.0, a * jnp.mean(log_p, axis=-1))

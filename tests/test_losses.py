@@ -327,6 +327,27 @@ def test_cross_entropy_int_nonnegative_finite_extreme(logits, labels, a):
     assert np.all(np.asarray(L.cross_entropy(logits, labels, reduction="none")) >= 0)
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["finite", "masked_logit"])
+def test_cross_entropy_int_gradient_matches_optax(masked):
+    """The gradient with integer labels, which jdl picks out with a select
+    over the classes rather than optax's gather; a logit of -inf (a masked
+    class, not the label) has gradient 0 in both."""
+    rng = np.random.default_rng(3)
+    logits = _logits(rng, 3.0, (4, 3, K))
+    labels = rng.integers(0, K - 1, size=(4, 3))
+    if masked:
+        logits[..., K - 1] = -np.inf  # never a label
+    value, ours = jax.value_and_grad(lambda z: L.cross_entropy(z, labels, reduction="sum"))(logits)
+    expected, theirs = jax.value_and_grad(lambda z: optax.softmax_cross_entropy_with_integer_labels(z, labels).sum())(
+        logits
+    )
+    assert _finite(value, ours)
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(jax.jit(jax.grad(lambda z: L.cross_entropy(z, labels)))(logits), theirs / labels.size,
+                               rtol=1e-6, atol=1e-7)  # fmt: skip
+
+
 @PROPERTY
 @given(hnp.arrays(np.float32, (4, K), elements=_extreme), _floats((4, K)), _smoothing)
 def test_cross_entropy_probs_nonnegative_finite_extreme(logits, z, a):
