@@ -146,9 +146,11 @@ def variants(quick: bool, names: tuple[str, ...] = ("mlp", "cnn"), unrolls: tupl
 def _cnn_program(which: str, images, labels, steps: int, dtype=None):
     """The compiled cnn scan epoch of ``steps`` steps and a maker of fresh inputs
     (it donates them): flax+optax's, jdl's as ``fit`` runs it, jdl's bare
-    step, or jdl's with the first layer's bias unfolded (``jdl_unfolded``:
-    ``nn.layers.MATMUL_BIAS_FOLD_MAX_CHANNELS = -1``); ``dtype``: the layers'
-    computation dtype."""
+    step, jdl's with the first layer's bias unfolded (``jdl_unfolded``:
+    ``nn.layers.MATMUL_BIAS_FOLD_MAX_CHANNELS = -1``), or with its windows
+    stacked first (``jdl_patches_first``:
+    ``nn.layers.MATMUL_PATCHES_FIRST_MAX_CHANNELS = 3``); ``dtype``: the
+    layers' computation dtype."""
     order = jnp.arange(steps * BATCH, dtype=jnp.int32).reshape(steps, BATCH)
     if which == "flax":
         state = train_epoch._flax_state(train_epoch.FLAX["cnn"](dtype=dtype), (28, 28, 1))
@@ -159,7 +161,9 @@ def _cnn_program(which: str, images, labels, steps: int, dtype=None):
         return train_epoch.flax_scan.lower(*inputs()).compile(), inputs
     model, tx = train_epoch.JDL["cnn"](dtype=dtype), optim.adam(1e-3)
     fold = -1 if which == "jdl_unfolded" else layers.MATMUL_BIAS_FOLD_MAX_CHANNELS
-    with mock.patch.object(layers, "MATMUL_BIAS_FOLD_MAX_CHANNELS", fold):
+    first = 3 if which == "jdl_patches_first" else layers.MATMUL_PATCHES_FIRST_MAX_CHANNELS
+    with (mock.patch.object(layers, "MATMUL_BIAS_FOLD_MAX_CHANNELS", fold),
+          mock.patch.object(layers, "MATMUL_PATCHES_FIRST_MAX_CHANNELS", first)):  # fmt: skip
         compiled, _, inputs = jdl_program(model, tx, _variant("bare" if which == "jdl_bare" else "full", model, tx),
                                           images, labels, order)  # fmt: skip
     return compiled, inputs
@@ -252,13 +256,19 @@ def trace(quick: bool, out_dir: str | None = None, dtype=None,
           programs: tuple[str, ...] = ("flax", "jdl", "jdl_bare")) -> list[dict]:  # fmt: skip
     """The cnn scan epoch of flax+optax, jdl (as fit runs it) and jdl's bare
     step (``programs``: see ``_cnn_program``) under ``jax.profiler``: the
-    kernel table of each (``kernel_table``); ``dtype``: the layers' computation dtype."""
+    kernel table of each (``kernel_table``); ``dtype``: the layers' computation
+    dtype.  With ``out_dir``, each program's optimized HLO is kept there too
+    (``hlo-cnn-{program}[-dtype].txt.gz``): which fusion each kernel is, for
+    sessions without a device."""
     steps, records = (8 if quick else 100), []
     data, _, _ = common.mnist_shaped(steps * BATCH)
     images, labels = jnp.asarray(data["image"]), jnp.asarray(data["label"])
     suffix = "" if dtype is None else f"-{jnp.dtype(dtype).name}"
     for which in programs:
         fn, inputs = _cnn_program(which, images, labels, steps, dtype)
+        if out_dir:
+            with gzip.open(Path(out_dir) / f"hlo-cnn-{which}{suffix}.txt.gz", "wt") as f:
+                f.write(fn.as_text())
         for _ in range(2):
             jax.block_until_ready(fn(*inputs()))
         ready = jax.block_until_ready(inputs())

@@ -170,12 +170,18 @@ def test_auto_conv_traces_the_method_chosen_for_it():
             pass
 
 
+@pytest.mark.parametrize("patches_first", [False, True], ids=["side_by_side", "patches_first"])
 @pytest.mark.parametrize("kernel, strides, padding", [((3, 3), 1, "SAME"), ((5, 5), 2, "SAME"), ((3,), 2, "VALID"),
                                                       ((2, 2, 2), 1, ((1, 0), (0, 1), (1, 1)))])  # fmt: skip
-def test_conv_by_matmul_matches_a_float64_loop_with_gradients(kernel, strides, padding):
+def test_conv_by_matmul_matches_a_float64_loop_with_gradients(monkeypatch, kernel, strides, padding, patches_first):
     """The matmul convolution against a NumPy float64 sum over windows, value
     and the gradients with respect to input and kernel (through the lax
-    convolution's transpose, an independent derivation)."""
+    convolution's transpose, an independent derivation); its windows side by
+    side (the default) or stacked first (as on a GPU with
+    ``MATMUL_PATCHES_FIRST_MAX_CHANNELS`` at least the 3 channels here)."""
+    if patches_first:
+        monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+        monkeypatch.setattr(nn.layers, "MATMUL_PATCHES_FIRST_MAX_CHANNELS", 3)
     n = len(kernel)
     x = _images((2, *(7,) * n, 3))
     layer = nn.Conv(5, kernel, strides=strides, padding=padding, use_bias=False, method="matmul")
@@ -204,14 +210,18 @@ def test_conv_by_matmul_matches_a_float64_loop_with_gradients(kernel, strides, p
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("patches_first", [-1, 3], ids=["side_by_side", "patches_first"])
 @pytest.mark.parametrize("backend, channels, folded", [("gpu", 1, True), ("gpu", 3, True), ("gpu", 4, False),
                                                        ("cpu", 1, False)])  # fmt: skip
-def test_matmul_conv_folds_its_bias_into_the_product_on_a_gpu(monkeypatch, backend, channels, folded):
+def test_matmul_conv_folds_its_bias_into_the_product_on_a_gpu(monkeypatch, backend, channels, folded, patches_first):
     """Where the bias is folded (a GPU, at most 3 input channels) the layer's
     program adds nothing after its one product, and value and gradients (of
     input, kernel and bias) still match a float64 NumPy convolution plus bias
-    and its gradients written out by hand."""
+    and its gradients written out by hand; with the windows side by side or
+    stacked first (``MATMUL_PATCHES_FIRST_MAX_CHANNELS`` 3: on a GPU, up to 3
+    channels)."""
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(nn.layers, "MATMUL_PATCHES_FIRST_MAX_CHANNELS", patches_first)
     x = _images((2, 6, 5, channels))
     layer = nn.Conv(4, (3, 2), method="matmul")
     params, _ = layer.init(KEY, x.shape)

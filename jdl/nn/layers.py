@@ -176,6 +176,12 @@ GPU_MATMUL_MAX_CHANNELS = 3
 # bfloat16 0.071 / 0.065 s).  Not on the CPU, where folding made the flax CNN's
 # epoch slower (8,192 images: unfolded 3.0-3.5 s, folded 3.6-3.8 s).  -1: never.
 MATMUL_BIAS_FOLD_MAX_CHANNELS = 3
+# On a GPU, a 'matmul' convolution with at most this many input channels
+# stacks its windows on a leading axis, ``(window, batch, *out, C)``, rather
+# than side by side in the last one (see ``conv_as_matmul``).  -1: never (the
+# default until it is measured; ``benchmarks/device_check.py``'s
+# ``epoch_patches_first`` part times it).
+MATMUL_PATCHES_FIRST_MAX_CHANNELS = -1
 
 
 _AUTO_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("jdl_conv_auto", default=None)
@@ -214,8 +220,19 @@ def _folds_bias(in_channels: int) -> bool:
     return jax.default_backend() == "gpu" and in_channels <= MATMUL_BIAS_FOLD_MAX_CHANNELS
 
 
+def _patches_first(in_channels: int) -> bool:
+    """Whether a 'matmul' convolution of ``in_channels`` inputs stacks its
+    windows first (``MATMUL_PATCHES_FIRST_MAX_CHANNELS``, on a GPU only)."""
+    return jax.default_backend() == "gpu" and in_channels <= MATMUL_PATCHES_FIRST_MAX_CHANNELS
+
+
 def conv_as_matmul(
-    x: jax.Array, w: jax.Array, strides: Sequence[int], padding, b: jax.Array | None = None
+    x: jax.Array,
+    w: jax.Array,
+    strides: Sequence[int],
+    padding,
+    b: jax.Array | None = None,
+    patches_first: bool = False,
 ) -> jax.Array:
     """Cross-correlation as one matrix product (im2col by shifted slices).
 
@@ -238,6 +255,14 @@ def conv_as_matmul(
     layer: 128 x 28 x 28 rows, XLA's slowest kernel after the convolutions
     on an H200).  The bias is then rounded as the kernel is: to TF32 in a
     float32 product on a GPU (JAX's default precision there).
+
+    ``patches_first``: the windows are stacked on a new leading axis,
+    ``P[k] = x_pad[window k]`` of shape ``(K, batch, *out, C)``, and
+    ``y = sum_{k, c} P[k, ..., c] w[k, c, :]`` is one product contracting the
+    first and last axes (the bias, if folded, as one more window of ones in
+    channel 0).  Each window is then written as one contiguous block, where
+    side by side every output position gets ``K * C`` values; for one input
+    channel that is rows of 9 to 25 values.
     """
     window, channels, features = w.shape[:-2], w.shape[-2], w.shape[-1]
     spatial = x.shape[1:-1]
@@ -249,11 +274,27 @@ def conv_as_matmul(
         starts = (0, *offset, 0)
         limits = (x.shape[0], *(o + s * (n - 1) + 1 for o, s, n in zip(offset, strides, out)), channels)
         slices.append(lax.slice(x, starts, limits, (1, *strides, 1)))
+    if patches_first:
+        return _stacked_windows_product(slices, w.reshape(len(slices), channels, features), b)
     kernel = w.reshape(len(slices) * channels, features)
     if b is not None:
         slices.append(jnp.ones_like(slices[0], shape=(*slices[0].shape[:-1], 1)))
         kernel = jnp.concatenate([kernel, b.reshape(1, features)])
     return jnp.concatenate(slices, axis=-1) @ kernel
+
+
+def _stacked_windows_product(slices: list[jax.Array], kernel: jax.Array, b: jax.Array | None) -> jax.Array:
+    """``sum_{k, c} slices[k][..., c] kernel[k, c, :]`` with the windows
+    stacked first (``conv_as_matmul(..., patches_first=True)``); a bias ``b``
+    is one more window, ones in channel 0, with ``b`` as its kernel row 0."""
+    channels = kernel.shape[1]
+    if b is not None:
+        ones = jnp.ones_like(slices[0], shape=(*slices[0].shape[:-1], 1))
+        slices = [*slices, jnp.pad(ones, [(0, 0)] * (ones.ndim - 1) + [(0, channels - 1)])]
+        bias_plane = jnp.pad(b.reshape(1, 1, -1).astype(kernel.dtype), [(0, 0), (0, channels - 1), (0, 0)])
+        kernel = jnp.concatenate([kernel, bias_plane])
+    patches = jnp.stack(slices)
+    return lax.dot_general(patches, kernel, (((0, patches.ndim - 1), (0, 1)), ((), ())))
 
 
 def Conv(  # noqa: N802
@@ -329,7 +370,7 @@ def Conv(  # noqa: N802
             x, w = (a.astype(jnp.promote_types(x.dtype, w.dtype)) for a in (x, w))
         folded = chosen == "matmul" and _folds_bias(x.shape[-1])
         if chosen == "matmul":
-            y = conv_as_matmul(x, w, stride, pad, b if folded else None)
+            y = conv_as_matmul(x, w, stride, pad, b if folded else None, _patches_first(x.shape[-1]))
         else:
             y = lax.conv_general_dilated(x, w, stride, pad, dimension_numbers=dimension_numbers)
         if use_bias and not folded:
