@@ -249,8 +249,10 @@ def scale_by_adadelta(rho: jax.typing.ArrayLike = 0.9, eps: jax.typing.ArrayLike
     `-lr * d_t` (see `jdl.optim.adadelta`).  Zeiler, "ADADELTA: An Adaptive
     Learning Rate Method", arXiv:1212.5701, 2012.
 
-    `d_t^2` is computed as `(E[dx^2]_{t-1} + eps) / (E[g^2]_t + eps) * g_t^2`,
-    equal in exact arithmetic and to float32 rounding in practice.  Squaring
+    `d_t^2` is computed as `(E[dx^2]_{t-1} + eps) * g_t * (g_t / (E[g^2]_t + eps))`,
+    equal in exact arithmetic and to float32 rounding in practice (in that
+    order, so that neither overflows nor underflows where `d_t^2` does not:
+    a `g_t^2` that overflows to inf leaves `d_t = 0`, as in optax).  Squaring
     `d_t` itself (as optax does) shares the two square roots between the step
     and the new `E[dx^2]`, and XLA then writes each root to memory as an array
     of its own: five passes over every leaf instead of three, and a compiled
@@ -265,7 +267,7 @@ def scale_by_adadelta(rho: jax.typing.ArrayLike = 0.9, eps: jax.typing.ArrayLike
     def leaf(g, e_g, e_x):
         e_g = (1 - rho) * (g**2) + rho * e_g
         d = (jnp.sqrt(e_x + eps) / jnp.sqrt(e_g + eps)) * g
-        d_squared = (e_x + eps) / (e_g + eps) * (g**2)
+        d_squared = (e_x + eps) * (g * (g / (e_g + eps)))  # g / (E[g^2] + eps) first: no g^2 to overflow
         return d, e_g, (1 - rho) * d_squared + rho * e_x
 
     def update_fn(updates, state, params=None):
