@@ -327,16 +327,17 @@ def test_cross_entropy_int_nonnegative_finite_extreme(logits, labels, a):
     assert np.all(np.asarray(L.cross_entropy(logits, labels, reduction="none")) >= 0)
 
 
+@pytest.mark.parametrize("classes", [K, L.SELECT_MAX_CLASSES + 1], ids=["select", "gather"])
 @pytest.mark.parametrize("masked", [False, True], ids=["finite", "masked_logit"])
-def test_cross_entropy_int_gradient_matches_optax(masked):
+def test_cross_entropy_int_gradient_matches_optax(masked, classes):
     """The gradient with integer labels, which jdl picks out with a select
-    over the classes rather than optax's gather; a logit of -inf (a masked
-    class, not the label) has gradient 0 in both."""
+    over the classes (up to `SELECT_MAX_CLASSES`) or a gather (as optax); a
+    logit of -inf (a masked class, not the label) has gradient 0 in both."""
     rng = np.random.default_rng(3)
-    logits = _logits(rng, 3.0, (4, 3, K))
-    labels = rng.integers(0, K - 1, size=(4, 3))
+    logits = _logits(rng, 3.0, (4, 3, classes))
+    labels = rng.integers(0, classes - 1, size=(4, 3))
     if masked:
-        logits[..., K - 1] = -np.inf  # never a label
+        logits[..., classes - 1] = -np.inf  # never a label
     value, ours = jax.value_and_grad(lambda z: L.cross_entropy(z, labels, reduction="sum"))(logits)
     expected, theirs = jax.value_and_grad(lambda z: optax.softmax_cross_entropy_with_integer_labels(z, labels).sum())(
         logits
