@@ -291,10 +291,10 @@ def _stacked_windows_product(slices: list[jax.Array], kernel: jax.Array, b: jax.
     if b is not None:
         ones = jnp.ones_like(slices[0], shape=(*slices[0].shape[:-1], 1))
         slices = [*slices, jnp.pad(ones, [(0, 0)] * (ones.ndim - 1) + [(0, channels - 1)])]
-        bias_plane = jnp.pad(b.reshape(1, 1, -1).astype(kernel.dtype), [(0, 0), (0, channels - 1), (0, 0)])
-        kernel = jnp.concatenate([kernel, bias_plane])
+        kernel = jnp.concatenate([kernel, jnp.pad(b.reshape(1, 1, -1), [(0, 0), (0, channels - 1), (0, 0)])])
     patches = jnp.stack(slices)
-    return lax.dot_general(patches, kernel, (((0, patches.ndim - 1), (0, 1)), ((), ())))
+    dtype = jnp.result_type(patches, kernel)  # promoted as the side-by-side product's ``@`` does
+    return lax.dot_general(patches.astype(dtype), kernel.astype(dtype), (((0, patches.ndim - 1), (0, 1)), ((), ())))
 
 
 def Conv(  # noqa: N802
