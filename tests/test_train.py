@@ -490,6 +490,41 @@ def test_a_second_ctrl_c_stops_at_once_and_names_the_last_checkpoint(tmp_path, m
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_second_ctrl_c_right_after_a_scan_epoch_saves_where_training_stands(tmp_path, monkeypatch):
+    """Two SIGINTs just after the scan epoch's result is taken, while the next
+    epoch's order is drawn: the checkpoint saved holds the carry and the
+    steps done as they agree (the epoch done, not the carry after it with
+    the epoch's steps undone), and resuming from it ends where an
+    uninterrupted run does."""
+    import signal
+
+    runner_module = sys.modules["jdl.train.runner"]
+    placed_order, calls = runner_module.EpochRunner._placed_order, []
+
+    def fit(**kwargs):
+        return train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), _loader(batch_size=500), epochs=2,
+                         seed=1, progress=False, mode="scan", checkpoint_dir=str(tmp_path), **kwargs)  # fmt: skip
+
+    def interrupted_twice(self, epoch):
+        calls.append(epoch)
+        if len(calls) == 2:  # the first epoch's scan has returned; the order of the second is drawn
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return placed_order(self, epoch)
+
+    uninterrupted = train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), _loader(batch_size=500),
+                              epochs=2, seed=1, progress=False, mode="scan")  # fmt: skip
+    monkeypatch.setattr(runner_module.EpochRunner, "_placed_order", interrupted_twice)
+    with pytest.raises(train.TrainingInterrupted):
+        fit()
+    monkeypatch.undo()
+    saved = checkpoint.load_raw(tmp_path)
+    assert (int(saved["epoch"]), int(saved["step"])) == (0, len(_loader(batch_size=500)))
+    resumed = fit(resume=True)
+    _assert_trees_close(resumed.params, uninterrupted.params, rtol=0, atol=0)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_checkpoint_dir_holding_another_programs_checkpoint_is_refused_by_name(tmp_path):
     checkpoint.save(tmp_path, {"params": {"w": np.zeros(3, np.float32)}})  # no epoch or seed: not fit's
     with pytest.raises(ValueError, match=r"holds a checkpoint not written by fit: pass resume=True"):

@@ -31,7 +31,7 @@ from jdl.train.engine import (
     with_device_transform,
 )
 from jdl.train.interrupts import DeferredInterrupts
-from jdl.train.runner import EpochRunner, timed
+from jdl.train.runner import EpochRunner, Position, timed
 from jdl.train.step import Carry, LossFn, eval_step, run_keys, train_step
 
 
@@ -315,9 +315,9 @@ def fit(
     if resume:
         start = _restore(resume_from, raw_checkpoint, start)
     history, partial = start.history, start.partial
-    runner.carry = placement.replicate(Carry(start.params, start.state, start.opt_state, np.int32(-1)))
+    runner.position = Position(placement.replicate(Carry(start.params, start.state, start.opt_state, np.int32(-1))),
+                               start.step, ())  # fmt: skip
     runner.base_key = placement.replicate(base_key)
-    runner.done = start.step
 
     def save(epoch: int, step: int, carry: Carry, partial: dict):
         if checkpoint_dir is None:
@@ -342,7 +342,9 @@ def fit(
                 runner.train_epoch(epoch, first_step)
                 interrupts.check()
                 fetched, bad, finite = runner.fetch()  # one host sync per epoch
-                partial, runner.pending = _append(partial, fetched, runner.pending), []
+                # one store each, no call between them: a second Ctrl-C finds both before or both after
+                partial, runner.position = (_append(partial, fetched, runner.pending),
+                                            runner.position._replace(pending=()))  # fmt: skip
                 time_s = time.perf_counter() - epoch_start - (runner.compile_s - compile_before)
                 if bad >= 0 or not finite:
                     carry, first_bad = runner.replay_guarded(guarded_step, start_carry, epoch, first_step, bad)
@@ -356,7 +358,7 @@ def fit(
                                                      eval_batch_size)  # fmt: skip
                     record["test_loss"], record["test_accuracy"] = scores["loss"], scores["accuracy"]
                 history.append(record)
-                partial, runner.done = _no_steps(), 0
+                partial, runner.position = _no_steps(), runner.position._replace(done=0)
                 save(epoch + 1, 0, runner.carry, partial)
                 _show(bar, record)
                 interrupts.check()

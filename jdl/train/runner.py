@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,18 +30,31 @@ def timed(fn: Callable, *args):
     return out, time.perf_counter() - start
 
 
+class Position(NamedTuple):
+    """Where training stands: the carry, the steps of the current epoch done
+    and their ``(metrics on the device, batch sizes)`` not yet fetched."""
+
+    carry: Any
+    done: int
+    pending: tuple
+
+
 class EpochRunner:
     """Trains epoch after epoch with ``run(carry, batch, base_key, epoch,
     index, global_step)`` (a step with the key derivation and device transform
-    applied), on the ``'stream'`` or ``'scan'`` engine (``jdl.train.engine``)."""
+    applied), on the ``'stream'`` or ``'scan'`` engine (``jdl.train.engine``).
+
+    Where training stands is one ``Position``, replaced whole after each step
+    or scan: a Ctrl-C that Python raises at once (a second one) finds the
+    carry, the steps done and their metrics in agreement, before or after
+    that step, never between."""
 
     def __init__(self, run: Callable, loader, placement: Placement, mode: str, carry: Carry, base_key: jax.Array):
         self.run, self.loader, self.placement, self.mode = run, loader, placement, mode
-        self.carry, self.base_key = carry, base_key
+        self.position = Position(carry, 0, ())
+        self.base_key = base_key
         self.steps_per_epoch, self.batch_size = len(loader), loader.batch_size
         self.compile_s = 0.0
-        self.done: int = 0  # steps of the current epoch done
-        self.pending: list[tuple[dict, list[int]]] = []  # (metrics on the device, batch sizes) not yet fetched
         # called after each step of the stream engine, where carry, ``done`` and ``pending`` agree (fit
         # raises a deferred Ctrl-C there)
         self.at_safe_point: Callable[[], None] = lambda: None
@@ -50,6 +63,20 @@ class EpochRunner:
         self._finite = jax.jit(all_finite)
         self._on_accelerator = jax.devices()[0].platform != "cpu"
         self._lowered = self._lower_scan() if mode == "scan" else None
+
+    @property
+    def carry(self) -> Carry:
+        return self.position.carry
+
+    @property
+    def done(self) -> int:
+        """Steps of the current epoch done."""
+        return self.position.done
+
+    @property
+    def pending(self) -> tuple:
+        """``(metrics on the device, batch sizes)`` of the steps done, not yet fetched."""
+        return self.position.pending
 
     def _lower_scan(self) -> jax.stages.Lowered:
         """The split on the device and the scan epoch lowered for it (``carry``
@@ -94,7 +121,7 @@ class EpochRunner:
 
     def train_epoch(self, epoch: int, first_step: int = 0) -> None:
         """Run ``epoch`` from ``first_step``; the metrics stay on the device in ``pending``."""
-        self.done, self.pending = first_step, []
+        self.position = Position(self.carry, first_step, ())
         if first_step >= self.steps_per_epoch:  # resumed after its last step (Ctrl-C in its evaluation)
             return
         if self.mode == "scan" and first_step == 0:
@@ -103,10 +130,9 @@ class EpochRunner:
             batches = self._stream(epoch, first_step)
         for index, batch in batches:
             step = self._compiled_step(batch)
-            self.carry, metrics = step(self.carry, batch, self.base_key, epoch, index,
-                                       epoch * self.steps_per_epoch + index)  # fmt: skip
-            self.pending.append((metrics, [len(batch["label"])]))
-            self.done = index + 1
+            carry, metrics = step(self.carry, batch, self.base_key, epoch, index,
+                                  epoch * self.steps_per_epoch + index)  # fmt: skip
+            self.position = Position(carry, index + 1, (*self.pending, (metrics, [len(batch["label"])])))
             self.at_safe_point()
 
     def _scan_full_steps(self, epoch: int) -> list[tuple[int, dict]]:
@@ -114,11 +140,10 @@ class EpochRunner:
         last batch (unless the loader drops it) for the stream step."""
         loader, size, full_steps = self.loader, self.batch_size, self.full_steps
         order, full = self._orders.pop(epoch) if epoch in self._orders else self._placed_order(epoch)
-        self.carry, metrics = self._epoch_fn(self.carry, self.images, self.labels, full, self.base_key, epoch,
-                                             epoch * self.steps_per_epoch)  # fmt: skip
-        self.pending.append((metrics, [size] * full_steps))
+        carry, metrics = self._epoch_fn(self.carry, self.images, self.labels, full, self.base_key, epoch,
+                                        epoch * self.steps_per_epoch)  # fmt: skip
+        self.position = Position(carry, full_steps, (*self.pending, (metrics, [size] * full_steps)))
         self._orders[epoch + 1] = self._placed_order(epoch + 1)  # drawn and moved while the device trains
-        self.done = full_steps
         rest = order[full_steps * size :]
         if len(rest) == 0 or loader.drop_remainder:
             return []
