@@ -77,7 +77,7 @@ def _variant(name: str, model, tx):
 
 def jdl_program(model, tx, step, images, labels, order, unroll: int = 1):
     """jdl's scan epoch of ``step`` compiled for ``order``'s shape, the seconds
-    that took, and a maker of fresh inputs (the program donates the carry)."""
+    that took, and a maker of fresh inputs."""
     params, model_state = model.init(jax.random.key(0), (1, *images.shape[1:]))
 
     def inputs():
@@ -145,7 +145,7 @@ def variants(quick: bool, names: tuple[str, ...] = ("mlp", "cnn"), unrolls: tupl
 
 def _cnn_program(which: str, images, labels, steps: int, dtype=None):
     """The compiled cnn scan epoch of ``steps`` steps and a maker of fresh inputs
-    (it donates them): flax+optax's, jdl's as ``fit`` runs it, jdl's bare
+    (flax+optax's program donates them): flax+optax's, jdl's as ``fit`` runs it, jdl's bare
     step, jdl's with the first layer's bias unfolded (``jdl_unfolded``:
     ``nn.layers.MATMUL_BIAS_FOLD_MAX_CHANNELS = -1``), or with its windows
     stacked first (``jdl_patches_first``:
