@@ -77,16 +77,19 @@ def fmnist_2c2d(num_classes: int = 10, conv_method: str = "auto", dtype=None) ->
 def cifar10_3c3d(num_classes: int = 10, conv_method: str = "auto", dtype=None) -> nn.Layer:
     """DeepOBS 3c3d: conv64 5x5 valid, relu, maxpool 3x3 stride 2 same; conv96
     3x3 valid, relu, maxpool 3x3/2 same; conv128 3x3 same, relu, maxpool 3x3/2
-    same; dense512, relu; dense256, relu; dense(num_classes).  Glorot uniform
-    weights, zero biases.  ``conv_method``: see ``nn.Conv``; ``dtype``: the layers' computation dtype
-    (``jnp.bfloat16``: mixed precision, float32 parameters)."""
-    w = init.glorot_uniform
+    same; dense512, relu; dense256, relu; dense(num_classes).  Glorot normal
+    (truncated) convolution kernels and Glorot uniform dense weights, zero
+    biases, as DeepOBS's ``_3c3d`` (``glorot_normal`` and ``glorot_uniform``
+    kernel initializers).  ``conv_method``: see ``nn.Conv``; ``dtype``: the
+    layers' computation dtype (``jnp.bfloat16``: mixed precision, float32
+    parameters)."""
+    c, w = init.glorot_normal, init.glorot_uniform
     return nn.serial(
-        nn.Conv(64, (5, 5), padding="VALID", w_init=w, method=conv_method, dtype=dtype), nn.relu,
+        nn.Conv(64, (5, 5), padding="VALID", w_init=c, method=conv_method, dtype=dtype), nn.relu,
         nn.MaxPool((3, 3), strides=(2, 2), padding="SAME"),
-        nn.Conv(96, (3, 3), padding="VALID", w_init=w, method=conv_method, dtype=dtype), nn.relu,
+        nn.Conv(96, (3, 3), padding="VALID", w_init=c, method=conv_method, dtype=dtype), nn.relu,
         nn.MaxPool((3, 3), strides=(2, 2), padding="SAME"),
-        nn.Conv(128, (3, 3), padding="SAME", w_init=w, method=conv_method, dtype=dtype), nn.relu,
+        nn.Conv(128, (3, 3), padding="SAME", w_init=c, method=conv_method, dtype=dtype), nn.relu,
         nn.MaxPool((3, 3), strides=(2, 2), padding="SAME"),
         nn.Flatten(),
         nn.Dense(512, w_init=w, dtype=dtype), nn.relu,

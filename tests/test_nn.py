@@ -526,6 +526,27 @@ def test_deepobs_models_parameter_counts(name, shape, count, classes):
     assert models.get(name, num_classes=7).apply(params, {}, jnp.zeros((2, *shape[1:])))[0].shape == (2, 7)
 
 
+def test_cifar10_3c3d_initializes_as_deepobs():
+    """DeepOBS's _3c3d: convolution kernels Glorot normal (a normal truncated
+    at two standard deviations, rescaled to variance 2 / (fan_in + fan_out)),
+    dense weights Glorot uniform (within sqrt(3) of their standard
+    deviation), biases zero."""
+    params, _ = models.cifar10_3c3d().init(KEY, (1, 32, 32, 3))
+    kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params) if path[-1].key == "w"]
+    assert [k.ndim for k in kernels] == [4, 4, 4, 2, 2, 2]
+    for kernel in kernels:
+        w = np.asarray(kernel, np.float64)
+        receptive = int(np.prod(w.shape[:-2]))
+        std = np.sqrt(2.0 / (receptive * (w.shape[-2] + w.shape[-1])))
+        assert abs(w.std() / std - 1) < 0.05
+        if w.ndim == 4:  # truncated normal: beyond the uniform's sqrt(3), up to 2 / 0.8796 standard deviations
+            assert 1.9 * std < np.abs(w).max() <= 2.28 * std
+        else:
+            assert np.abs(w).max() <= np.sqrt(3) * std * (1 + 1e-6)
+    biases = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params) if path[-1].key == "b"]
+    assert len(biases) == 6 and all(not np.any(np.asarray(b)) for b in biases)
+
+
 def test_models_get_unknown_name_lists_valid_ones():
     with pytest.raises(ValueError, match=r"unknown model 'cnnn'.*cifar10_3c3d.*Did you mean 'cnn'"):
         models.get("cnnn")
