@@ -547,6 +547,20 @@ def test_cifar10_3c3d_initializes_as_deepobs():
     assert len(biases) == 6 and all(not np.any(np.asarray(b)) for b in biases)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(momentum="0.9"), r"momentum must be a number in \[0, 1\]; got '0.9'"),
+    (dict(momentum=1.5), r"momentum must be a number in \[0, 1\]; got 1.5"),
+    (dict(eps=0.0), r"eps must be a finite number > 0; got 0.0"),
+    (dict(eps=float("nan")), r"eps must be a finite number > 0; got nan"),
+    (dict(eps=-1e-5), r"eps must be a finite number > 0; got -1e-05"),
+])  # fmt: skip
+def test_batch_norm_refuses_hyperparameters_that_fail_later(kwargs, message):
+    """A string momentum failed inside apply with a NumPy indexing error, and
+    an eps of 0 or NaN gave NaN outputs (0 or NaN for a constant feature)."""
+    with pytest.raises(ValueError, match=r"BatchNorm: " + message):
+        nn.BatchNorm(**kwargs)
+
+
 def test_models_get_unknown_name_lists_valid_ones():
     with pytest.raises(ValueError, match=r"unknown model 'cnnn'.*cifar10_3c3d.*Did you mean 'cnn'"):
         models.get("cnnn")

@@ -507,12 +507,13 @@ def BatchNorm(momentum: float = 0.99, eps: float = 1e-5) -> Layer:  # noqa: N802
     mean and (biased) variance are the batch's, and the returned state holds
     ``running = momentum * running + (1 - momentum) * batch``; with
     ``train=False`` the running statistics in ``state`` are used.  Matches
-    ``flax.linen.BatchNorm``.
+    ``flax.linen.BatchNorm``, except that ``eps`` must be above 0 (a feature
+    constant over the batch would otherwise give 0 / 0).
     """
-    if not 0.0 <= float(momentum) <= 1.0:
-        raise ValueError(f"BatchNorm: momentum must lie in [0, 1]; got {momentum!r}")
-    if float(eps) < 0.0:
-        raise ValueError(f"BatchNorm: eps must be >= 0; got {eps!r}")
+    if not (is_real(momentum) and 0.0 <= float(momentum) <= 1.0):
+        raise ValueError(f"BatchNorm: momentum must be a number in [0, 1]; got {momentum!r}")
+    if not (is_real(eps) and 0.0 < float(eps) < float("inf")):  # eps 0: a constant feature's var 0 gives NaN
+        raise ValueError(f"BatchNorm: eps must be a finite number > 0; got {eps!r}")
 
     def init(key: jax.Array, input_shape: Sequence[int]) -> tuple[Params, State]:
         if len(input_shape) < 2:
