@@ -151,6 +151,39 @@ def test_close_stops_the_thread():
         next(it)
 
 
+@pytest.mark.parametrize("chunk", [1, 8])
+@pytest.mark.parametrize("transform", [None, lambda batch: batch], ids=["stored", "transformed"])
+def test_close_rewinds_a_loader_to_the_first_batch_not_handed_out(chunk, transform):
+    """Batches fetched ahead and dropped by close() are not skipped: the
+    loader resumes at the first one the consumer did not get, and the epoch
+    still holds every example once."""
+    kwargs = dict(split="test", batch_size=100, shuffle=True, seed=5, transform=transform)
+    loader = jd.load("mnist_sample", **kwargs)
+    with jd.prefetch_to_device(loader, chunk=chunk) as it:
+        taken = [np.asarray(next(it)["label"]) for _ in range(3)]
+        time.sleep(0.2)  # the thread runs ahead
+    assert loader.state_dict() == {"epoch": 0, "step": 3, "seed": 5}
+    rest = [np.asarray(batch["label"]) for batch in loader]
+    host = [batch["label"] for batch in jd.load("mnist_sample", **kwargs)]
+    np.testing.assert_array_equal(np.concatenate(taken + rest), np.concatenate(host))
+
+
+def test_a_prefetcher_dropped_without_close_stops_its_thread():
+    """Breaking out of a loop over it (or an error in the step) drops the
+    prefetcher: its thread must not keep it and its device batches alive."""
+    import gc
+    import weakref
+
+    loader = jd.load("mnist_sample", split="train", batch_size=16, shuffle=True, seed=0)
+    it = jd.prefetch_to_device(loader, chunk=8)
+    next(it)
+    thread, alive = it._thread, weakref.ref(it)
+    del it
+    gc.collect()
+    thread.join(timeout=5)
+    assert alive() is None and not thread.is_alive()
+
+
 def test_size_must_be_positive():
     with pytest.raises(ValueError, match="size"):
         jd.prefetch_to_device([], size=0)

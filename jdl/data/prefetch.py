@@ -50,10 +50,13 @@ process; multi-host input pipelines are not handled.
 
 The loader's position (`state_dict()`) runs ahead of the consumer by the
 batches in flight, at most `(size + 2) * chunk` (the chunk being handed
-out, `size` queued, one being placed); save positions from the
-loader only when the prefetcher is exhausted or closed, or account for the
-lookahead. On the CPU backend the background thread competes with the
-computation for the same cores: there plain iteration is as fast or faster.
+out, `size` queued, one being placed); `close()` moves it back to the first
+batch not handed out.  Save positions from the loader only when the
+prefetcher is exhausted or closed (a `with` block closes it), or account
+for the lookahead.  A prefetcher dropped without `close()` stops its
+thread when it is garbage-collected (its position is then not rewound).
+On the CPU backend the background thread competes with the computation for
+the same cores: there plain iteration is as fast or faster.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ import collections
 import functools
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -171,41 +175,16 @@ def _signature(tree) -> tuple:
     return treedef, tuple((np.shape(x), np.asarray(x).dtype) for x in leaves)
 
 
-class Prefetcher(Iterator):
-    """Iterator over device batches; a background thread keeps transfers ahead of the consumer."""
+class _Feeder:
+    """What the feeding thread runs: batches from the source, chunked, put on
+    the device and queued for the consumer until ``stop`` is set."""
 
-    def __init__(self, iterable: Iterable[Any], size: int = 2, sharding=None,
-                 chunk: int | None = None):
-        import jax
+    def __init__(self, jax, loader, source, chunk: int, sharding, stacked, num_shards: int,
+                 out: queue.Queue, stop: threading.Event):  # fmt: skip
+        self._jax, self._loader, self._source, self._chunk = jax, loader, source, chunk
+        self._sharding, self._stacked, self._num_shards = sharding, stacked, num_shards
+        self._queue, self._stop = out, stop
 
-        if size < 1:
-            raise ValueError(f"size must be >= 1; got {size}")
-        self._sharding, self._stacked, self._num_shards = _resolve(sharding)
-        if chunk is None:
-            on_cpu = all(d.platform == "cpu" for d in self._sharding.device_set)
-            chunk = 1 if on_cpu else 64
-        if chunk < 1:
-            raise ValueError(f"chunk must be >= 1; got {chunk}")
-        self._chunk = chunk if self._stacked is not None else 1
-        self._jax = jax
-        from jdl.data.loader import Loader
-
-        # A Loader without a host transform is fed by gathering `chunk` batches
-        # at once from its stored (uint8) arrays; anything else batch by batch.
-        self._loader = (iterable if isinstance(iterable, Loader) and iterable.transform is None
-                        and self._stacked is not None else None)
-        self._source = iter(iterable) if self._loader is None else None
-        # The queue holds whole chunks (lists of device batches): the consumer
-        # walks its current chunk without waking the feeding thread, which
-        # wakes once per chunk rather than once per batch.
-        self._queue: queue.Queue = queue.Queue(maxsize=size)
-        self._current: collections.deque = collections.deque()
-        self._stop = threading.Event()
-        self._done = False
-        self._thread = threading.Thread(target=self._run, name="jdl-prefetch", daemon=True)
-        self._thread.start()
-
-    # -- background thread -----------------------------------------------------
     def _check(self, tree) -> None:
         if self._num_shards == 1:
             return
@@ -235,7 +214,7 @@ class Prefetcher(Iterator):
                 continue
         return False
 
-    def _run(self) -> None:
+    def run(self) -> None:
         if self._loader is not None:
             return self._run_loader(self._loader)
 
@@ -315,26 +294,66 @@ class Prefetcher(Iterator):
 
         self._chunks((indices for _, _, indices in loader.positions()), signature, send)
 
+
+class Prefetcher(Iterator):
+    """Iterator over device batches; a background thread keeps transfers ahead of the consumer."""
+
+    def __init__(self, iterable: Iterable[Any], size: int = 2, sharding=None,
+                 chunk: int | None = None):
+        import jax
+
+        if size < 1:
+            raise ValueError(f"size must be >= 1; got {size}")
+        self._sharding, self._stacked, self._num_shards = _resolve(sharding)
+        if chunk is None:
+            on_cpu = all(d.platform == "cpu" for d in self._sharding.device_set)
+            chunk = 1 if on_cpu else 64
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1; got {chunk}")
+        chunk = chunk if self._stacked is not None else 1
+        from jdl.data.loader import Loader
+
+        # A Loader's position is rewound by close() to the first batch not handed out.
+        self._rewind = (iterable, iterable.state_dict()) if isinstance(iterable, Loader) else None
+        self._handed = 0
+        # A Loader without a host transform is fed by gathering `chunk` batches
+        # at once from its stored (uint8) arrays; anything else batch by batch.
+        loader = (iterable if isinstance(iterable, Loader) and iterable.transform is None
+                  and self._stacked is not None else None)
+        # The queue holds whole chunks (lists of device batches): the consumer
+        # walks its current chunk without waking the feeding thread, which
+        # wakes once per chunk rather than once per batch.
+        self._queue: queue.Queue = queue.Queue(maxsize=size)
+        self._current: collections.deque = collections.deque()
+        self._stop = threading.Event()
+        self._done = False
+        feeder = _Feeder(jax, loader, iter(iterable) if loader is None else None, chunk, self._sharding,
+                         self._stacked, self._num_shards, self._queue, self._stop)  # fmt: skip
+        # The thread holds the feeder, not this object: a Prefetcher dropped
+        # without close() is collected, and its finalizer stops the thread.
+        self._thread = threading.Thread(target=feeder.run, name="jdl-prefetch", daemon=True)
+        weakref.finalize(self, self._stop.set)
+        self._thread.start()
+
     # -- consumer --------------------------------------------------------------
     def __next__(self):
-        if self._current:
-            return self._current.popleft()
-        if self._done:
-            raise StopIteration
-        item = self._queue.get()
-        if isinstance(item, list):
+        if not self._current:
+            if self._done:
+                raise StopIteration
+            item = self._queue.get()
+            if item is _END:
+                self._done, self._rewind = True, None  # exhausted: the loader's position is its own
+                raise StopIteration
+            if isinstance(item, _Raised):
+                self._done = True
+                raise item.error
             self._current.extend(item)
-            return self._current.popleft()
-        if item is _END:
-            self._done = True
-            raise StopIteration
-        if isinstance(item, _Raised):
-            self._done = True
-            raise item.error
-        return item
+        self._handed += 1
+        return self._current.popleft()
 
     def close(self) -> None:
-        """Stops the background thread and drops the batches it prepared."""
+        """Stops the background thread and drops the batches it prepared; a
+        Loader's position goes back to the first batch not handed out."""
         self._done = True
         self._stop.set()
         self._current.clear()
@@ -345,6 +364,10 @@ class Prefetcher(Iterator):
                 break
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
+        if self._rewind is not None and not self._thread.is_alive():
+            loader, start = self._rewind
+            self._rewind = None
+            loader.load_state_dict({**start, "step": start["step"] + self._handed})
 
     def __enter__(self) -> Prefetcher:
         return self
@@ -352,10 +375,6 @@ class Prefetcher(Iterator):
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def __del__(self):
-        stop = getattr(self, "_stop", None)  # absent when __init__ raised
-        if stop is not None:
-            stop.set()
 
 
 def prefetch_to_device(iterable: Iterable[Any], size: int = 2, sharding=None,
