@@ -253,6 +253,20 @@ def test_idx_broken_files_are_refused(tmp_path, kwargs, match):
         idx.verify_idx_folder("mnist", folder, tmp_path)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not_gzip"])
+def test_read_idx_names_a_corrupt_gz_file(tmp_path, damage):
+    """read_idx on a .gz cut short or not gzip at all: an IdxVerificationError
+    naming the file, not a bare EOFError or BadGzipFile."""
+    import gzip
+
+    labels = np.array([2049, 3], ">u4").tobytes() + bytes([1, 2, 3])
+    packed = gzip.compress(labels)
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(packed[:-6] if damage == "truncated" else labels)
+    with pytest.raises(idx.IdxVerificationError, match=r"t10k-labels-idx1-ubyte.gz: not a readable gzip file"):
+        idx.read_idx(path)
+
+
 def test_idx_refusal_through_load_leaves_nothing_behind(tmp_path):
     folder = write_idx(tmp_path / "src")
     data_dir = tmp_path / "data"

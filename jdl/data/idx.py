@@ -40,6 +40,7 @@ import hashlib
 import logging
 import os
 import shutil
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -137,13 +138,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Decodes one IDX file (plain or .gz) into a uint8 array.
 
     Images come back as (count, rows, cols), labels as (count,). Raises
-    IdxVerificationError on a wrong magic number or a size that does not
-    match the header.
+    IdxVerificationError on a wrong magic number, a size that does not
+    match the header, or a .gz file that is truncated or not gzip.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:  # a truncated or corrupt .gz
+        raise IdxVerificationError(f"{path}: not a readable gzip file ({error})") from error
     return _parse_idx(data, path)
 
 
