@@ -561,6 +561,19 @@ def test_batch_norm_refuses_hyperparameters_that_fail_later(kwargs, message):
         nn.BatchNorm(**kwargs)
 
 
+def test_an_uncalled_layer_constructor_and_a_stax_batch_size_are_named():
+    """nn.Dense passed uncalled was taken for an activation and failed inside
+    init with a tracer in its message; a batch size of -1 or None (stax's
+    way) failed deep in lax."""
+    with pytest.raises(TypeError, match=r"Dense is a layer constructor, not a layer: call it, e.g. nn.Dense\(...\)"):
+        nn.serial(nn.Dense, nn.relu)
+    for batch in (-1, None):
+        with pytest.raises(ValueError, match=r"input_shape must be a sequence of sizes >= 0.*got \(" + str(batch)):
+            models.cnn().init(KEY, (batch, 28, 28, 1))
+    params, _ = models.mlp().init(KEY, (0, 28, 28, 1))  # an empty batch is a batch
+    assert nn.count_params(params) > 0
+
+
 def test_models_get_unknown_name_lists_valid_ones():
     with pytest.raises(ValueError, match=r"unknown model 'cnnn'.*cifar10_3c3d.*Did you mean 'cnn'"):
         models.get("cnnn")

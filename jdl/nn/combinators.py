@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 
+from jdl._checks import is_int
 from jdl.nn.core import Layer, Params, State, as_layer, make_layer, output_shape
 
 
@@ -18,6 +19,20 @@ def _names(layers: Sequence[Layer]) -> list[str]:
         counts[layer.name] = index + 1
         names.append(f"{layer.name}_{index}")
     return names
+
+
+def _checked_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of sizes, or a ValueError: every size an
+    integer >= 0, the batch's too (stax's -1 for "any batch" is not taken:
+    pass 1)."""
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        shape = None
+    if shape is None or not all(is_int(size) and size >= 0 for size in shape):
+        raise ValueError(f"init: input_shape must be a sequence of sizes >= 0, the batch's included "
+                         f"(e.g. (1, 28, 28, 1)); got {input_shape!r}")
+    return tuple(int(size) for size in shape)
 
 
 def serial(*layers: Layer | Callable[[jax.Array], jax.Array]) -> Layer:
@@ -35,10 +50,10 @@ def serial(*layers: Layer | Callable[[jax.Array], jax.Array]) -> Layer:
     names = _names(layers)
 
     def init(key: jax.Array, input_shape: Sequence[int]) -> tuple[Params, State]:
+        shape = _checked_shape(input_shape)
         keys = jax.random.split(key, len(layers))
         params: Params = {}
         state: State = {}
-        shape = tuple(input_shape)
         for name, layer, layer_key in zip(names, layers, keys):
             layer_params, layer_state = layer.init(layer_key, shape)
             if layer_params:

@@ -82,6 +82,9 @@ def as_layer(layer: Layer | Callable) -> Layer:
     if isinstance(layer, Layer):
         return layer
     if callable(layer):
+        name = getattr(layer, "__name__", "")
+        if getattr(layer, "__module__", "") == "jdl.nn.layers" and name[:1].isupper():
+            raise TypeError(f"{name} is a layer constructor, not a layer: call it, e.g. nn.{name}(...)")
         return stateless(layer)
     raise TypeError(f"expected a jdl.nn.Layer or a function of one array; got {type(layer).__name__}")
 
