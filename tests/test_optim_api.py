@@ -207,6 +207,15 @@ SCHEDULE_PAIRS = [
 ]
 
 
+def test_exponential_decay_with_end_value_takes_a_traced_decay_rate():
+    """vmap over decay rates, a decay and a growth, each bounded by end_value
+    as optax's schedule with that rate as a number bounds it."""
+    rates, steps = jnp.array([0.5, 1.5]), jnp.arange(0, 60, 7)
+    ours = jax.vmap(lambda rate: jo.exponential_decay(0.2, 10, rate, end_value=0.1 + 0.2 * (rate > 1))(steps))(rates)
+    for row, rate, end in zip(ours, (0.5, 1.5), (0.1, 0.3), strict=True):
+        np.testing.assert_allclose(row, optax.exponential_decay(0.2, 10, rate, end_value=end)(steps), rtol=1e-6)
+
+
 @pytest.mark.parametrize(("ours", "theirs"), SCHEDULE_PAIRS)
 def test_schedules_match_optax(ours, theirs):
     steps = jnp.arange(150, dtype=jnp.int32)

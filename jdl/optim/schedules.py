@@ -55,7 +55,6 @@ def exponential_decay(
     staircase = _validate.check_flag("staircase", staircase)
     if end_value is not None:
         _validate.check_number("end_value", end_value)
-        clip = jnp.maximum if decay_rate < 1.0 else jnp.minimum
 
     def schedule(count):
         decreased_count = count - transition_begin
@@ -63,7 +62,10 @@ def exponential_decay(
         if staircase:
             p = jnp.floor(p)
         value = jnp.where(decreased_count <= 0, init_value, init_value * jnp.power(decay_rate, p))
-        return value if end_value is None else clip(value, end_value)
+        if end_value is None:
+            return value
+        # a bound below for a decay, above for a growth; chosen by a select, so decay_rate may be traced
+        return jnp.where(decay_rate < 1.0, jnp.maximum(value, end_value), jnp.minimum(value, end_value))
 
     return schedule
 
