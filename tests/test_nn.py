@@ -574,6 +574,16 @@ def test_an_uncalled_layer_constructor_and_a_stax_batch_size_are_named():
     assert nn.count_params(params) > 0
 
 
+def test_parameters_of_another_model_are_named_not_a_bare_key_error():
+    mlp = nn.serial(nn.Dense(3), nn.Dense(2))
+    _, state = mlp.init(KEY, (1, 4))
+    with pytest.raises(ValueError, match=r"Dense: its parameters need 'w'; got \[\] \(parameters from another"):
+        mlp.apply({}, state, jnp.ones((1, 4)))
+    cnn_params, _ = models.cnn().init(KEY, (1, 28, 28, 1))
+    with pytest.raises(ValueError, match=r"BatchNorm: its parameters need 'scale', 'bias'; got \['b', 'w'\]"):
+        nn.BatchNorm().apply(cnn_params["conv_0"], {"mean": 0.0, "var": 1.0}, jnp.ones((2, 32)))
+
+
 def test_models_get_unknown_name_lists_valid_ones():
     with pytest.raises(ValueError, match=r"unknown model 'cnnn'.*cifar10_3c3d.*Did you mean 'cnn'"):
         models.get("cnnn")

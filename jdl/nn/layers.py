@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +48,16 @@ def _check_features(layer: str, expected: int, x: jax.Array, what: str = "featur
             f"{layer}: expected inputs with {expected} {what} in the last axis (as at init); "
             f"got shape {tuple(x.shape)}"
         )
+
+
+def _check_params(layer: str, params, names: tuple[str, ...]) -> None:
+    """A ValueError naming the entries of ``names`` that ``params`` lacks
+    (parameters of another model, or of another layer of this one)."""
+    missing = [name for name in names if not isinstance(params, Mapping) or name not in params]
+    if missing:
+        got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
+        raise ValueError(f"{layer}: its parameters need {', '.join(map(repr, missing))}; got {got} "
+                         "(parameters from another model's init?)")
 
 
 def _compute_dtype(dtype, layer: str):
@@ -105,6 +115,7 @@ def Dense(  # noqa: N802 - layer constructors are capitalized, as in stax and fl
         return params, {}
 
     def apply(params, state, x, key=None, train=False):
+        _check_params("Dense", params, ("w",))
         _check_features("Dense", params["w"].shape[0], x)
         x, w, b = _cast(dtype, x, params["w"], params.get("b"))
         y = x @ w
@@ -363,6 +374,7 @@ def Conv(  # noqa: N802
                 f"Conv: expected an input of rank {n + 2}, shape (batch, {', '.join('HWD'[:n])}, channels); "
                 f"got shape {tuple(x.shape)}"
             )
+        _check_params("Conv", params, ("w",))
         _check_features("Conv", params["w"].shape[-2], x, "channels")
         chosen = auto_conv_method(x.shape[-1]) if method == "auto" else method
         x, w, b = _cast(dtype, x, params["w"], params.get("b"))
@@ -526,6 +538,7 @@ def BatchNorm(momentum: float = 0.99, eps: float = 1e-5) -> Layer:  # noqa: N802
         return params, state
 
     def apply(params, state, x, key=None, train=False):
+        _check_params("BatchNorm", params, ("scale", "bias"))
         _check_features("BatchNorm", params["scale"].shape[0], x)
         if not {"mean", "var"} <= set(state):
             raise ValueError(f"BatchNorm: its state must hold the running 'mean' and 'var' (from its init); "
