@@ -37,6 +37,19 @@ def test_normalize_per_channel():
         T.normalize(0.0, 0.0)
 
 
+def test_normalize_takes_scaled_floats_and_gives_float32_and_one_hot_takes_a_vector_of_labels():
+    """uint8 pixels against [0, 1] constants came out in the hundreds;
+    float64 images came out float64; (B, 1) labels came out (B, 1, K)."""
+    batch = batch_of()
+    with pytest.raises(ValueError, match=r"normalize: images must be floating point, .*got uint8 images"):
+        T.normalize(*T.MNIST_MEAN_STD)({**batch, "image": (255 * batch["image"]).astype(np.uint8)})
+    out = T.normalize(0.5, 0.25)({**batch, "image": batch["image"].astype(np.float64)})["image"]
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, (batch["image"].astype(np.float64) - 0.5) / 0.25, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"one_hot: labels must have shape \(batch,\); got shape \(6, 1\)"):
+        T.one_hot(10)({**batch, "label": batch["label"][:, None]})
+
+
 def test_normalize_refuses_stds_that_do_not_fit_the_channels():
     gray = {"image": np.random.default_rng(0).random((2, 3, 3, 1), dtype=np.float32), "label": np.zeros(2)}
     with pytest.raises(ValueError, match=r"normalize has 2 channel stds; the images have 1 channels"):

@@ -123,11 +123,14 @@ def normalize(mean: float | Sequence[float], std: float | Sequence[float]) -> Ho
     def fn(batch: dict, rng: np.random.Generator | None = None) -> dict:
         del rng
         image = batch["image"]
+        if not np.issubdtype(np.asarray(image).dtype, np.floating):  # 0-255 pixels against [0, 1] constants
+            raise ValueError(f"normalize: images must be floating point, scaled as mean and std are (a Loader's "
+                             f"are in [0, 1]); got {np.asarray(image).dtype} images")
         for what, values in (("means", mean_arr), ("stds", std_arr)):
             if values.size not in (1, image.shape[-1]):
                 raise ValueError(f"normalize has {values.size} channel {what}; the images have "
                                  f"{image.shape[-1]} channels")
-        return {**batch, "image": (image - mean_arr) * inv_std}
+        return {**batch, "image": ((image - mean_arr) * inv_std).astype(np.float32)}
 
     return fn
 
@@ -146,6 +149,8 @@ def one_hot(num_classes: int) -> HostTransform:
         if not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"one_hot: labels must be integer class indices; got {labels.dtype} labels of "
                              f"shape {labels.shape} (one-hot already?)")
+        if labels.ndim != 1:
+            raise ValueError(f"one_hot: labels must have shape (batch,); got shape {labels.shape}")
         if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
             raise ValueError(f"labels must be in [0, {num_classes}); got values "
                              f"{int(labels.min())}..{int(labels.max())}")
