@@ -168,6 +168,23 @@ def test_close_rewinds_a_loader_to_the_first_batch_not_handed_out(chunk, transfo
     np.testing.assert_array_equal(np.concatenate(taken + rest), np.concatenate(host))
 
 
+def test_close_stops_taking_from_a_slow_source_and_still_rewinds():
+    """A slow host transform: close() stops the thread after the batch under
+    way, not after filling its chunk (the ramp's second, 8 batches: 5.6 s
+    here, past close()'s 5 s wait, when the position was left unrewound and
+    still moving)."""
+    def slow(batch):
+        time.sleep(0.7)
+        return batch
+
+    loader = jd.load("mnist_sample", split="train", batch_size=10, shuffle=True, seed=0, transform=slow)
+    it = jd.prefetch_to_device(loader, chunk=16)
+    next(it), next(it)  # the first chunk of the ramp: 4 batches
+    it.close()
+    assert not it._thread.is_alive()
+    assert loader.state_dict() == {"epoch": 0, "step": 2, "seed": 0}
+
+
 def test_a_prefetcher_dropped_without_close_stops_its_thread():
     """Breaking out of a loop over it (or an error in the step) drops the
     prefetcher: its thread must not keep it and its device batches alive."""

@@ -53,8 +53,10 @@ batches in flight, at most `(size + 2) * chunk` (the chunk being handed
 out, `size` queued, one being placed); `close()` moves it back to the first
 batch not handed out.  Save positions from the loader only when the
 prefetcher is exhausted or closed (a `with` block closes it), or account
-for the lookahead.  A prefetcher dropped without `close()` stops its
-thread when it is garbage-collected (its position is then not rewound).
+for the lookahead.  After an error from the host iterator, close() resumes
+the loader at the failing batch.  A prefetcher dropped without `close()`
+stops its thread when it is garbage-collected (once no traceback holds it;
+its position is then not rewound).
 On the CPU backend the background thread competes with the computation for
 the same cores: there plain iteration is as fast or faster.
 """
@@ -65,6 +67,7 @@ import collections
 import functools
 import queue
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -233,6 +236,8 @@ class _Feeder:
         target = next(sizes)
         try:
             for item in items:
+                if self._stop.is_set():  # closed: no more items taken from the source
+                    return
                 key = signature(item)
                 if pending and key != last:
                     chunk, pending = pending, []
@@ -348,8 +353,9 @@ class Prefetcher(Iterator):
                 self._done = True
                 raise item.error
             self._current.extend(item)
-        self._handed += 1
-        return self._current.popleft()
+        batch = self._current.popleft()
+        self._handed += 1  # after the pop: a Ctrl-C between them leaves the batch to the rewind
+        return batch
 
     def close(self) -> None:
         """Stops the background thread and drops the batches it prepared; a
@@ -364,17 +370,21 @@ class Prefetcher(Iterator):
                 break
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
-        if self._rewind is not None and not self._thread.is_alive():
-            loader, start = self._rewind
-            self._rewind = None
-            loader.load_state_dict({**start, "step": start["step"] + self._handed})
+        rewind, self._rewind = self._rewind, None
+        if rewind is None:
+            return
+        if self._thread.is_alive():  # still inside the source (a slow transform): it may move the position yet
+            warnings.warn("prefetch_to_device: the feeding thread is still running 5 s after close(); "
+                          "the loader's position is not rewound", RuntimeWarning, stacklevel=2)
+            return
+        loader, start = rewind
+        loader.load_state_dict({**start, "step": start["step"] + self._handed})
 
     def __enter__(self) -> Prefetcher:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
 
 
 def prefetch_to_device(iterable: Iterable[Any], size: int = 2, sharding=None,
