@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -523,6 +524,43 @@ def test_a_second_ctrl_c_right_after_a_scan_epoch_saves_where_training_stands(tm
     resumed = fit(resume=True)
     _assert_trees_close(resumed.params, uninterrupted.params, rtol=0, atol=0)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_in_a_prefetched_stream_epoch_stops_the_feeding_thread(tmp_path, monkeypatch):
+    """The stream engine's prefetcher (an accelerator's path, taken here on
+    the CPU) is closed when Ctrl-C stops the epoch: no feeding thread lives on
+    with the TrainingInterrupted, and the loader is back where training
+    stood."""
+    import signal
+
+    runner_module = sys.modules["jdl.train.runner"]
+    init, compiled_step, calls = runner_module.EpochRunner.__init__, runner_module.EpochRunner._compiled_step, []
+
+    def on_accelerator(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self._on_accelerator = True
+
+    def interrupted_after_the_fifth_step(self, batch):
+        step = compiled_step(self, batch)
+
+        def run(*args):
+            out = step(*args)
+            calls.append(1)
+            if len(calls) == 5:
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+
+        return run
+
+    monkeypatch.setattr(runner_module.EpochRunner, "__init__", on_accelerator)
+    monkeypatch.setattr(runner_module.EpochRunner, "_compiled_step", interrupted_after_the_fifth_step)
+    loader = _loader(batch_size=100)
+    with pytest.raises(train.TrainingInterrupted):
+        train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), loader, epochs=2, progress=False,
+                  mode="stream", checkpoint_dir=str(tmp_path))  # fmt: skip
+    feeding = [t for t in threading.enumerate() if t.name == "jdl-prefetch" and t.is_alive()]
+    assert feeding == []
+    assert loader.state_dict()["step"] == 5 and int(checkpoint.load_raw(tmp_path)["step"]) == 5
 
 
 def test_a_checkpoint_dir_holding_another_programs_checkpoint_is_refused_by_name(tmp_path):

@@ -526,7 +526,7 @@ def _no_steps() -> dict:
     return {"loss": [], "accuracy": [], "size": []}
 
 
-def _append(partial: dict, fetched: list, pending: list) -> dict:
+def _append(partial: dict, fetched: list, pending) -> dict:
     """``partial`` extended by the ``pending`` steps, whose metrics were
     fetched to the host as ``fetched`` (one entry per pending item)."""
     return {

@@ -32,7 +32,9 @@ def timed(fn: Callable, *args):
 
 class Position(NamedTuple):
     """Where training stands: the carry, the steps of the current epoch done
-    and their ``(metrics on the device, batch sizes)`` not yet fetched."""
+    and their ``(metrics on the device, batch sizes)`` not yet fetched, as a
+    linked tuple ``(earlier, last)`` (``()`` for none): one more step is one
+    more pair, not a copy of all the others."""
 
     carry: Any
     done: int
@@ -74,9 +76,13 @@ class EpochRunner:
         return self.position.done
 
     @property
-    def pending(self) -> tuple:
-        """``(metrics on the device, batch sizes)`` of the steps done, not yet fetched."""
-        return self.position.pending
+    def pending(self) -> list[tuple[dict, list[int]]]:
+        """``(metrics on the device, batch sizes)`` of the steps done, not yet fetched, in order."""
+        items, node = [], self.position.pending
+        while node:
+            node, item = node
+            items.append(item)
+        return items[::-1]
 
     def _lower_scan(self) -> jax.stages.Lowered:
         """The split on the device and the scan epoch lowered for it (``carry``
@@ -128,12 +134,15 @@ class EpochRunner:
             batches = self._scan_full_steps(epoch)
         else:
             batches = self._stream(epoch, first_step)
-        for index, batch in batches:
-            step = self._compiled_step(batch)
-            carry, metrics = step(self.carry, batch, self.base_key, epoch, index,
-                                  epoch * self.steps_per_epoch + index)  # fmt: skip
-            self.position = Position(carry, index + 1, (*self.pending, (metrics, [len(batch["label"])])))
-            self.at_safe_point()
+        try:
+            for index, batch in batches:
+                step = self._compiled_step(batch)
+                carry, metrics = step(self.carry, batch, self.base_key, epoch, index,
+                                      epoch * self.steps_per_epoch + index)  # fmt: skip
+                self.position = Position(carry, index + 1, (self.position.pending, (metrics, [len(batch["label"])])))
+                self.at_safe_point()
+        finally:  # a Ctrl-C or a failing step: the prefetching thread stops now, not when the traceback goes
+            getattr(batches, "close", lambda: None)()
 
     def _scan_full_steps(self, epoch: int) -> list[tuple[int, dict]]:
         """The epoch's full batches in one compiled scan; returns the partial
@@ -142,7 +151,7 @@ class EpochRunner:
         order, full = self._orders.pop(epoch) if epoch in self._orders else self._placed_order(epoch)
         carry, metrics = self._epoch_fn(self.carry, self.images, self.labels, full, self.base_key, epoch,
                                         epoch * self.steps_per_epoch)  # fmt: skip
-        self.position = Position(carry, full_steps, (*self.pending, (metrics, [size] * full_steps)))
+        self.position = Position(carry, full_steps, (self.position.pending, (metrics, [size] * full_steps)))
         self._orders[epoch + 1] = self._placed_order(epoch + 1)  # drawn and moved while the device trains
         rest = order[full_steps * size :]
         if len(rest) == 0 or loader.drop_remainder:
@@ -162,12 +171,14 @@ class EpochRunner:
         loader, placement = self.loader, self.placement
         loader.load_state_dict({"epoch": epoch, "step": first_step, "seed": loader.seed})
         if self._on_accelerator and (placement.num_devices == 1 or loader.drop_remainder):
-            batches = prefetch_to_device(loader, size=2, sharding=placement.batch)
-        elif placement.num_devices == 1:
+            with prefetch_to_device(loader, size=2, sharding=placement.batch) as batches:  # closed with this generator
+                yield from ((first_step + i, batch) for i, batch in enumerate(batches))
+            return
+        if placement.num_devices == 1:
             batches = iter(loader)  # host arrays straight into the compiled step: one copy, made in its C++ call
         else:
             batches = (placement.shard_batch(batch) for batch in loader)
-        return ((first_step + i, batch) for i, batch in enumerate(batches))
+        yield from ((first_step + i, batch) for i, batch in enumerate(batches))
 
     def fetch(self) -> tuple[list[dict], int, bool]:
         """One host sync: the pending step metrics, the position among them
