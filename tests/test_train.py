@@ -395,6 +395,29 @@ def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path):
     assert resumed.history[0]["train_loss"] == pytest.approx(uninterrupted.history[0]["train_loss"], rel=1e-12)
 
 
+def _sigint_after_step(at: int, times: int = 1):
+    """An ``EpochRunner._compiled_step`` that sends this process ``times``
+    SIGINTs right after the ``at``-th step of the run returns."""
+    import signal
+
+    compiled_step, calls = sys.modules["jdl.train.runner"].EpochRunner._compiled_step, []
+
+    def interrupting(self, batch):
+        step = compiled_step(self, batch)
+
+        def run(*args):
+            out = step(*args)
+            calls.append(1)
+            if len(calls) == at:
+                for _ in range(times):
+                    os.kill(os.getpid(), signal.SIGINT)  # handled before ``out`` reaches fit
+            return out
+
+        return run
+
+    return interrupting
+
+
 def test_ctrl_c_landing_while_a_step_holds_the_carry_waits_for_the_step(tmp_path, monkeypatch):
     """A real SIGINT delivered just after a compiled step returns, before
     fit has its result (the step consumed the old carry): fit raises
@@ -405,26 +428,13 @@ def test_ctrl_c_landing_while_a_step_holds_the_carry_waits_for_the_step(tmp_path
     import signal
 
     runner_module = sys.modules["jdl.train.runner"]
-    compiled_step, calls = runner_module.EpochRunner._compiled_step, []
-
-    def interrupted_after_fifth_step(self, batch):
-        step = compiled_step(self, batch)
-
-        def run(*args):
-            out = step(*args)
-            calls.append(1)
-            if len(calls) == 5:
-                os.kill(os.getpid(), signal.SIGINT)  # handled before ``out`` reaches fit
-            return out
-
-        return run
 
     def fit(**kwargs):
         return train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), _loader(), epochs=2, seed=1,
                          progress=False, mode="stream", **kwargs)
 
     uninterrupted = fit()
-    monkeypatch.setattr(runner_module.EpochRunner, "_compiled_step", interrupted_after_fifth_step)
+    monkeypatch.setattr(runner_module.EpochRunner, "_compiled_step", _sigint_after_step(5))
     with pytest.raises(train.TrainingInterrupted) as caught:
         fit(checkpoint_dir=str(tmp_path))
     monkeypatch.undo()
@@ -464,23 +474,9 @@ def test_a_second_ctrl_c_stops_at_once_and_names_the_last_checkpoint(tmp_path, m
     import signal
 
     runner_module = sys.modules["jdl.train.runner"]
-    compiled_step, calls = runner_module.EpochRunner._compiled_step, []
     steps = len(_loader(batch_size=500))
-
-    def interrupted_twice(self, batch):
-        step = compiled_step(self, batch)
-
-        def run(*args):
-            out = step(*args)
-            calls.append(1)
-            if len(calls) == steps + 3:  # in the second epoch
-                os.kill(os.getpid(), signal.SIGINT)
-                os.kill(os.getpid(), signal.SIGINT)
-            return out
-
-        return run
-
-    monkeypatch.setattr(runner_module.EpochRunner, "_compiled_step", interrupted_twice)
+    # twice, in the second epoch
+    monkeypatch.setattr(runner_module.EpochRunner, "_compiled_step", _sigint_after_step(steps + 3, times=2))
     with pytest.raises(train.TrainingInterrupted, match=r"second Ctrl-C: the step under way is lost; the last "
                                                         r"checkpoint saved is .*checkpoint.msgpack") as caught:
         train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(batch_size=500), epochs=3,
@@ -531,29 +527,15 @@ def test_ctrl_c_in_a_prefetched_stream_epoch_stops_the_feeding_thread(tmp_path, 
     the CPU) is closed when Ctrl-C stops the epoch: no feeding thread lives on
     with the TrainingInterrupted, and the loader is back where training
     stood."""
-    import signal
-
     runner_module = sys.modules["jdl.train.runner"]
-    init, compiled_step, calls = runner_module.EpochRunner.__init__, runner_module.EpochRunner._compiled_step, []
+    init = runner_module.EpochRunner.__init__
 
     def on_accelerator(self, *args, **kwargs):
         init(self, *args, **kwargs)
         self._on_accelerator = True
 
-    def interrupted_after_the_fifth_step(self, batch):
-        step = compiled_step(self, batch)
-
-        def run(*args):
-            out = step(*args)
-            calls.append(1)
-            if len(calls) == 5:
-                os.kill(os.getpid(), signal.SIGINT)
-            return out
-
-        return run
-
     monkeypatch.setattr(runner_module.EpochRunner, "__init__", on_accelerator)
-    monkeypatch.setattr(runner_module.EpochRunner, "_compiled_step", interrupted_after_the_fifth_step)
+    monkeypatch.setattr(runner_module.EpochRunner, "_compiled_step", _sigint_after_step(5))
     loader = _loader(batch_size=100)
     with pytest.raises(train.TrainingInterrupted):
         train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), loader, epochs=2, progress=False,
