@@ -161,7 +161,7 @@ def _json_from_fresh_process(code: str, environment: dict | None = None):
 def command_buffers(quick: bool) -> list[dict]:
     """The cnn epoch (``train_epoch``) in a subprocess with command buffers for loops."""
     lines = _lines_with_flags(f"--xla_gpu_enable_command_buffer={COMMAND_BUFFERS}",
-                                    f"train_epoch.run({quick}, ('mlp',) if {quick} else ('cnn', 'mlp'))")  # fmt: skip
+                              f"train_epoch.run({quick}, ('mlp',) if {quick} else ('cnn', 'mlp'))")  # fmt: skip
     return [{**line, "benchmark": f"command_buffers/{line['benchmark']}"} for line in lines]
 
 

@@ -309,13 +309,13 @@ class Prefetcher(Iterator):
 
         if size < 1:
             raise ValueError(f"size must be >= 1; got {size}")
-        self._sharding, self._stacked, self._num_shards = _resolve(sharding)
+        sharding, stacked, num_shards = _resolve(sharding)
         if chunk is None:
-            on_cpu = all(d.platform == "cpu" for d in self._sharding.device_set)
+            on_cpu = all(d.platform == "cpu" for d in sharding.device_set)
             chunk = 1 if on_cpu else 64
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1; got {chunk}")
-        chunk = chunk if self._stacked is not None else 1
+        chunk = chunk if stacked is not None else 1
         from jdl.data.loader import Loader
 
         # A Loader's position is rewound by close() to the first batch not handed out.
@@ -324,7 +324,7 @@ class Prefetcher(Iterator):
         # A Loader without a host transform is fed by gathering `chunk` batches
         # at once from its stored (uint8) arrays; anything else batch by batch.
         loader = (iterable if isinstance(iterable, Loader) and iterable.transform is None
-                  and self._stacked is not None else None)
+                  and stacked is not None else None)
         # The queue holds whole chunks (lists of device batches): the consumer
         # walks its current chunk without waking the feeding thread, which
         # wakes once per chunk rather than once per batch.
@@ -332,8 +332,8 @@ class Prefetcher(Iterator):
         self._current: collections.deque = collections.deque()
         self._stop = threading.Event()
         self._done = False
-        feeder = _Feeder(jax, loader, iter(iterable) if loader is None else None, chunk, self._sharding,
-                         self._stacked, self._num_shards, self._queue, self._stop)  # fmt: skip
+        feeder = _Feeder(jax, loader, iter(iterable) if loader is None else None, chunk, sharding, stacked,
+                         num_shards, self._queue, self._stop)  # fmt: skip
         # The thread holds the feeder, not this object: a Prefetcher dropped
         # without close() is collected, and its finalizer stops the thread.
         self._thread = threading.Thread(target=feeder.run, name="jdl-prefetch", daemon=True)
