@@ -154,6 +154,9 @@ def test_get_uses_the_default_learning_rate_and_other_hyperparameters():
         updates_of(jo.get("rmsprop", learning_rate=0.01, centered=True, decay=0.8), jo.apply_updates),
         updates_of(optax.rmsprop(0.01, centered=True, decay=0.8), optax.apply_updates),
     )
+    # The learning rate may come second, as optax.adam(1e-2) and jdl.optim.adam(1e-2) take it.
+    assert_same_updates(updates_of(jo.get("adam", 1e-2), jo.apply_updates),
+                        updates_of(optax.adam(1e-2), optax.apply_updates))  # fmt: skip
 
 
 def test_get_rejects_unknown_names_and_hyperparameters_helpfully():

@@ -256,14 +256,15 @@ def _suggest(word: str, choices) -> str:
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
-def get(name: str, **hyperparameters: Any) -> GradientTransformation:
-    """Build an optimizer by name, e.g. `get('adam', learning_rate=1e-3, b1=0.8)`.
+def get(name: str, learning_rate: Any = None, **hyperparameters: Any) -> GradientTransformation:
+    """Build an optimizer by name, e.g. `get('adam', learning_rate=1e-3, b1=0.8)`
+    or `get('adam', 1e-3)` (the learning rate second, as `adam(1e-3)` takes it).
 
     Names (case-insensitive): gd, sgd, minibatch, momentum, nesterov
     (momentum with `nesterov=True`), adagrad, rmsprop, adadelta, adam,
-    adamw.  Without `learning_rate`, `DEFAULT_LEARNING_RATES[name]` is used.
-    An unknown name or hyperparameter raises `ValueError` listing the valid
-    ones.
+    adamw.  Without `learning_rate` (or with None), `DEFAULT_LEARNING_RATES[name]`
+    is used.  An unknown name or hyperparameter raises `ValueError` listing
+    the valid ones.
     """
     key = registry_key(str(name))
     if key not in OPTIMIZERS:
@@ -277,8 +278,8 @@ def get(name: str, **hyperparameters: Any) -> GradientTransformation:
             raise ValueError(
                 f"{key} has no hyperparameter {keyword!r}; valid: {', '.join(valid)}." + _suggest(keyword, valid)
             )
-    hyperparameters.setdefault("learning_rate", DEFAULT_LEARNING_RATES[key])
-    return build(**hyperparameters)
+    learning_rate = DEFAULT_LEARNING_RATES[key] if learning_rate is None else learning_rate
+    return build(learning_rate=learning_rate, **hyperparameters)
 
 
 __all__ = [
