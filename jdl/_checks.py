@@ -35,3 +35,16 @@ def is_real(value) -> bool:
     except Exception:  # noqa: BLE001 - a tracer: no concrete value
         return False
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_flag(name: str, value, allow_none: bool = False) -> bool | None:
+    """A switch (``nesterov``, ``from_logits``, ``shuffle``): True or False
+    (or None where ``allow_none``), returned as a bool; a ValueError for
+    anything else, as a string such as 'no' would otherwise count as True."""
+    if value is None and allow_none:
+        return None
+    numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
+    if not (isinstance(value, bool) or numpy_bool):
+        expected = "True, False or None" if allow_none else "True or False"
+        raise ValueError(f"{name} must be {expected}; got {value!r}")
+    return bool(value)

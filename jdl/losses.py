@@ -15,13 +15,16 @@ weights=None, ...)``.
     ``weights * loss`` over all elements (Keras' ``sum_over_batch_size``, i.e.
     ``jnp.mean(weights * loss)``), not a weighted average. For a weighted
     average, e.g. with a padding mask, use
-    ``fn(..., reduction='sum', weights=w) / w.sum()``.
+    ``fn(..., reduction='sum', weights=w) / w.sum()``; padded positions still
+    need a valid label (0, say): an invalid one makes its loss NaN under
+    ``jit``, and a weight of 0 does not cancel a NaN.
 
 Bad input. Shapes, ``reduction`` and hyper-parameters are static, so a wrong one
 raises ``ValueError`` (naming what was expected and what came) even under
 ``jax.jit``. Label *values* (integer labels outside ``[0, num_classes)``,
 labels outside ``{-1, +1}`` for the margin losses, labels or probabilities
-outside ``[0, 1]`` for `log_loss`) are checked whenever they are concrete, i.e.
+outside ``[0, 1]`` for `log_loss`, probability targets outside ``[0, 1]``
+for `cross_entropy`) are checked whenever they are concrete, i.e.
 in eager calls, including under ``jax.grad`` of the predictions. Under
 ``jax.jit``/``vmap`` they are tracers and cannot be inspected, so the check is
 skipped and every loss element with an invalid label becomes NaN, in value
@@ -53,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from jdl._checks import is_real
+from jdl._checks import check_flag, is_real
 
 __all__ = [
     "checked",
@@ -267,7 +270,8 @@ def cross_entropy(
 
     Labels: integer class indices of shape ``logits.shape[:-1]`` in
     ``[0, K)`` (integer dtype; ``t`` is then one-hot), or probability targets
-    ``t`` of the same shape as ``logits`` (floating dtype).
+    ``t`` in ``[0, 1]`` of the same shape as ``logits`` (floating dtype; rows
+    are not required to sum to 1).
     ``label_smoothing`` ``a`` replaces ``t`` by ``(1 - a) * t + a / K``, as
     ``optax.smooth_labels`` does.
 
@@ -297,11 +301,13 @@ def cross_entropy(
         loss = loss - jnp.where(a == 0, 0.0, a * jnp.mean(log_p, axis=-1))
         loss = _nan_where_invalid(loss, valid)
     else:
+        in_range = _check_values(labels, lambda t: (t >= 0) & (t <= 1),
+                                 f"{name}: probability targets must lie in [0, 1]")  # fmt: skip
         targets = (1.0 - a) * labels.astype(log_p.dtype) + a / num_classes
         # 0 log 0 = 0: a class of target 0 adds nothing, even where its logit is masked (-inf);
         # elsewhere log_p as it is, so that the gradient with respect to the targets stays -log_p
         finite_log_p = jnp.where((targets == 0) & jnp.isneginf(log_p), 0.0, log_p)
-        loss = -jnp.sum(targets * finite_log_p, axis=-1)
+        loss = _nan_where_invalid(-jnp.sum(targets * finite_log_p, axis=-1), jnp.all(in_range, axis=-1))
     return _reduce(name, loss, reduction, weights)
 
 
@@ -330,6 +336,7 @@ def log_loss(
     """
     name = "log_loss"
     _check_reduction(name, reduction)
+    from_logits = check_flag(f"{name}: from_logits", from_logits)
     x, y = _float(logits), jnp.asarray(labels)
     _same_shape(name, x, y, "logits" if from_logits else "probabilities", "labels")
     if not from_logits:
@@ -342,8 +349,9 @@ def log_loss(
         valid = valid & _check_values(
             x, lambda v: (v >= 0) & (v <= 1), f"{name}: probabilities must lie in [0, 1]"
         )
-        log_p = jnp.log(jnp.clip(x, eps, 1.0))
-        log_not_p = jnp.log(jnp.clip(1.0 - x, eps, 1.0))
+        # x <= 1 for valid input: a bound below only (a clip's upper bound at p = 1 would halve the gradient there)
+        log_p = jnp.log(jnp.maximum(x, eps))
+        log_not_p = jnp.log(jnp.maximum(1.0 - x, eps))
         loss = -y * log_p - (1.0 - y) * log_not_p
     return _reduce(name, _nan_where_invalid(loss, valid), reduction, weights)
 

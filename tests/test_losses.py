@@ -625,6 +625,13 @@ def test_kl_divergence_of_a_masked_class_with_target_zero_is_finite():
     assert bool(jnp.isfinite(grad).all())
 
 
+def test_log_loss_of_probabilities_has_the_full_gradient_at_p_equal_to_the_label():
+    # -log(p) at p = 1 has slope -1, -log(1 - p) at p = 0 slope 1 (float64 by hand); a clip of p to
+    # [eps, 1] sat on its bound there and JAX split the gradient of the tie in two (-0.5, 0.5).
+    grad = jax.grad(lambda p: L.log_loss(p, jnp.array([1.0, 0.0]), from_logits=False, reduction="sum"))
+    np.testing.assert_allclose(grad(jnp.array([1.0, 0.0])), [-1.0, 1.0], rtol=1e-6)
+
+
 def test_mae_gradient_is_the_sign_of_the_error():
     """``d|p - t| / dp = sign(p - t)``: 0 where the prediction is exact (the
     subgradient the docstring gives; ``jnp.abs``'s derivative is 1 there)."""
@@ -671,6 +678,9 @@ ERRORS = [
      r"the first nan at index [1]"),
     (lambda: L.log_loss(np.array([0.5, 1.25]), np.array([0.0, 1.0]), from_logits=False),
      r"log_loss: probabilities must lie in [0, 1]; got 1 of 2 outside, the first 1.25"),
+    (lambda: L.cross_entropy(X, np.where(np.arange(K) == 3, 1.5, 0.2) * np.ones((6, 1), np.float32)),
+     r"cross_entropy: probability targets must lie in [0, 1]; got 6 of 30 outside, the first 1.5 at index [0 3]"),
+    (lambda: L.log_loss(F, F, from_logits="no"), r"log_loss: from_logits must be True or False; got 'no'"),
     (lambda: L.log_loss(np.zeros((4, 1)), F),
      r"log_loss: labels must have the shape of logits (4, 1); got (4,)"),
     (lambda: L.exponential_loss(F, np.array([1.0, 0.0, 1.0, 1.0])),
@@ -741,7 +751,12 @@ BAD_TRACED = [
     (L.exponential_loss, F, np.array([1.0, -1.0, -1.0, 3.0]), [3],
      "exponential_loss: labels must be -1 or +1; got 1 of 4 outside, the first 3.0 at index [3]"),
 ]
-BAD_IDS = [b[0].__name__ for b in BAD_TRACED]
+_TARGETS = np.full((6, K), 0.2, np.float32)
+_TARGETS[2, 1] = -0.5
+BAD_TRACED.append((L.cross_entropy, X, _TARGETS, [2],
+                   "cross_entropy: probability targets must lie in [0, 1]; got 1 of 30 outside, the first -0.5 "
+                   "at index [2 1]"))  # fmt: skip
+BAD_IDS = [b[0].__name__ + ("_targets" if b[2].ndim == 2 else "") for b in BAD_TRACED]
 
 
 @pytest.mark.parametrize(("fn", "x", "y", "bad", "message"), BAD_TRACED, ids=BAD_IDS)

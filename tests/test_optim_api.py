@@ -310,11 +310,11 @@ def test_invalid_concrete_hyperparameters_raise_value_error(build):
 
 
 @pytest.mark.parametrize(("build", "message"), [
-    (lambda: jo.sgd(0.1, momentum=0.9, nesterov="no"), r"nesterov must be True or False, got 'no'"),
-    (lambda: jo.momentum(0.1, nesterov=1), r"nesterov must be True or False, got 1"),
-    (lambda: jo.sgd(0.1, nesterov="no"), r"nesterov must be True or False, got 'no'"),
-    (lambda: jo.rmsprop(0.1, centered="no"), r"centered must be True or False, got 'no'"),
-    (lambda: jo.rmsprop(0.1, nesterov=0), r"nesterov must be True or False, got 0"),
+    (lambda: jo.sgd(0.1, momentum=0.9, nesterov="no"), r"nesterov must be True or False; got 'no'"),
+    (lambda: jo.momentum(0.1, nesterov=1), r"nesterov must be True or False; got 1"),
+    (lambda: jo.sgd(0.1, nesterov="no"), r"nesterov must be True or False; got 'no'"),
+    (lambda: jo.rmsprop(0.1, centered="no"), r"centered must be True or False; got 'no'"),
+    (lambda: jo.rmsprop(0.1, nesterov=0), r"nesterov must be True or False; got 0"),
     (lambda: jo.trace(0.9, nesterov="False"), r"nesterov must be True or False"),
     (lambda: jo.exponential_decay(0.1, 10, 0.5, staircase="yes"), r"staircase must be True or False"),
 ])

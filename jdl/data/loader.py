@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from jdl._checks import is_int, scalar
+from jdl._checks import check_flag, is_int, scalar
 from jdl.data import sources
 from jdl.data.transforms import wants_rng
 
@@ -197,12 +197,9 @@ class Loader:
 
 
 def _check_flags(allow_none: bool = False, **flags) -> None:
-    """A ValueError unless each flag is a bool (or None where ``allow_none``):
-    a string such as 'no' would otherwise count as True."""
+    """A ValueError unless each flag is a bool (or None where ``allow_none``)."""
     for name, value in flags.items():
-        if not (isinstance(value, (bool, np.bool_)) or (allow_none and value is None)):
-            expected = "True, False or None" if allow_none else "True or False"
-            raise ValueError(f"{name} must be {expected}; got {value!r}")
+        check_flag(name, value, allow_none)
 
 
 def _check_seed(seed: int) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jdl._checks import check_flag as check_flag  # re-exported: switches are checked as the loader's
 from jdl._checks import is_real
 
 
@@ -68,14 +69,6 @@ def check_range(
             interval = f"{'>=' if include_low else '>'} {low:g}"
         raise ValueError(f"{name} must be {interval}, got {value!r}")
     return value
-
-
-def check_flag(name: str, value: Any) -> bool:
-    """A switch (``nesterov``, ``centered``): True or False, not a string or a
-    number that Python would take as one."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def check_schedule_value(name: str, value: Any) -> Any:
