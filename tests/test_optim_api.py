@@ -300,7 +300,62 @@ INVALID = [
     lambda: jo.cosine_decay(0.1, 0),
     lambda: jo.warmup_cosine_decay(0.0, 0.1, 10, 5),
     lambda: jo.piecewise_constant(0.1, {10: -1.0}),
+    lambda: jo.cosine_decay(0.1, 10, exponent=-1.0),  # lr(t) = 0.1 * c(t)^-1: inf at the end
+    lambda: jo.warmup_cosine_decay(0.0, 0.1, 2, 10, exponent=0.0),
 ]
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda: jo.adam(0.1, eps=0.0), r"eps must be > 0 when eps_root is 0, got 0.0: with 0, a coordinate whose "
+                                     r"gradient is 0 is updated by 0/0 = NaN"),
+    (lambda: jo.adamw(0.1, b2=0.0, eps=0.0), r"eps must be > 0 when eps_root is 0"),
+    (lambda: jo.rmsprop(0.1, decay=1.0, eps=0.0), r"eps must be > 0, got 0.0"),
+    (lambda: jo.adadelta(eps=0), r"eps must be > 0, got 0"),
+])
+def test_an_eps_of_zero_is_refused_where_a_zero_gradient_would_be_divided_by_zero(build, message):
+    """optax takes these and its first update of a coordinate whose gradient
+    is 0 (a dead unit's bias) is 0/0: NaN in the parameters (checked here)."""
+    with pytest.raises(ValueError, match=message):
+        build()
+    for optax_tx in (optax.adam(0.1, eps=0.0), optax.rmsprop(0.1, decay=1.0, eps=0.0), optax.adadelta(1.0, eps=0.0)):
+        params = {"b": jnp.zeros(2)}
+        updates, _ = optax_tx.update({"b": jnp.zeros(2)}, optax_tx.init(params), params)
+        assert np.isnan(updates["b"]).all()
+
+
+def test_eps_zero_is_accepted_where_the_denominator_stays_above_zero():
+    ours = jo.adam(0.1, eps=0.0, eps_root=1e-8)
+    updates, _ = ours.update({"b": jnp.zeros(2)}, ours.init({"b": jnp.zeros(2)}))
+    np.testing.assert_array_equal(updates["b"], 0.0)
+
+
+def test_momentum_of_none_and_positional_options_that_optax_orders_otherwise_are_refused():
+    with pytest.raises(ValueError, match=r"momentum must be a number in \[0, 1\], got None; for no momentum use gd"):
+        jo.momentum(0.1, momentum=None)  # sgd's None (no momentum) would silently build gd
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\], got 1.5"):
+        jo.sgd(0.1, momentum=1.5)
+    with pytest.raises(ValueError, match=r"decay must be in \[0, 1\], got 1.5"):  # trace's own name for it
+        jo.trace(1.5)
+    # optax.rmsprop's fifth argument is eps_in_sqrt, optax.adamw's fifth eps_root and seventh weight_decay:
+    # keyword-only here, so code ported with positions fails instead of turning centering on.
+    with pytest.raises(TypeError, match="positional"):
+        jo.rmsprop(0.1, 0.9, 1e-8, 0.0, True)
+    with pytest.raises(TypeError, match="positional"):
+        jo.adamw(0.1, 0.9, 0.999, 1e-8, 1e-2)
+
+
+def test_weight_decay_masks_are_checked_at_init():
+    params = {"w": jnp.ones(2), "b": jnp.ones(1)}
+    with pytest.raises(ValueError, match=r"a mask entry must be True or False; got 'no'"):
+        jo.adamw(0.1, mask={"w": "no", "b": False}).init(params)  # 'no' applied the decay
+    with pytest.raises(ValueError, match=r"mask must be a tree of True/False matching a prefix of the parameters'"):
+        jo.add_decayed_weights(0.1, mask={"w": True}).init(params)  # failed at the first update, inside jit
+    with pytest.raises(ValueError, match="pytree structure error"):
+        optax.add_decayed_weights(0.1, mask={"w": True}).init(params)  # optax fails at init too
+    ours = jo.add_decayed_weights(0.5, mask={"w": jnp.asarray(True), "b": np.False_})  # 0-d boolean arrays are fine
+    updates, _ = ours.update(jax.tree_util.tree_map(jnp.zeros_like, params), ours.init(params), params)
+    np.testing.assert_array_equal(updates["w"], 0.5)
+    np.testing.assert_array_equal(updates["b"], 0.0)
 
 
 @pytest.mark.parametrize("build", INVALID)
@@ -346,9 +401,9 @@ def test_a_learning_rate_must_be_a_number_or_a_callable(learning_rate):
 
 
 def test_boundary_hyperparameters_are_accepted():
-    jo.rmsprop(0.1, decay=1.0, eps=0.0)
+    jo.rmsprop(0.1, decay=1.0, eps=1e-12)
     jo.adadelta(rho=0.0)
-    jo.adam(np.float32(0.1), b1=0.0, b2=0.0, eps=0.0)
+    jo.adam(np.float32(0.1), b1=0.0, b2=0.0, eps=1e-12)
     jo.sgd(jnp.float32(0.1), momentum=0.0)
     jo.adagrad(0.1, initial_accumulator_value=0.0)
 

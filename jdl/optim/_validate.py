@@ -79,6 +79,20 @@ def check_schedule_value(name: str, value: Any) -> Any:
     return check_number(name, value)
 
 
+def check_denominator_eps(value: Any, floor: Any = 0.0, floor_name: str | None = None) -> Any:
+    """An ``eps`` added to a denominator that is 0 where the gradient is: >= 0,
+    and > 0 unless ``floor`` (``floor_name``, another term of the
+    denominator) is > 0, since with both 0 a coordinate whose gradient is 0
+    is updated by 0/0 = NaN (optax accepts it and gives the NaN)."""
+    number, other = _concrete_scalar("eps", value), 0.0 if floor_name is None else _concrete_scalar(floor_name, floor)
+    check_range("eps", value, 0.0)
+    if number == 0.0 and other == 0.0:
+        unless = "" if floor_name is None else f" when {floor_name} is 0"
+        raise ValueError(f"eps must be > 0{unless}, got {value!r}: with 0, a coordinate whose gradient is 0 "
+                         "is updated by 0/0 = NaN")  # fmt: skip
+    return value
+
+
 def check_beta(name: str, value: Any) -> Any:
     """An exponential-averaging rate of Adam: in [0, 1)."""
     return check_range(name, value, 0.0, 1.0, include_high=False)
@@ -90,6 +104,8 @@ def check_learning_rate(learning_rate: Any, name: str = "learning_rate") -> Any:
         return learning_rate
     if learning_rate is None:
         raise ValueError(f"{name} must be a number or a schedule (step -> value), got None")
+    if is_real(learning_rate):
+        return check_number(name, learning_rate)  # a ValueError for nan or inf says "must be finite"
     try:
         return check_number(name, learning_rate)
     except ValueError as error:

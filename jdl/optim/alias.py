@@ -74,6 +74,7 @@ def sgd(
         if _validate.check_flag("nesterov", nesterov):
             raise ValueError("nesterov=True needs a momentum, e.g. sgd(lr, momentum=0.9)")
         return gd(learning_rate)
+    _validate.check_range("momentum", momentum, 0.0, 1.0)
     return chain(
         transforms.trace(decay=momentum, nesterov=nesterov),
         transforms.scale_by_learning_rate(learning_rate),
@@ -88,6 +89,8 @@ def momentum(learning_rate: ScalarOrSchedule, momentum: Float = 0.9, nesterov: b
     (Nesterov: `params <- params - lr * (g_t + momentum * m_t)`.)  Polyak,
     1964; Sutskever et al., ICML 2013.
     """
+    if momentum is None:  # sgd's "no momentum", which this optimizer is not
+        raise ValueError("momentum must be a number in [0, 1], got None; for no momentum use gd or sgd")
     return sgd(learning_rate, momentum=momentum, nesterov=nesterov)
 
 
@@ -120,6 +123,7 @@ def rmsprop(
     decay: Float = 0.9,
     eps: Float = 1e-8,
     initial_scale: Float = 0.0,
+    *,
     centered: bool = False,
     momentum: Float | None = None,
     nesterov: bool = False,
@@ -134,6 +138,8 @@ def rmsprop(
     decay) * g_t`.  With `momentum`, `u_t` is then accumulated as in `trace`
     (after the learning rate, as in optax and TensorFlow):
     `b_t = u_t + momentum * b_{t-1}`, `params <- params + b_t`.
+    `centered`, `momentum` and `nesterov` are keyword-only (optax's fifth
+    argument is `eps_in_sqrt`).
 
     Tieleman and Hinton, "Lecture 6.5 - RMSProp", COURSERA: Neural Networks
     for Machine Learning, 2012; Graves, "Generating Sequences With Recurrent
@@ -144,6 +150,7 @@ def rmsprop(
         transforms.scale_by_learning_rate(learning_rate),
     ]
     if momentum is not None:
+        _validate.check_range("momentum", momentum, 0.0, 1.0)
         steps.append(transforms.trace(decay=momentum, nesterov=nesterov))
     elif _validate.check_flag("nesterov", nesterov):
         raise ValueError("nesterov=True needs a momentum, e.g. rmsprop(lr, momentum=0.9)")
@@ -196,6 +203,7 @@ def adamw(
     b1: Float = 0.9,
     b2: Float = 0.999,
     eps: Float = 1e-8,
+    *,
     eps_root: Float = 0.0,
     weight_decay: ScalarOrSchedule = 1e-4,
     mask: Any = None,
@@ -206,8 +214,11 @@ def adamw(
         params <- params - lr * (u_t + weight_decay * params)
 
     with `m_t`, `v_t` as in `adam`.  `mask` (a tree of booleans or a function
-    `params -> tree`) selects the leaves that decay.  Loshchilov and Hutter,
-    "Decoupled Weight Decay Regularization", ICLR 2019.
+    `params -> tree`) selects the leaves that decay.  The arguments after
+    `eps` are keyword-only: optax's fifth to seventh are `eps_root`,
+    `mu_dtype`, `weight_decay`, so a positional weight decay would land
+    elsewhere.  Loshchilov and Hutter, "Decoupled Weight Decay
+    Regularization", ICLR 2019.
     """
     return chain(
         transforms.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root),

@@ -81,13 +81,13 @@ def cosine_decay(
         lr(t) = init_value * ((1 - alpha) * c(t) ** exponent + alpha),
         c(t)  = (1 + cos(pi * min(t, decay_steps) / decay_steps)) / 2
 
-    Loshchilov and Hutter, "SGDR: Stochastic Gradient Descent with Warm
+    (`exponent` > 0.)  Loshchilov and Hutter, "SGDR: Stochastic Gradient Descent with Warm
     Restarts", ICLR 2017.
     """
     _validate.check_schedule_value("init_value", init_value)
     _check_steps("decay_steps", decay_steps, positive=True)
     _validate.check_range("alpha", alpha, 0.0, 1.0)
-    _validate.check_number("exponent", exponent)
+    _validate.check_range("exponent", exponent, 0.0, include_low=False)
     return _cosine(init_value, decay_steps, alpha, exponent)
 
 
@@ -123,6 +123,7 @@ def warmup_cosine_decay(
     _validate.check_schedule_value("init_value", init_value)
     _validate.check_schedule_value("peak_value", peak_value)
     _validate.check_number("end_value", end_value)
+    _validate.check_range("exponent", exponent, 0.0, include_low=False)
     _check_steps("warmup_steps", warmup_steps, positive=False)
     _check_steps("decay_steps", decay_steps, positive=True)
     if decay_steps <= warmup_steps:

@@ -4,8 +4,10 @@ Each constructor checks its concrete hyperparameters and returns a
 `GradientTransformation`.  The arithmetic follows optax (0.2.8) operation by
 operation, so a chain of these blocks gives optax's numbers to float32
 rounding.  Notation: `g` is the incoming update (the gradient), `t` counts
-steps from 1, every operation is elementwise, and the learning rate is
-applied last by `scale_by_learning_rate` with its sign flipped (descent).
+steps from 1, and every operation is elementwise.  The learning rate is
+applied by `scale_by_learning_rate` with its sign flipped (descent): last in
+every optimizer but `rmsprop` with momentum, whose `trace` comes after it, as
+in optax.
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ def trace(decay: jax.typing.ArrayLike, nesterov: bool = False) -> GradientTransf
     al., "On the importance of initialization and momentum in deep
     learning", ICML 2013 (the Nesterov form).
     """
-    _validate.check_range("momentum", decay, 0.0, 1.0)
+    _validate.check_range("decay", decay, 0.0, 1.0)
     nesterov = _validate.check_flag("nesterov", nesterov)
 
     def init_fn(params):
@@ -210,7 +212,7 @@ def scale_by_rms(
     Networks", arXiv:1308.0850, 2013.
     """
     _validate.check_range("decay", decay, 0.0, 1.0)
-    _validate.check_range("eps", eps, 0.0)
+    _validate.check_denominator_eps(eps)
     _validate.check_range("initial_scale", initial_scale, 0.0)
     centered = _validate.check_flag("centered", centered)
 
@@ -259,7 +261,7 @@ def scale_by_adadelta(rho: jax.typing.ArrayLike = 0.9, eps: jax.typing.ArrayLike
     step 30% slower on the CPU (benchmarks/README.md, optimizer updates).
     """
     _validate.check_range("rho", rho, 0.0, 1.0)
-    _validate.check_range("eps", eps, 0.0)
+    _validate.check_denominator_eps(eps)
 
     def init_fn(params):
         return ScaleByAdaDeltaState(e_g=tree_zeros_like(params), e_x=tree_zeros_like(params))
@@ -295,8 +297,8 @@ def scale_by_adam(
     """
     _validate.check_beta("b1", b1)
     _validate.check_beta("b2", b2)
-    _validate.check_range("eps", eps, 0.0)
     _validate.check_range("eps_root", eps_root, 0.0)
+    _validate.check_denominator_eps(eps, eps_root, "eps_root")
 
     def init_fn(params):
         mu, nu = tree_zeros_like(params), tree_zeros_like(params)
@@ -321,14 +323,32 @@ def scale_by_adam(
     return GradientTransformation(init_fn, update_fn)
 
 
+def _mask_entry(flag: Any) -> bool:
+    """A mask's entry: True or False, or a 0-d boolean array holding one."""
+    if getattr(flag, "shape", None) == () and getattr(flag, "dtype", None) == jnp.bool_:
+        return bool(flag)
+    return _validate.check_flag("a mask entry", flag)
+
+
 def _full_mask(mask: Any, params: Params) -> Any:
-    """Broadcast a mask (a tree prefix of booleans, or `params -> tree`)."""
+    """Broadcast a mask (a tree prefix of booleans, or `params -> tree`) to
+    one bool per leaf; a ValueError for entries that are not True or False
+    ('no' would count as True) or a tree that is no prefix of the parameters'."""
     mask_tree = mask(params) if callable(mask) else mask
-    return jax.tree_util.tree_map(
-        lambda flag, subtree: jax.tree_util.tree_map(lambda _: bool(flag), subtree),
-        mask_tree,
-        params,
-    )
+    try:
+        return jax.tree_util.tree_map(
+            lambda flag, subtree: jax.tree_util.tree_map(lambda _: _mask_entry(flag), subtree),
+            mask_tree,
+            params,
+        )
+    except (ValueError, TypeError, KeyError) as error:
+        if "mask entry" in str(error):
+            raise
+        raise ValueError(
+            "mask must be a tree of True/False matching a prefix of the parameters' tree (or a function of the "
+            f"parameters giving one); got {jax.tree_util.tree_structure(mask_tree)} for parameters "
+            f"{jax.tree_util.tree_structure(params)}"
+        ) from error
 
 
 def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: Any = None) -> GradientTransformation:
@@ -346,7 +366,8 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: Any = None) 
         schedule = None
 
     def init_fn(params):
-        del params
+        if mask is not None:
+            _full_mask(mask, params)  # a mask that does not fit fails here, not at the first update
         return EmptyState() if schedule is None else WeightDecayScheduleState(zero_count())
 
     def update_fn(updates, state, params=None):
