@@ -234,6 +234,25 @@ def test_a_loaders_flags_must_be_booleans():
     assert jd.Loader(images, labels, batch_size=2, shuffle=np.bool_(False)).shuffle is False
 
 
+@pytest.mark.parametrize(("labels", "kwargs", "match"), [
+    (np.arange(10) + 0.5, {}, r"labels must be integer class indices; got float64 labels such as 0.5 at index 0"),
+    (np.r_[np.arange(9.0), np.nan], {}, r"such as nan at index 9"),
+    (np.array(["cat"] * 10), {}, r"labels must be integer class indices; got <U3 labels"),
+    (np.arange(10) - 1, {}, r"labels must be class indices >= 0; got -1 at index 0 \(for a margin loss"),
+    (np.arange(10), {"num_classes": 5}, r"labels must be below num_classes=5; got 5 at index 5"),
+])
+def test_labels_that_are_not_class_indices_are_refused(labels, kwargs, match):
+    """8.5 became class 8, -1 and labels beyond num_classes went through."""
+    with pytest.raises(ValueError, match=match):
+        jd.Loader(np.zeros((10, 2, 2, 1), np.uint8), labels, batch_size=2, **kwargs)
+
+
+def test_labels_stored_as_whole_floats_are_class_indices():
+    loader = jd.Loader(np.zeros((10, 2, 2, 1), np.uint8), np.arange(10.0) % 3, batch_size=2)
+    np.testing.assert_array_equal(loader.arrays()["label"], np.arange(10) % 3)
+    assert loader.arrays()["label"].dtype == np.int32 and loader.num_classes == 3
+
+
 def test_batch_larger_than_split_without_drop_remainder_is_one_batch():
     loader = jd.load("mnist_sample", split="test", batch_size=5000, drop_remainder=False)
     (batch,) = list(loader)

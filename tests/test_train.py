@@ -562,8 +562,11 @@ def test_training_labels_beyond_the_models_outputs_are_refused_before_training()
     images, labels = jdl.data.mnist_sample.read_split("train")
     labels = labels.astype(np.int64)
     labels[40] = 12  # beyond the 10 outputs, far from the 2 examples fit builds its sample from
-    loader = jdl.data.Loader(images, labels, batch_size=100, shuffle=False, num_classes=10)
-    with pytest.raises(ValueError, match=r"integer labels must lie in \[0, 10\) .* got labels from 0 to 12"):
+    with pytest.raises(ValueError, match=r"labels must be below num_classes=10; got 12 at index 40"):
+        jdl.data.Loader(images, labels, batch_size=100, shuffle=False, num_classes=10)  # the loader's own check
+    loader = jdl.data.Loader(images, labels, batch_size=100, shuffle=False)  # 13 classes, then
+    with pytest.raises(ValueError, match=r"output of shape \(2, 10\) .* does not fit integer labels of shape \(2,\) "
+                                         r"with 13 classes: expected logits of shape \(batch, >= 13\)"):
         train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), loader, epochs=1, progress=False)
 
 
@@ -810,6 +813,11 @@ def test_training_data_and_optimizer_of_the_wrong_kind_say_what_is_expected():
     with pytest.raises(TypeError, match=r"optimizer must be a gradient transformation .*jdl.optim.get\('adam', "
                                         r"learning_rate=...\)\); got str"):
         train.fit(_small_mlp(), losses.cross_entropy, "adam", _loader(), epochs=1, progress=False)
+    with pytest.raises(TypeError, match=r"model must be a jdl.nn layer .*\(mlp builds one: call it, e.g. "
+                                        r"models.mlp\(...\)\); got function"):
+        train.fit(models.mlp, losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=1, progress=False)
+    with pytest.raises(TypeError, match=r"evaluate: model must be .*\(for a name: jdl.models.get\('mlp'\)\)"):
+        train.evaluate("mlp", losses.cross_entropy, {}, {}, arrays)
 
 
 def test_resuming_without_a_checkpoint_or_beyond_its_epochs_says_so(tmp_path):

@@ -86,10 +86,11 @@ class Loader:
         self.transform = transform
         self.num_examples = len(labels)
         self.image_shape = tuple(int(d) for d in images.shape[1:])
+        labels = _class_indices(labels, num_classes)
         self.num_classes = int(num_classes if num_classes is not None else labels.max() + 1)
         self.class_names = class_names
         self._images = images
-        self._labels = labels.astype(np.int32, copy=False)
+        self._labels = labels
         self._transform_wants_rng = transform is not None and wants_rng(transform)
         self._epoch = 0
         self._step = 0
@@ -200,6 +201,29 @@ def _check_flags(allow_none: bool = False, **flags) -> None:
     """A ValueError unless each flag is a bool (or None where ``allow_none``)."""
     for name, value in flags.items():
         check_flag(name, value, allow_none)
+
+
+def _class_indices(labels: np.ndarray, num_classes: int | None) -> np.ndarray:
+    """``labels`` as int32 class indices, after checking that they are whole
+    numbers (floats holding them are taken: 8.5 would have become 8), at least
+    0 and below ``num_classes`` when it is given."""
+    def first(bad: np.ndarray) -> str:
+        index = int(np.argmax(bad))
+        return f"{labels[index].item()!r} at index {index}"
+
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        if not np.issubdtype(labels.dtype, np.floating):
+            raise ValueError(f"labels must be integer class indices; got {labels.dtype} labels")
+        fractional = ~np.isfinite(labels) | (labels != np.round(labels))
+        if fractional.any():
+            raise ValueError(f"labels must be integer class indices; got {labels.dtype} labels such as "
+                             f"{first(fractional)}")
+    if (labels < 0).any():
+        raise ValueError(f"labels must be class indices >= 0; got {first(labels < 0)} (for a margin loss's -1/+1 "
+                         "labels, store 0/1 and map them in the loss, e.g. hinge_loss(s, 2 * y - 1))")
+    if num_classes is not None and (labels >= num_classes).any():
+        raise ValueError(f"labels must be below num_classes={num_classes}; got {first(labels >= num_classes)}")
+    return labels.astype(np.int32, copy=False)
 
 
 def _check_seed(seed: int) -> None:

@@ -162,6 +162,7 @@ def _evaluation_arrays(model: Layer, loss_fn: LossFn, params, state, data, batch
 def evaluate(model: Layer, loss_fn: LossFn, params, state, data, *, batch_size: int = 1000) -> dict[str, float]:
     """Mean loss and accuracy of the model on ``data`` (a jdl loader or a dict
     with ``image`` and ``label`` arrays), in eval mode."""
+    _check_model(model, "evaluate")
     images, labels = _evaluation_arrays(model, loss_fn, params, state, data, batch_size)
     images, labels = jnp.asarray(images), jnp.asarray(labels)
     lowered = _lowered_evaluation(model, loss_fn, Carry(params, state, None, None), images, labels, batch_size)
@@ -272,6 +273,7 @@ def fit(
     epochs = int(epochs)
     if not is_int(eval_batch_size) or eval_batch_size < 1:
         raise ValueError(f"fit: eval_batch_size must be a positive int; got {eval_batch_size!r}")
+    _check_model(model, "fit")
     _check_data_and_optimizer(train_data, optimizer)
     if stop_when is not None and not callable(stop_when):
         raise TypeError(f"fit: stop_when must be a function of an epoch's record, or None; got {stop_when!r}")
@@ -416,6 +418,22 @@ def _start_program(model: Layer, loss_fn: LossFn, optimizer: GradientTransformat
         labels = np.asarray(loader.stored()[1])
     _check_model_fits(model, loss_fn, shapes[1], shapes[2], images, labels, loader.num_classes)
     return start, (params, state), shapes, images.shape[1:]
+
+
+def _check_model(model, where: str) -> None:
+    """A TypeError saying what was expected unless ``model`` has a layer's
+    ``init`` and ``apply``: a model constructor not called (``models.mlp``)
+    is told to be called."""
+    if callable(getattr(model, "init", None)) and callable(getattr(model, "apply", None)):
+        return
+    name, module = getattr(model, "__name__", ""), getattr(model, "__module__", None) or ""
+    hint = ""
+    if callable(model) and name and module.startswith("jdl."):
+        hint = f" ({name} builds one: call it, e.g. {module.split('.')[1]}.{name}(...))"
+    elif isinstance(model, str):
+        hint = f" (for a name: jdl.models.get({model!r}))"
+    raise TypeError(f"{where}: model must be a jdl.nn layer with init and apply, such as jdl.models.mlp() or "
+                    f"jdl.nn.serial(...){hint}; got {type(model).__name__}")  # fmt: skip
 
 
 def _check_data_and_optimizer(train_data, optimizer) -> None:
