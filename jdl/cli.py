@@ -36,6 +36,27 @@ def _positive_float(text: str) -> float:
     return value
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help that gives each option's default where it has one (not None or False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        if action.option_strings and not unset and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], e.g. 0.9 for 90%; got {text}")
+    return value
+
+
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="tfds data folder (prepared datasets and jdl's caches)")
     parser.add_argument("--manual-dir", help="folder holding a dataset's source files (e.g. Debian's fashion-mnist)")
@@ -49,31 +70,50 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jdl", description="jdl: train models and compare optimizers on JAX.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    from jdl import __version__
 
-    train = commands.add_parser("train", help="train one model with one optimizer and write results.json")
+    parser = argparse.ArgumentParser(prog="jdl", description="jdl: train models and compare optimizers on JAX.")
+    parser.add_argument("--version", action="version", version=f"jdl {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    formatter = _DefaultsFormatter
+
+    train = commands.add_parser("train", help="train one model with one optimizer and write results.json",
+                                formatter_class=formatter)  # fmt: skip
     train.add_argument("--dataset", required=True, help="tfds name, e.g. mnist, fashion_mnist, cifar10, mnist_sample")
-    train.add_argument("--model", required=True, help="mlp, cnn, fmnist_2c2d, cifar10_3c3d, ...")
-    train.add_argument("--optimizer", required=True, help="gd, sgd, momentum, adagrad, rmsprop, adadelta, adam, adamw")
-    train.add_argument("--learning-rate", type=_positive_float, help="default: the optimizer's default rate")
+    train.add_argument("--model", required=True,
+                       help="mlp, cnn, mnist_2c2d, fmnist_2c2d, cifar10_3c3d, cifar100_3c3d")  # fmt: skip
+    train.add_argument("--optimizer", required=True,
+                       help="gd, sgd, minibatch, momentum, nesterov, adagrad, rmsprop, adadelta, adam, adamw (the "
+                            "update rule, fed batches of --batch-size: gd, sgd and minibatch are the same rule here, "
+                            "where jdl compare's presets also fix their batch: the whole set, 1, --batch-size), or "
+                            "optax.<name>, e.g. optax.lion")  # fmt: skip
+    train.add_argument("--learning-rate", type=_positive_float,
+                       help="default: the optimizer's own (jdl.optim.DEFAULT_LEARNING_RATES)")
     train.add_argument("--batch-size", type=_positive_int, default=32,
-                       help="default 32, as Keras's fit (the cnn with Adam on Fashion-MNIST, 2 epochs, seeds 0-3: "
+                       help="as Keras's fit (the cnn with Adam on Fashion-MNIST, 2 epochs, seeds 0-3: "
                             "89.2-90.5%% test accuracy at 32, 87.7-89.4%% at 128)")  # fmt: skip
-    train.add_argument("--epochs", type=_positive_int, default=1)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--epochs", type=_positive_int, default=1, help="passes over the training set")
+    train.add_argument("--seed", type=int, default=0, help="seed of the initialization, the order and any dropout")
     _data_arguments(train)
 
-    compare = commands.add_parser("compare", help="train one model with several optimizers at once and compare them")
-    compare.add_argument("--dataset", default="mnist_sample")
-    compare.add_argument("--model", default="mlp")
+    compare = commands.add_parser("compare", help="train one model with several optimizers at once and compare them",
+                                  formatter_class=formatter)  # fmt: skip
+    compare.add_argument("--dataset", default="mnist_sample",
+                         help="tfds name, e.g. mnist, fashion_mnist, cifar10, or mnist_sample (ships with jdl)")
+    compare.add_argument("--model", default="mlp",
+                         help="mlp, cnn, mnist_2c2d, fmnist_2c2d, cifar10_3c3d, cifar100_3c3d")  # fmt: skip
     compare.add_argument("--optimizers", default="gd,sgd,minibatch,momentum,adagrad,rmsprop,adadelta,adam",
-                         help="comma-separated preset, jdl.optim or optax.<name> optimizers")
+                         help="comma-separated presets (gd: the whole training set a step, sgd: one example, the "
+                              "others --batch-size), jdl.optim names (adamw, nesterov) or optax.<name>")  # fmt: skip
     compare.add_argument("--seeds", type=_positive_int, default=2, help="number of seeds per optimizer")
-    compare.add_argument("--epochs", type=_positive_int, default=10)
-    compare.add_argument("--batch-size", type=_positive_int, default=128)
-    compare.add_argument("--learning-rates", help="comma-separated grid searched per optimizer (DeepOBS protocol)")
-    compare.add_argument("--target-accuracy", type=float, default=0.9)
+    compare.add_argument("--epochs", type=_positive_int, default=10, help="passes over the training set")
+    compare.add_argument("--batch-size", type=_positive_int, default=128,
+                         help="the batch of every optimizer but gd and sgd")
+    compare.add_argument("--learning-rates",
+                         help="comma-separated grid searched per optimizer on a validation split, then the best "
+                              "rerun with every seed (DeepOBS protocol); default: each preset's own rate")  # fmt: skip
+    compare.add_argument("--target-accuracy", type=_fraction, default=0.9,
+                         help="test accuracy whose epochs and seconds to reach the table reports")
     _data_arguments(compare)
     return parser
 
@@ -154,9 +194,22 @@ def _train_into(args: argparse.Namespace, out: Path) -> int:
     import jdl.data
     from jdl import losses, models, optim, train
 
-    name = registry_key(args.optimizer)  # as optim.get reads it
-    learning_rate = optim.DEFAULT_LEARNING_RATES.get(name) if args.learning_rate is None else args.learning_rate
-    optimizer = optim.get(args.optimizer, learning_rate=learning_rate)
+    if args.optimizer.startswith("optax."):  # as jdl compare takes it
+        from jdl.compare.presets import preset
+
+        found = preset(args.optimizer)
+        name, make, default_rate = found.name, found.make, found.learning_rate
+    else:
+        name = registry_key(args.optimizer)  # as optim.get reads it
+        make = lambda rate: optim.get(args.optimizer, learning_rate=rate)  # noqa: E731
+        default_rate = optim.DEFAULT_LEARNING_RATES.get(name)
+    learning_rate = default_rate if args.learning_rate is None else args.learning_rate
+    try:
+        optimizer = make(learning_rate)
+    except ValueError as error:
+        if not str(error).startswith("unknown optimizer"):
+            raise
+        raise ValueError(f"{error} Or optax.<name>, e.g. optax.lion.") from None
     models.get(args.model)  # unknown names fail before any data is read
     common = {"batch_size": args.batch_size, "data_dir": args.data_dir, "manual_dir": args.manual_dir}
     train_data = jdl.data.load(args.dataset, split="train", shuffle=True, seed=args.seed, **common)
@@ -173,8 +226,9 @@ def _train_into(args: argparse.Namespace, out: Path) -> int:
 
     (out / "results.json").write_text(json.dumps(jsonable(record), indent=1, allow_nan=False) + "\n")
     last = result.history[-1]
+    epochs = f"{last['epoch']} epoch" + ("s" if last["epoch"] != 1 else "")
     print(f"{args.model} on {args.dataset} with {args.optimizer}: test accuracy {last['test_accuracy']:.4f} "
-          f"after {last['epoch']} epochs; results in {out / 'results.json'}")  # fmt: skip
+          f"after {epochs}; results in {out / 'results.json'}")  # fmt: skip
     return 0
 
 
@@ -196,6 +250,8 @@ def _compare_into(args: argparse.Namespace, out: Path) -> int:
         if not grid:
             raise ValueError("--learning-rates is empty; give at least one positive rate")
     names = [name.strip() for name in args.optimizers.split(",") if name.strip()]
+    if not names:
+        raise ValueError(f"--optimizers names none; give comma-separated names, e.g. sgd,adam; got {args.optimizers!r}")
     result = compare.run(
         args.dataset, args.model, names, seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size,
         learning_rates=grid, target_accuracy=args.target_accuracy, data_dir=args.data_dir,
@@ -246,7 +302,11 @@ def _in_the_commands_words(error: Exception) -> str:
     if loader is not None and isinstance(error, loader.BatchLargerThanSplitError):
         return (f"--batch-size {error.batch_size} is larger than the training split, which holds "
                 f"{error.num_examples} examples: use --batch-size <= {error.num_examples}")
-    return str(error)
+    message = str(error)
+    for library, option in (("manual_dir=FOLDER", "--manual-dir FOLDER"), ("data_dir=FOLDER", "--data-dir FOLDER"),
+                            ("in a fresh data_dir", "in a fresh --data-dir")):  # fmt: skip
+        message = message.replace(library, option)
+    return message
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,11 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _use_compilation_cache(args)
         return run_train(args) if args.command == "train" else run_compare(args)
-    except (ValueError, OSError) as error:  # bad input: names, shapes, files, folders
+    except (ValueError, OSError, ImportError) as error:  # bad input: names, shapes, files, folders; no TensorFlow
         print(f"jdl {args.command}: error: {_in_the_commands_words(error)}", file=sys.stderr)
         return 2
     except FloatingPointError as error:  # train.NonFiniteLossError: the run diverged
-        print(f"jdl {args.command}: error: {error}", file=sys.stderr)
+        print(f"jdl {args.command}: error: {error} No results were written.", file=sys.stderr)
         return 1
     except KeyboardInterrupt as interrupt:
         print(f"\njdl {args.command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)

@@ -134,6 +134,56 @@ def test_cli_train_writes_results(tmp_path):
     assert run["batch_size"] == 32  # the documented default
 
 
+def test_cli_train_takes_an_optax_optimizer_and_counts_its_epochs_in_words(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "optax.lion", "--epochs",
+                     "1", "--out", str(out), "--no-compilation-cache"]) == 0  # fmt: skip
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["optimizer"] == "optax.lion" and run["learning_rate"] == 1e-3  # jdl compare's rate for optax names
+    assert run["epochs"][0]["test_accuracy"] > 0.8
+    assert "after 1 epoch; results in" in capsys.readouterr().out  # not "1 epochs"
+
+
+def test_cli_help_gives_each_options_default_and_the_version(capsys):
+    for command, defaults in (("compare", ["(default: 10)", "(default: 128)", "(default: mnist_sample)"]),
+                              ("train", ["(default: 1)", "(default: 0)", "(default: 32)"])):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert exit_.value.code == 0 and all(d in text for d in defaults), (command, text)
+        assert "(default: None)" not in text
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"jdl {jdl.__version__}\n"
+
+
+def test_cli_errors_use_the_commands_options_and_a_missing_tensorflow_is_one_line(tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["compare", "--target-accuracy", "90"])
+    assert exit_.value.code == 2
+    assert "--target-accuracy: expected a fraction in (0, 1], e.g. 0.9 for 90%; got 90" in capsys.readouterr().err
+
+    def not_offline(*args, **kwargs):
+        raise ValueError("fashion_mnist is not prepared in X. Either pass manual_dir=FOLDER holding its source "
+                         "files; or pass data_dir=FOLDER where it is already prepared")  # fmt: skip
+
+    argv = ["train", "--dataset", "fashion_mnist", "--model", "mlp", "--optimizer", "adam",
+            "--out", str(tmp_path / "new"), "--no-compilation-cache"]  # fmt: skip
+    monkeypatch.setattr(jdl.data, "load", not_offline)
+    assert cli.main(argv) == 2
+    assert "Either pass --manual-dir FOLDER holding its source files; or pass --data-dir FOLDER where" in \
+        capsys.readouterr().err
+
+    def no_tensorflow(*args, **kwargs):
+        raise ImportError("Preparing a tensorflow-datasets dataset needs TensorFlow, which is not installed.")
+
+    monkeypatch.setattr(jdl.data, "load", no_tensorflow)
+    assert cli.main(argv) == 2  # was a traceback
+    assert capsys.readouterr().err == ("jdl train: error: Preparing a tensorflow-datasets dataset needs TensorFlow, "
+                                       "which is not installed.\n")
+    assert not (tmp_path / "new").exists()
+
+
 def test_cli_train_and_compare_in_mixed_precision(tmp_path):
     """``--dtype bfloat16``: the model computes in bfloat16 (other numbers than
     float32's, as good), and the results say so."""
@@ -160,7 +210,9 @@ def test_cli_train_and_compare_in_mixed_precision(tmp_path):
         (["compare", "--learning-rates", ""], r"--learning-rates is empty; give at least one positive rate"),
         (["compare", "--learning-rates", ","], r"--learning-rates is empty"),
         (["compare", "--optimizers", "optax.apply_updates"], r"'optax.apply_updates' is not an optax optimizer taking"),
-        (["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "adamx"], r"unknown optimizer"),
+        (["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "adamx"],
+         r"unknown optimizer 'adamx'; valid names: gd, .*Or optax.<name>, e.g. optax.lion."),
+        (["compare", "--optimizers", " , "], r"--optimizers names none; give comma-separated names, e.g. sgd,adam"),
         (["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "adam", "--batch-size", "100000"],
          r"--batch-size 100000 is larger than the training split, which holds 4000 examples: use --batch-size <= 4000"),
     ],
@@ -362,6 +414,7 @@ def test_cli_refuses_a_compilation_cache_it_cannot_write(tmp_path, capsys):
     ({"optimizers": ["adam", "sgd"], "learning_rates": {"adam": [1e-3]}},
      r"a dict of learning-rate grids needs one for every optimizer compared; none for \['sgd'\]"),
     ({"learning_rates": {"adam": [1e-3], "Adam": [1e-2]}}, r"learning rates are given twice for 'adam' \(as 'Adam'"),
+    ({"optimizers": ["Adam", "sgd", "adam"]}, r"optimizers name 'adam' twice \(as 'Adam' and 'adam'\); name each once"),
 ])
 def test_run_refuses_bad_arguments_before_loading_data(kwargs, message, monkeypatch):
     monkeypatch.setattr(jdl.compare.jdl_data, "load", lambda *a, **k: pytest.fail("loaded data before the error"))
@@ -378,7 +431,7 @@ def test_optimizers_are_named_in_any_case_and_an_optimizer_object_is_told_to_use
                                         r"GradientTransformationExtraArgs"):
         jdl.compare.run("mnist_sample", "mlp", [optax.adam(1e-3)])
     monkeypatch.undo()
-    result = jdl.compare.run("mnist_sample", "mlp", ["Adam", "adam", "SGD"],
+    result = jdl.compare.run("mnist_sample", "mlp", ["Adam", "SGD"],
                              learning_rates={"ADAM": [1e-3], "Sgd": [0.02]}, seeds=1, epochs=1, progress=False)
     assert [r["optimizer"] for r in result.runs] == ["adam", "sgd"]
     assert [r["learning_rate"] for r in result.runs] == [1e-3, 0.02]

@@ -51,7 +51,7 @@ def import_tensorflow() -> ModuleType:
         raise ImportError(
             "Preparing a tensorflow-datasets dataset (extracting it and writing its "
             "files) needs TensorFlow, which is not installed. Install it with "
-            "`pip install tensorflow-cpu` (or `pip install 'jdl-learn[prepare]'`); "
+            "`pip install tensorflow-cpu` (or, in a checkout of jdl, `pip install '.[prepare]'`); "
             "reading an already prepared dataset, and 'mnist_sample', need no TensorFlow."
         ) from e
     try:
