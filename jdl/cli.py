@@ -10,30 +10,32 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from jdl._checks import registry_key
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text}")
-    return value
+def _option_type(convert: Callable[[str], Any], is_valid: Callable[[Any], bool], expected: str) -> Callable:
+    """An argparse ``type``: ``convert(text)`` if ``is_valid`` holds for it,
+    else an error saying what was ``expected`` and what came."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not is_valid(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number; got {text}")
-    return value
+_positive_int = _option_type(int, lambda v: v >= 1, "a positive integer")
+_positive_float = _option_type(float, lambda v: v > 0 and math.isfinite(v), "a positive finite number")
+_fraction = _option_type(float, lambda v: 0.0 < v <= 1.0, "a fraction in (0, 1], e.g. 0.9 for 90%")
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):
@@ -45,16 +47,6 @@ class _DefaultsFormatter(argparse.HelpFormatter):
         if action.option_strings and not unset and "default" not in text:
             text += " (default: %(default)s)"
         return text
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], e.g. 0.9 for 90%; got {text}")
-    return value
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
