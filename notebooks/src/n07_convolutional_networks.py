@@ -220,7 +220,7 @@ CELLS = [
       anywhere. Pooling trades resolution for a wider view.
     * The first layer learns edge- and blob-like filters; deeper feature maps respond to larger parts.
     * With the same optimizer and budget the CNN beats the MLP on Fashion-MNIST (typically around 91% against
-      88% after ten full epochs; on a small CPU subset and a few epochs the gap is smaller, as above), with
+      88% after ten full epochs of Fashion-MNIST; the smaller run above gives its own numbers), with
       more parameters and much more computation per example.
     """),
 ]
