@@ -430,6 +430,10 @@ def multiclass_hinge_loss(
     return _reduce(name, _nan_where_invalid(loss, valid), reduction, weights)
 
 
+# log(p) of a probability rounded up to just above 1 (float32: 1.2e-7) is still a log-probability.
+LOG_PROBABILITY_SLACK = 1e-6
+
+
 def kl_divergence(
     log_predictions: jax.typing.ArrayLike,
     targets: jax.typing.ArrayLike,
@@ -445,7 +449,11 @@ def kl_divergence(
     (double ``where``), so gradients with respect to ``log_predictions`` and
     ``targets`` stay finite where ``t == 0`` (there the ``t log t`` term
     contributes a zero gradient), also where ``log q`` is ``-inf`` (a masked
-    class, as ``scipy.special.rel_entr(0, 0) = 0``). Targets are not value-checked. KL is
+    class, as ``scipy.special.rel_entr(0, 0) = 0``). ``log_predictions``
+    must be log-probabilities, at most 0 (up to a rounding of
+    ``LOG_PROBABILITY_SLACK``): concrete values above raise (probabilities
+    given by mistake: ``kl_divergence(softmax(x), t)`` came out negative),
+    traced ones make their row NaN. Targets are not value-checked. KL is
     non-negative for distributions; in floating point it can come out
     negative by a rounding error near its minimum (it is not clamped).
 
@@ -458,11 +466,14 @@ def kl_divergence(
     log_q, t = _float(log_predictions), _float(targets)
     _class_axis(name, log_q, "log_predictions")
     _same_shape(name, log_q, t, "log_predictions", "targets")
+    valid = _check_values(log_q, lambda v: v <= LOG_PROBABILITY_SLACK,
+                          f"{name}: log_predictions must be log-probabilities (<= 0; for probabilities p pass "
+                          "jnp.log(p), for logits jax.nn.log_softmax(logits))")  # fmt: skip
     positive = t > 0
     t_log_t = jnp.where(positive, t * jnp.log(jnp.where(positive, t, 1.0)), 0.0)
     # a class of target 0 adds nothing even where log q is -inf (a masked logit's log_softmax)
     finite_log_q = jnp.where((t == 0) & jnp.isneginf(log_q), 0.0, log_q)
-    loss = jnp.sum(t_log_t - t * finite_log_q, axis=-1)
+    loss = _nan_where_invalid(jnp.sum(t_log_t - t * finite_log_q, axis=-1), jnp.all(valid, axis=-1))
     return _reduce(name, loss, reduction, weights)
 
 

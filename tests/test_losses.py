@@ -681,6 +681,9 @@ ERRORS = [
     (lambda: L.cross_entropy(X, np.where(np.arange(K) == 3, 1.5, 0.2) * np.ones((6, 1), np.float32)),
      r"cross_entropy: probability targets must lie in [0, 1]; got 6 of 30 outside, the first 1.5 at index [0 3]"),
     (lambda: L.log_loss(F, F, from_logits="no"), r"log_loss: from_logits must be True or False; got 'no'"),
+    (lambda: L.kl_divergence(np.full((6, K), 0.2), np.full((6, K), 0.2)),  # probabilities, not their logs
+     r"kl_divergence: log_predictions must be log-probabilities (<= 0; for probabilities p pass jnp.log(p), "
+     r"for logits jax.nn.log_softmax(logits)); got 30 of 30 outside, the first 0.2 at index [0 0]"),
     (lambda: L.log_loss(np.zeros((4, 1)), F),
      r"log_loss: labels must have the shape of logits (4, 1); got (4,)"),
     (lambda: L.exponential_loss(F, np.array([1.0, 0.0, 1.0, 1.0])),
@@ -756,7 +759,18 @@ _TARGETS[2, 1] = -0.5
 BAD_TRACED.append((L.cross_entropy, X, _TARGETS, [2],
                    "cross_entropy: probability targets must lie in [0, 1]; got 1 of 30 outside, the first -0.5 "
                    "at index [2 1]"))  # fmt: skip
-BAD_IDS = [b[0].__name__ + ("_targets" if b[2].ndim == 2 else "") for b in BAD_TRACED]
+_PROBABILITIES = np.full((6, K), np.log(0.2), np.float32)
+_PROBABILITIES[3] = 0.2  # a row of probabilities among log-probabilities
+
+
+def kl_divergence_targets_first(targets, log_predictions, **kwargs):
+    """kl_divergence with the arguments swapped: the table's bad values come second."""
+    return L.kl_divergence(log_predictions, targets, **kwargs)
+
+
+BAD_TRACED.append((kl_divergence_targets_first, np.full((6, K), 0.2, np.float32), _PROBABILITIES, [3],
+                   "kl_divergence: log_predictions must be log-probabilities"))  # fmt: skip
+BAD_IDS = [b[0].__name__ + ("_targets" if b[2].ndim == 2 and b[0] is L.cross_entropy else "") for b in BAD_TRACED]
 
 
 @pytest.mark.parametrize(("fn", "x", "y", "bad", "message"), BAD_TRACED, ids=BAD_IDS)
