@@ -443,3 +443,20 @@ def test_vmap_over_learning_rates_equals_separate_runs(name):
             separate,
         )
         assert not np.allclose(batched["blocks"][0][i], PARAMS["blocks"][0])  # it moved
+
+
+def test_gradients_or_updates_of_another_tree_than_the_parameters_name_both_structures():
+    """JAX's own message did not say which argument was wrong (optax's
+    "pytree structure error: ... the prefix pytree tree_map tree"; jdl's
+    "Dict key mismatch; expected keys: ['dense_0']", the reverse of the mistake)."""
+    params = {"dense_0": jnp.ones(2), "dense_1": jnp.ones(3)}
+    partial = {"dense_0": jnp.ones(2)}
+    expected = (r"the parameters' tree structure PyTreeDef\(\{'dense_0': \*, 'dense_1': \*\}\); "
+                r"got PyTreeDef\(\{'dense_0': \*\}\)")
+    for tx in (jo.adam(1e-3), jo.adamw(1e-3), jo.sgd(0.1, momentum=0.9)):
+        with pytest.raises(ValueError, match=r"update: the gradients must have " + expected):
+            tx.update(partial, tx.init(params), params)
+    with pytest.raises(ValueError, match=r"apply_updates: the updates must have " + expected):
+        jo.apply_updates(params, partial)
+    with pytest.raises(ValueError, match="pytree structure error"):  # what optax says
+        optax.adam(1e-3).update(partial, optax.adam(1e-3).init(params), params)

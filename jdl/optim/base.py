@@ -108,7 +108,11 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         new_state = []
         for fn, s, takes_extra in zip(update_fns, state, extra, strict=True):
             kwargs = extra_args if takes_extra else {}
-            updates, s = fn(updates, s, params, **kwargs)
+            try:
+                updates, s = fn(updates, s, params, **kwargs)
+            except (ValueError, TypeError) as error:
+                _raise_if_trees_differ("update", "gradients", updates, params, error)
+                raise
             new_state.append(s)
         return updates, tuple(new_state)
 
@@ -120,12 +124,30 @@ def apply_updates(params: Params, updates: Updates) -> Params:
 
     `None` leaves (absent parameters) stay `None`.
     """
-    return jax.tree_util.tree_map(
-        lambda p, u: None if p is None else jnp.asarray(p + u).astype(jnp.asarray(p).dtype),
-        params,
-        updates,
-        is_leaf=lambda x: x is None,
-    )
+    try:
+        return jax.tree_util.tree_map(
+            lambda p, u: None if p is None else jnp.asarray(p + u).astype(jnp.asarray(p).dtype),
+            params,
+            updates,
+            is_leaf=lambda x: x is None,
+        )
+    except (ValueError, TypeError) as error:
+        _raise_if_trees_differ("apply_updates", "updates", updates, params, error)
+        raise
+
+
+def _raise_if_trees_differ(where: str, what: str, tree: Any, params: Any, error: Exception) -> None:
+    """After ``error``: a ValueError naming both tree structures if ``tree``'s
+    is not ``params``' (given), which is then the likelier cause than the
+    message of JAX's that came first ("Dict key mismatch; expected keys"
+    lists the first tree's keys as the expected ones)."""
+    if params is None:
+        return
+    structure = jax.tree_util.tree_structure(tree, is_leaf=lambda x: x is None)
+    expected = jax.tree_util.tree_structure(params, is_leaf=lambda x: x is None)
+    if structure != expected:
+        raise ValueError(f"{where}: the {what} must have the parameters' tree structure {expected}; got {structure}") \
+            from error
 
 
 def safe_increment(count: jax.Array) -> jax.Array:
