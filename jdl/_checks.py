@@ -39,12 +39,15 @@ def is_real(value) -> bool:
 
 def check_flag(name: str, value, allow_none: bool = False) -> bool | None:
     """A switch (``nesterov``, ``from_logits``, ``shuffle``): True or False
-    (or None where ``allow_none``), returned as a bool; a ValueError for
-    anything else, as a string such as 'no' would otherwise count as True."""
+    (Python's, NumPy's, or a 0-d boolean array holding one; or None where
+    ``allow_none``), returned as a bool; a ValueError for anything else, as
+    a string such as 'no' would otherwise count as True.  A traced boolean
+    raises JAX's own error: a switch must be known when the program is built."""
     if value is None and allow_none:
         return None
     numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
-    if not (isinstance(value, bool) or numpy_bool):
+    boolean_array = getattr(value, "shape", None) == () and str(getattr(value, "dtype", "")) == "bool"
+    if not (isinstance(value, bool) or numpy_bool or boolean_array):
         expected = "True, False or None" if allow_none else "True or False"
         raise ValueError(f"{name} must be {expected}; got {value!r}")
     return bool(value)

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "where jdl compare's presets also fix their batch: the whole set, 1, --batch-size), or "
                             "optax.<name>, e.g. optax.lion")  # fmt: skip
     train.add_argument("--learning-rate", type=_positive_float,
-                       help="default: the optimizer's own (jdl.optim.DEFAULT_LEARNING_RATES)")
+                       help="default: the optimizer's own (jdl.optim.DEFAULT_LEARNING_RATES; 1e-3 for optax.<name>)")
     train.add_argument("--batch-size", type=_positive_int, default=32,
                        help="as Keras's fit (the cnn with Adam on Fashion-MNIST, 2 epochs, seeds 0-3: "
                             "89.2-90.5%% test accuracy at 32, 87.7-89.4%% at 128)")  # fmt: skip
@@ -307,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         _use_compilation_cache(args)
         return run_train(args) if args.command == "train" else run_compare(args)
     except (ValueError, OSError, ImportError) as error:  # bad input: names, shapes, files, folders; no TensorFlow
+        if isinstance(error, ImportError) and "pip install" not in str(error):
+            raise  # a broken install: the traceback says where; jdl's own ImportErrors say what to install
         print(f"jdl {args.command}: error: {_in_the_commands_words(error)}", file=sys.stderr)
         return 2
     except FloatingPointError as error:  # train.NonFiniteLossError: the run diverged

@@ -25,7 +25,8 @@ raises ``ValueError`` (naming what was expected and what came) even under
 labels outside ``{-1, +1}`` for the margin losses, labels or probabilities
 outside ``[0, 1]`` for `log_loss`, probability targets outside ``[0, 1]``
 for `cross_entropy`) are checked whenever they are concrete, i.e.
-in eager calls, including under ``jax.grad`` of the predictions. Under
+in eager calls, including under ``jax.grad`` of the predictions (``kl_divergence``
+checks its ``log_predictions`` too, but under ``jax.grad`` of them they are traced). Under
 ``jax.jit``/``vmap`` they are tracers and cannot be inspected, so the check is
 skipped and every loss element with an invalid label becomes NaN, in value
 and in gradient, instead of a silently wrong number. (Eager calls copy the
@@ -430,7 +431,8 @@ def multiclass_hinge_loss(
     return _reduce(name, _nan_where_invalid(loss, valid), reduction, weights)
 
 
-# log(p) of a probability rounded up to just above 1 (float32: 1.2e-7) is still a log-probability.
+# log(p) of a probability rounded up to just above 1 (float32: 1.2e-7) is still a log-probability;
+# for half precision the slack is 4 of its epsilons (float16: 3.9e-3).
 LOG_PROBABILITY_SLACK = 1e-6
 
 
@@ -450,8 +452,9 @@ def kl_divergence(
     ``targets`` stay finite where ``t == 0`` (there the ``t log t`` term
     contributes a zero gradient), also where ``log q`` is ``-inf`` (a masked
     class, as ``scipy.special.rel_entr(0, 0) = 0``). ``log_predictions``
-    must be log-probabilities, at most 0 (up to a rounding of
-    ``LOG_PROBABILITY_SLACK``): concrete values above raise (probabilities
+    must be log-probabilities, at most 0 (up to a rounding:
+    ``LOG_PROBABILITY_SLACK``, or 4 epsilons of a half-precision input's
+    dtype): concrete values above raise (probabilities
     given by mistake: ``kl_divergence(softmax(x), t)`` came out negative),
     traced ones make their row NaN. Targets are not value-checked. KL is
     non-negative for distributions; in floating point it can come out
@@ -463,10 +466,14 @@ def kl_divergence(
     """
     name = "kl_divergence"
     _check_reduction(name, reduction)
+    given_dtype = jnp.asarray(log_predictions).dtype
     log_q, t = _float(log_predictions), _float(targets)
     _class_axis(name, log_q, "log_predictions")
     _same_shape(name, log_q, t, "log_predictions", "targets")
-    valid = _check_values(log_q, lambda v: v <= LOG_PROBABILITY_SLACK,
+    # a rounding of the dtype given (a float16 softmax can sum to 1.001), not the float32 computed in
+    slack = max(LOG_PROBABILITY_SLACK, 4 * float(jnp.finfo(given_dtype).eps)) \
+        if jnp.issubdtype(given_dtype, jnp.floating) else LOG_PROBABILITY_SLACK
+    valid = _check_values(log_q, lambda v: ~(v > slack),  # NaN passes: its loss is NaN as it was
                           f"{name}: log_predictions must be log-probabilities (<= 0; for probabilities p pass "
                           "jnp.log(p), for logits jax.nn.log_softmax(logits))")  # fmt: skip
     positive = t > 0

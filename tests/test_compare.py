@@ -175,12 +175,19 @@ def test_cli_errors_use_the_commands_options_and_a_missing_tensorflow_is_one_lin
         capsys.readouterr().err
 
     def no_tensorflow(*args, **kwargs):
-        raise ImportError("Preparing a tensorflow-datasets dataset needs TensorFlow, which is not installed.")
+        raise ImportError("Preparing needs TensorFlow, which is not installed: `pip install tensorflow-cpu`.")
 
     monkeypatch.setattr(jdl.data, "load", no_tensorflow)
     assert cli.main(argv) == 2  # was a traceback
-    assert capsys.readouterr().err == ("jdl train: error: Preparing a tensorflow-datasets dataset needs TensorFlow, "
-                                       "which is not installed.\n")
+    assert capsys.readouterr().err == ("jdl train: error: Preparing needs TensorFlow, which is not installed: "
+                                       "`pip install tensorflow-cpu`.\n")
+
+    def broken_install(*args, **kwargs):
+        raise ImportError("cannot import name 'x' from 'jdl.data'")  # not jdl's own message: the traceback helps
+
+    monkeypatch.setattr(jdl.data, "load", broken_install)
+    with pytest.raises(ImportError, match="cannot import name"):
+        cli.main(argv)
     assert not (tmp_path / "new").exists()
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -238,7 +239,9 @@ def test_a_loaders_flags_must_be_booleans():
     (np.arange(10) + 0.5, {}, r"labels must be integer class indices; got float64 labels such as 0.5 at index 0"),
     (np.r_[np.arange(9.0), np.nan], {}, r"such as nan at index 9"),
     (np.array(["cat"] * 10), {}, r"labels must be integer class indices; got <U3 labels"),
-    (np.arange(10) - 1, {}, r"labels must be class indices >= 0; got -1 at index 0 \(for a margin loss"),
+    (np.arange(10) - 2, {}, r"labels must be class indices >= 0 \(or -1, tfds' 'no label'\); got -2 at index 0 "
+                            r"\(for a margin loss"),
+    (np.r_[np.arange(9), 2**32], {}, r"labels must be below 2\*\*31 - 1 \(int32\); got 4294967296 at index 9"),
     (np.arange(10), {"num_classes": 5}, r"labels must be below num_classes=5; got 5 at index 5"),
 ])
 def test_labels_that_are_not_class_indices_are_refused(labels, kwargs, match):
@@ -247,10 +250,18 @@ def test_labels_that_are_not_class_indices_are_refused(labels, kwargs, match):
         jd.Loader(np.zeros((10, 2, 2, 1), np.uint8), labels, batch_size=2, **kwargs)
 
 
-def test_labels_stored_as_whole_floats_are_class_indices():
-    loader = jd.Loader(np.zeros((10, 2, 2, 1), np.uint8), np.arange(10.0) % 3, batch_size=2)
+@pytest.mark.parametrize("labels", [np.arange(10.0) % 3, (np.arange(10) % 3).astype(ml_dtypes.bfloat16),
+                                    (np.arange(10) % 3).astype(object)], ids=["float64", "bfloat16", "object"])
+def test_labels_stored_as_whole_numbers_of_another_dtype_are_class_indices(labels):
+    loader = jd.Loader(np.zeros((10, 2, 2, 1), np.uint8), labels, batch_size=2)
     np.testing.assert_array_equal(loader.arrays()["label"], np.arange(10) % 3)
     assert loader.arrays()["label"].dtype == np.int32 and loader.num_classes == 3
+
+
+def test_unlabelled_examples_marked_minus_one_as_tfds_does_are_taken():
+    labels = np.r_[np.full(5, -1), np.arange(5)]
+    loader = jd.Loader(np.zeros((10, 2, 2, 1), np.uint8), labels, batch_size=2)
+    np.testing.assert_array_equal(loader.arrays()["label"], labels)
 
 
 def test_batch_larger_than_split_without_drop_remainder_is_one_batch():

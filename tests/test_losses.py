@@ -625,6 +625,16 @@ def test_kl_divergence_of_a_masked_class_with_target_zero_is_finite():
     assert bool(jnp.isfinite(grad).all())
 
 
+def test_kl_divergence_takes_a_half_precision_distribution_whose_sum_rounds_above_one():
+    e = jnp.array([[36032.0, 1.0, 1.0, 0.5]], jnp.float16)
+    log_p = jnp.log(e / e.sum(-1, keepdims=True))  # jnp's division is a product with the sum's reciprocal,
+    assert float(log_p[0, 0]) > 1e-4  # rounded: p[0] = 1.00098 in float16, log p = +9.8e-4
+    q = np.array([[0.7, 0.1, 0.1, 0.1]], np.float64)
+    expected = np.sum(q * (np.log(q) - np.asarray(log_p, np.float64)))  # float64 by hand from the same log p
+    np.testing.assert_allclose(L.kl_divergence(log_p, q.astype(np.float32)), expected, rtol=1e-3)
+    assert np.isnan(L.kl_divergence(np.array([[np.nan, -1.0]], np.float32), np.array([[0.5, 0.5]], np.float32)))
+
+
 def test_log_loss_of_probabilities_has_the_full_gradient_at_p_equal_to_the_label():
     # -log(p) at p = 1 has slope -1, -log(1 - p) at p = 0 slope 1 (float64 by hand); a clip of p to
     # [eps, 1] sat on its bound there and JAX split the gradient of the tie in two (-0.5, 0.5).
@@ -681,6 +691,7 @@ ERRORS = [
     (lambda: L.cross_entropy(X, np.where(np.arange(K) == 3, 1.5, 0.2) * np.ones((6, 1), np.float32)),
      r"cross_entropy: probability targets must lie in [0, 1]; got 6 of 30 outside, the first 1.5 at index [0 3]"),
     (lambda: L.log_loss(F, F, from_logits="no"), r"log_loss: from_logits must be True or False; got 'no'"),
+    (lambda: L.log_loss(F, F, from_logits=1), r"log_loss: from_logits must be True or False; got 1"),
     (lambda: L.kl_divergence(np.full((6, K), 0.2), np.full((6, K), 0.2)),  # probabilities, not their logs
      r"kl_divergence: log_predictions must be log-probabilities (<= 0; for probabilities p pass jnp.log(p), "
      r"for logits jax.nn.log_softmax(logits)); got 30 of 30 outside, the first 0.2 at index [0 0]"),

@@ -341,7 +341,9 @@ def test_momentum_of_none_and_positional_options_that_optax_orders_otherwise_are
     with pytest.raises(TypeError, match="positional"):
         jo.rmsprop(0.1, 0.9, 1e-8, 0.0, True)
     with pytest.raises(TypeError, match="positional"):
-        jo.adamw(0.1, 0.9, 0.999, 1e-8, 1e-2)
+        jo.adamw(0.1, 0.9, 0.999, 1e-8, 0.0, 1e-2)  # a sixth: optax's mu_dtype, not the weight decay
+    assert_same_updates(updates_of(jo.adamw(0.1, 0.9, 0.999, 1e-8, 1e-8), jo.apply_updates),  # eps_root as in optax
+                        updates_of(optax.adamw(0.1, 0.9, 0.999, 1e-8, 1e-8), optax.apply_updates))  # fmt: skip
 
 
 def test_weight_decay_masks_are_checked_at_init():
@@ -352,6 +354,9 @@ def test_weight_decay_masks_are_checked_at_init():
         jo.add_decayed_weights(0.1, mask={"w": True}).init(params)  # failed at the first update, inside jit
     with pytest.raises(ValueError, match="pytree structure error"):
         optax.add_decayed_weights(0.1, mask={"w": True}).init(params)  # optax fails at init too
+    traced_mask = jo.adamw(0.1, mask=lambda p: jax.tree_util.tree_map(lambda x: jnp.asarray(x.ndim > 0), p))
+    with pytest.raises(jax.errors.TracerBoolConversionError):  # JAX's message, not one about the tree's structure
+        jax.jit(traced_mask.update)(params, traced_mask.init(params), params)
     ours = jo.add_decayed_weights(0.5, mask={"w": jnp.asarray(True), "b": np.False_})  # 0-d boolean arrays are fine
     updates, _ = ours.update(jax.tree_util.tree_map(jnp.zeros_like, params), ours.init(params), params)
     np.testing.assert_array_equal(updates["w"], 0.5)

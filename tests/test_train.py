@@ -816,6 +816,8 @@ def test_training_data_and_optimizer_of_the_wrong_kind_say_what_is_expected():
     with pytest.raises(TypeError, match=r"model must be a jdl.nn layer .*\(mlp builds one: call it, e.g. "
                                         r"models.mlp\(...\)\); got function"):
         train.fit(models.mlp, losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=1, progress=False)
+    with pytest.raises(TypeError, match=r"model must be a jdl.nn layer .* or jdl.nn.serial\(...\); got function$"):
+        train.fit(losses.cross_entropy, _small_mlp(), optim.sgd(0.1), _loader(), epochs=1, progress=False)  # swapped
     with pytest.raises(TypeError, match=r"evaluate: model must be .*\(for a name: jdl.models.get\('mlp'\)\)"):
         train.evaluate("mlp", losses.cross_entropy, {}, {}, arrays)
 

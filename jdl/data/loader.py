@@ -205,25 +205,32 @@ def _check_flags(allow_none: bool = False, **flags) -> None:
 
 def _class_indices(labels: np.ndarray, num_classes: int | None) -> np.ndarray:
     """``labels`` as int32 class indices, after checking that they are whole
-    numbers (floats holding them are taken: 8.5 would have become 8), at least
-    0 and below ``num_classes`` when it is given."""
+    numbers (floats holding them are taken: 8.5 would have become 8), at
+    least -1 (tfds' "no label", as in unlabelled splits) and below
+    ``num_classes`` when it is given (and below 2**31 when not)."""
     def first(bad: np.ndarray) -> str:
         index = int(np.argmax(bad))
         return f"{labels[index].item()!r} at index {index}"
 
+    values = labels
     if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
-        if not np.issubdtype(labels.dtype, np.floating):
-            raise ValueError(f"labels must be integer class indices; got {labels.dtype} labels")
-        fractional = ~np.isfinite(labels) | (labels != np.round(labels))
+        try:  # floats, bfloat16, objects holding numbers
+            values = labels.astype(np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"labels must be integer class indices; got {labels.dtype} labels") from None
+        fractional = ~np.isfinite(values) | (values != np.round(values))
         if fractional.any():
             raise ValueError(f"labels must be integer class indices; got {labels.dtype} labels such as "
-                             f"{first(fractional)}")
-    if (labels < 0).any():
-        raise ValueError(f"labels must be class indices >= 0; got {first(labels < 0)} (for a margin loss's -1/+1 "
-                         "labels, store 0/1 and map them in the loss, e.g. hinge_loss(s, 2 * y - 1))")
-    if num_classes is not None and (labels >= num_classes).any():
-        raise ValueError(f"labels must be below num_classes={num_classes}; got {first(labels >= num_classes)}")
-    return labels.astype(np.int32, copy=False)
+                             f"{first(fractional)}")  # fmt: skip
+    if (values < -1).any():
+        raise ValueError(f"labels must be class indices >= 0 (or -1, tfds' 'no label'); got {first(values < -1)} "
+                         "(for a margin loss's -1/+1 labels, store 0/1 and map them in the loss: "
+                         "hinge_loss(s, 2 * y - 1))")  # fmt: skip
+    limit = num_classes if num_classes is not None else 2**31 - 1
+    if (values >= limit).any():
+        what = f"num_classes={num_classes}" if num_classes is not None else "2**31 - 1 (int32)"
+        raise ValueError(f"labels must be below {what}; got {first(values >= limit)}")
+    return values.astype(np.int32, copy=False)
 
 
 def _check_seed(seed: int) -> None:

@@ -203,8 +203,8 @@ def adamw(
     b1: Float = 0.9,
     b2: Float = 0.999,
     eps: Float = 1e-8,
-    *,
     eps_root: Float = 0.0,
+    *,
     weight_decay: ScalarOrSchedule = 1e-4,
     mask: Any = None,
 ) -> GradientTransformation:
@@ -214,9 +214,9 @@ def adamw(
         params <- params - lr * (u_t + weight_decay * params)
 
     with `m_t`, `v_t` as in `adam`.  `mask` (a tree of booleans or a function
-    `params -> tree`) selects the leaves that decay.  The arguments after
-    `eps` are keyword-only: optax's fifth to seventh are `eps_root`,
-    `mu_dtype`, `weight_decay`, so a positional weight decay would land
+    `params -> tree`) selects the leaves that decay.  `weight_decay` and
+    `mask` are keyword-only: optax's sixth and seventh arguments are
+    `mu_dtype` and `weight_decay`, so a positional weight decay would land
     elsewhere.  Loshchilov and Hutter, "Decoupled Weight Decay
     Regularization", ICLR 2019.
     """

@@ -323,13 +323,6 @@ def scale_by_adam(
     return GradientTransformation(init_fn, update_fn)
 
 
-def _mask_entry(flag: Any) -> bool:
-    """A mask's entry: True or False, or a 0-d boolean array holding one."""
-    if getattr(flag, "shape", None) == () and getattr(flag, "dtype", None) == jnp.bool_:
-        return bool(flag)
-    return _validate.check_flag("a mask entry", flag)
-
-
 def _full_mask(mask: Any, params: Params) -> Any:
     """Broadcast a mask (a tree prefix of booleans, or `params -> tree`) to
     one bool per leaf; a ValueError for entries that are not True or False
@@ -337,17 +330,19 @@ def _full_mask(mask: Any, params: Params) -> Any:
     mask_tree = mask(params) if callable(mask) else mask
     try:
         return jax.tree_util.tree_map(
-            lambda flag, subtree: jax.tree_util.tree_map(lambda _: _mask_entry(flag), subtree),
+            lambda flag, subtree: jax.tree_util.tree_map(lambda _: _validate.check_flag("a mask entry", flag), subtree),
             mask_tree,
             params,
         )
     except (ValueError, TypeError, KeyError) as error:
-        if "mask entry" in str(error):
+        structure, expected = jax.tree_util.tree_structure(mask_tree), jax.tree_util.tree_structure(params)
+        if "mask entry" in str(error) or isinstance(error, jax.errors.ConcretizationTypeError):
+            raise  # a bad entry, or a traced one (a mask function of jnp booleans under jit): JAX says so
+        if structure == expected:
             raise
         raise ValueError(
             "mask must be a tree of True/False matching a prefix of the parameters' tree (or a function of the "
-            f"parameters giving one); got {jax.tree_util.tree_structure(mask_tree)} for parameters "
-            f"{jax.tree_util.tree_structure(params)}"
+            f"parameters giving one); got {structure} for parameters {expected}"
         ) from error
 
 

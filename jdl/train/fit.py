@@ -428,7 +428,7 @@ def _check_model(model, where: str) -> None:
         return
     name, module = getattr(model, "__name__", ""), getattr(model, "__module__", None) or ""
     hint = ""
-    if callable(model) and name and module.startswith("jdl."):
+    if callable(model) and name and module.split(".")[:2] in (["jdl", "models"], ["jdl", "nn"]):
         hint = f" ({name} builds one: call it, e.g. {module.split('.')[1]}.{name}(...))"
     elif isinstance(model, str):
         hint = f" (for a name: jdl.models.get({model!r}))"
