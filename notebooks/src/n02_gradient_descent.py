@@ -143,7 +143,9 @@ CELLS = [
     ## The learning rate
 
     With a constant learning rate, SGD's final jitter scales with $\eta$: a smaller rate gets closer to the
-    minimum but more slowly. Robbins & Monro's conditions $\sum_t \eta_t = \infty,\ \sum_t \eta_t^2 < \infty$
+    minimum but more slowly. Too large a rate is worse than jitter: a single example's step is unstable once
+    $\eta$ times that example's curvature exceeds 2, and at $\eta = 0.3$ some steps below throw the path out of
+    the window before it comes back. Robbins & Monro's conditions $\sum_t \eta_t = \infty,\ \sum_t \eta_t^2 < \infty$
     (e.g. $\eta_t = \eta_0 / (1 + t / \tau)$) make the noise die out. Any function `step -> lr` can be a
     learning rate, e.g. `optim.gd(lambda t: 0.1 / (1 + t / 100))`; the schedules in `jdl.optim.schedules`
     (exponential, cosine) decay faster and stop short of that guarantee.
@@ -156,7 +158,7 @@ CELLS = [
         ax.plot(path[:, 0], path[:, 1], "-", color="C3", lw=0.5, alpha=0.7)
         ax.plot(*best, "k*", ms=12)
         last_epoch = float(jnp.mean(jax.vmap(lambda theta: loss(theta, X, Y))(jnp.asarray(path[-N:]))))
-        ax.set_title(f"SGD, learning rate {lr}: mean loss over the last epoch {last_epoch:.3f}", fontsize=10)
+        ax.set_title(f"SGD, learning rate {lr}\nmean loss over the last epoch {last_epoch:.3f}", fontsize=10)
         ax.set_xlim(w_grid.min(), w_grid.max())
         ax.set_xlabel("w")
     axes[0].set_ylabel("b")

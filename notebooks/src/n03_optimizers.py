@@ -22,6 +22,13 @@ CELLS = [
     | AdaDelta | $v_t = \rho v_{t-1} + (1-\rho) g_t^2$, $\ d_t = \frac{\sqrt{u_{t-1}+\epsilon}}{\sqrt{v_t+\epsilon}} g_t$, $\ u_t = \rho u_{t-1} + (1-\rho) d_t^2$, $\ \theta \leftarrow \theta - \eta\, d_t$ | Zeiler 2012 |
     | Adam | $m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t$, $v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2$, $\ \theta \leftarrow \theta - \eta \frac{m_t / (1-\beta_1^t)}{\sqrt{v_t/(1-\beta_2^t)} + \epsilon}$ | Kingma & Ba 2015 |
 
+    The rules are written as optax computes them, and jdl with it: Adagrad's sum starts at $s_0 = 0.1$ and its
+    $\epsilon$ (like RMSProp's) sits inside the square root, where the papers start at 0 and add $\epsilon$
+    outside. Default hyperparameters: $\mu = 0.9$; $\rho = 0.9$ for RMSProp and AdaDelta; $\beta_1 = 0.9$,
+    $\beta_2 = 0.999$; $\epsilon = 10^{-8}$ for RMSProp and Adam, $10^{-7}$ for Adagrad, $10^{-6}$ for
+    AdaDelta. "SGD" here means one example a step, as in Robbins and Monro; optax's `sgd` and jdl's
+    `optim.sgd` are the update rule alone, fed whatever batch you give it (mini-batches, usually).
+
     Momentum remembers past gradients, so it accelerates along directions where they agree and damps the
     ones where they oscillate. Adagrad, RMSProp, AdaDelta and Adam divide by a running size of each
     coordinate's gradient: every parameter gets its own effective step size. Adam combines both.
@@ -207,7 +214,7 @@ CELLS = [
 
     PAIRS = {  # name: (jdl, optax), same hyperparameters
         "gd": (optim.gd(0.5), optax.sgd(0.5)),
-        "sgd": (optim.sgd(0.01), optax.sgd(0.01)),
+        "sgd": (optim.sgd(0.01), optax.sgd(0.01)),  # the rule alone: here fed the same batches as the others
         "minibatch": (optim.gd(0.1), optax.sgd(0.1)),
         "momentum": (optim.momentum(0.01, momentum=0.9), optax.sgd(0.01, momentum=0.9)),
         "adagrad": (optim.adagrad(0.05), optax.adagrad(0.05)),
@@ -241,7 +248,7 @@ CELLS = [
     assert max(agreement.values()) < 1e-5, agreement
     """),
     md(r"""
-    The parameters moved by up to $10^{-2}$–$10^{-1}$ in those steps, and jdl and optax end at the same
+    The parameters moved by about $10^{-2}$ to $0.3$ in those steps, and jdl and optax end at the same
     parameters: on a CPU usually bit for bit, elsewhere within a few float32 rounding errors (the assertion
     allows $10^{-5}$).
 
@@ -277,10 +284,11 @@ CELLS = [
     ## Takeaway
 
     * All eight are small variations on $\theta \leftarrow \theta - \eta \cdot (\text{something computed from
-      the gradients})$: momentum averages the gradients, the adaptive methods divide by their running size,
-      Adam does both.
-    * Per-coordinate scaling helps most where the loss surface is badly conditioned (narrow valleys); momentum
-      helps where gradients keep pointing the same way.
+      the gradients})$: momentum sums past gradients with decaying weights (a steady gradient's step grows to
+      $\eta / (1 - \mu)$ times it), the adaptive methods divide by their running size, Adam does both.
+    * Per-coordinate scaling helps most where the loss surface is badly conditioned along the coordinate axes;
+      a diagonal rescaling cannot straighten a rotated valley (the quadratic above, turned by 30°, shows it);
+      momentum helps where gradients keep pointing the same way.
     * Each optimizer needs its own learning rate: compare them at their best rates, not at one shared rate.
     * jdl's hand-written updates match optax's to float32 rounding, and they are interchangeable
       (`GradientTransformation(init, update)` in both).

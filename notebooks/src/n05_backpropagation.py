@@ -24,7 +24,7 @@ CELLS = [
 
     $$\Delta_L = \frac{1}{B}\left(P - Y\right), \qquad Y = \text{one-hot}(y).$$
 
-    Since $Z_\ell = A_{\ell-1} W_\ell + b_\ell$ is linear,
+    Since $Z_\ell = A_{\ell-1} W_\ell + \mathbf{1} b_\ell^\top$ is affine (the bias added to every row),
 
     $$\frac{\partial \mathcal{L}}{\partial W_\ell} = A_{\ell-1}^\top \Delta_\ell, \qquad
     \frac{\partial \mathcal{L}}{\partial b_\ell} = \mathbf{1}^\top \Delta_\ell, \qquad
@@ -186,8 +186,8 @@ CELLS = [
     The textbook check, $\frac{\mathcal{L}(\theta + \epsilon v) - \mathcal{L}(\theta - \epsilon v)}{2\epsilon}
     \approx \nabla\mathcal{L} \cdot v$, is only good to a few digits in float32: a small $\epsilon$ drowns in
     rounding error, a large one in the higher-order terms (the central difference's error grows like
-    $\epsilon^2$ times the third derivative: the curvature's term cancels). It still confirms the gradient's direction independently of
-    both implementations.
+    $\epsilon^2$ times the third derivative: the curvature's term cancels). It still checks the gradient's component along the random direction
+    $v$, independently of both implementations.
     """),
     code(r"""
     flat, unravel = ravel_pytree(params)

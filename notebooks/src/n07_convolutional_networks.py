@@ -13,15 +13,24 @@ CELLS = [
     weights are used at every position. For an input $x$ with $C$ channels and $F$ filters $w \in
     \mathbb{R}^{k \times k \times C \times F}$ (HWIO),
 
-    $$y_{i,j,f} = b_f + \sum_{u=0}^{k-1}\sum_{v=0}^{k-1}\sum_{c=1}^{C} x_{i+u,\,j+v,\,c}\; w_{u,v,c,f}.$$
+    $$y_{i,j,f} = b_f + \sum_{u=0}^{k-1}\sum_{v=0}^{k-1}\sum_{c=1}^{C} x_{i+u-p,\,j+v-p,\,c}\; w_{u,v,c,f},$$
 
-    (Strictly a cross-correlation; deep-learning libraries call it convolution.) Two consequences: far fewer
-    parameters than a dense layer (a $3\times3$ filter bank from 32 to 64 channels has 18,496 parameters,
-    whatever the image size), and **translation equivariance**: a pattern is detected wherever it appears.
-    **Pooling** (average or max over $2 \times 2$ windows) then halves the resolution, so deeper layers see
-    larger regions. The network here is the CNN of the flax MNIST example (`jdl.models.cnn()`):
+    with the input padded by $p$ zeros on each side. (Strictly a cross-correlation; deep-learning libraries
+    call it convolution.) An input of size $n$ gives an output of size $\lfloor (n + 2p - k)/s \rfloor + 1$
+    for a stride $s$: with $p = 0$ ("VALID") a $3 \times 3$ filter turns 28 into 26; `nn.Conv`'s default
+    "SAME" padding, $p = \lfloor k/2 \rfloor = 1$ here, keeps 28. Two consequences: far fewer parameters
+    than a dense layer on the same image (a $3\times3$ filter bank from 32 to 64 channels has
+    $3 \cdot 3 \cdot 32 \cdot 64 + 64 = 18{,}496$ parameters, whatever the image size), and **translation
+    equivariance**: a pattern is detected wherever it appears. **Pooling** (average or max over $2 \times 2$
+    windows, stride 2: the same rule with $k = s = 2$, $p = 0$) then halves the resolution, so deeper layers
+    see larger regions. The network here is the CNN of the flax MNIST example (`jdl.models.cnn()`):
 
     `conv 32 3x3 -> relu -> avgpool 2x2 -> conv 64 3x3 -> relu -> avgpool 2x2 -> dense 256 -> relu -> dense 10`
+
+    Its shapes: $28 \times 28 \times 1 \to 28 \times 28 \times 32 \to 14 \times 14 \times 32 \to 14 \times 14
+    \times 64 \to 7 \times 7 \times 64$, flattened to $3{,}136$ values, then 256 and 10. The dense layer after
+    the flatten holds $3{,}136 \cdot 256 + 256 = 803{,}072$ of the network's $824{,}458$ parameters (97%):
+    the convolutions themselves are cheap in parameters, not in computation.
 
     Sources: LeCun, Bottou, Bengio & Haffner, "Gradient-based learning applied to document recognition" (Proc.
     IEEE, 1998); Goodfellow et al., *Deep Learning* (2016), ch. 9; Xiao, Rasul & Vollgraf, "Fashion-MNIST: a
@@ -112,7 +121,7 @@ CELLS = [
     ## Train the CNN, and the MLP for comparison
 
     Both with Adam ($\eta = 10^{-3}$), batch 128, the same epochs and data. On a CPU a step of the CNN takes
-    tens of milliseconds (an MLP step well under one), hence the subset.
+    tens of milliseconds (an MLP step about one), hence the subset.
     """),
     code(r"""
     cnn, mlp = models.cnn(train_data.num_classes), models.mlp(train_data.num_classes, hidden=(256,))
@@ -125,11 +134,12 @@ CELLS = [
               f"{last['test_accuracy']:.3f}, {sum(h['time_s'] for h in results[name].history):.1f} s training")
 
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4))
-    for name, result in results.items():
+    for color, (name, result) in zip(("C0", "C1"), results.items()):  # one colour per model in both panels
         epochs = [h["epoch"] for h in result.history]
-        ax0.plot(epochs, [h["train_loss"] for h in result.history], marker="o", label=f"{name} train")
-        ax0.plot(epochs, [h["test_loss"] for h in result.history], marker="s", ls="--", label=f"{name} test")
-        ax1.plot(epochs, [h["test_accuracy"] for h in result.history], marker="o", label=name)
+        ax0.plot(epochs, [h["train_loss"] for h in result.history], marker="o", color=color, label=f"{name} train")
+        ax0.plot(epochs, [h["test_loss"] for h in result.history], marker="s", ls="--", color=color,
+                 label=f"{name} test")
+        ax1.plot(epochs, [h["test_accuracy"] for h in result.history], marker="o", color=color, label=name)
     ax0.set_ylabel("loss")
     ax1.set_ylabel("test accuracy")
     for ax in (ax0, ax1):
@@ -140,6 +150,9 @@ CELLS = [
     plt.show()
     """),
     md(r"""
+    The training loss can lie above the test loss early on: it is the mean over the epoch's batches while the
+    model was still learning, whereas the test loss is measured once, with the parameters at the epoch's end.
+
     ## The learned filters
 
     The 32 first-layer filters ($3 \times 3$ weights each, blue negative, red positive). Look for a light

@@ -22,8 +22,8 @@ CELLS = [
 
     `jdl.compare.run` trains all runs of an optimizer (seeds $\times$ learning rates) and all optimizers
     sharing a batch size at once, `jax.vmap`ped into one compiled program with the data on the device. That
-    is what makes the comparison of the eight classic optimizers on `mnist_sample` (ten epochs, two seeds)
-    take about ten seconds on two CPU cores. The same job from the command line: `jdl compare --out DIR`.
+    is what makes the comparison of the eight classic optimizers on `mnist_sample` (in `jdl compare`'s
+    defaults: ten epochs, two seeds) take about ten seconds on two CPU cores. The same job from the command line: `jdl compare --out DIR`.
 
     Sources: Schneider, Balles & Hennig, "DeepOBS: a deep learning optimizer benchmark suite" (ICLR, 2019);
     Schmidt, Schneider & Hennig, "Descending through a crowded valley: benchmarking deep learning optimizers"
@@ -68,8 +68,10 @@ CELLS = [
     """),
     md(r"""
     The table: final test accuracy as mean ± standard deviation over the seeds, epochs and seconds to the
-    target accuracy (90% by default) where every seed reached it, training time, and how many runs diverged
-    (a run whose loss becomes `nan` or infinite is stopped and reported, the others go on).
+    target accuracy (90% by default) where every seed reached it ("1/2 runs": only one of two seeds did),
+    training time, and how many runs diverged (a run whose loss becomes `nan` or infinite is stopped and
+    reported, the others go on). The times are those of each batch size's group: the six mini-batch
+    optimizers train together, so their "train s" is the whole group's.
 
     `result.plot(dir)` draws the training loss and test accuracy per epoch (mean with a ±std band) as PNG
     files; `result.save(dir)` writes `results.json`.
@@ -82,7 +84,8 @@ CELLS = [
     md(r"""
     The same curves against **wall-clock time**, drawn directly from `result.runs` (one dict per run, as in
     `results.json`). Per epoch, full-batch `gd` makes one step and stochastic `sgd` thousands; time is the
-    fairer axis when steps cost different amounts.
+    fairer axis when steps cost different amounts. Runs of one batch size train together and each epoch's
+    time is the group's, so the plot charges every run its share: the group's time divided by its runs.
     """),
     code(r"""
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(14, 4.5))
@@ -91,11 +94,12 @@ CELLS = [
     for name in names:
         runs = [r for r in result.runs if r["optimizer"] == name and r["epochs"]]
         length = min(len(r["epochs"]) for r in runs)
-        seconds = np.mean([np.cumsum([e["time_s"] for e in r["epochs"][:length]]) for r in runs], axis=0)
+        group = sum(r["batch_size"] == runs[0]["batch_size"] for r in result.runs)  # runs trained together
+        seconds = np.mean([np.cumsum([e["time_s"] / group for e in r["epochs"][:length]]) for r in runs], axis=0)
         accuracy = np.mean([[e["test_accuracy"] for e in r["epochs"][:length]] for r in runs], axis=0)
         ax0.plot(seconds, accuracy, marker="o", ms=3, label=name)
         finals.append([r["epochs"][-1]["test_accuracy"] for r in runs if not r["diverged"]])
-    ax0.set_xlabel("training time (s, shared by optimizers trained together)")
+    ax0.set_xlabel("training time (s; a group's time divided by its runs)")
     ax0.set_ylabel("test accuracy")
     ax0.legend(ncol=2, fontsize=8)
     ax0.grid(alpha=0.3)
@@ -130,8 +134,9 @@ CELLS = [
     """),
     md(r"""
     The sensitivity plot shows the validation accuracy of every rate in each grid: a flat curve means an
-    optimizer is forgiving, a peaked one that it must be tuned. Compare the two tables: tuning can change the
-    ranking.
+    optimizer is forgiving, a peaked one that it must be tuned. A best rate at the edge of the grid, with the
+    curve still rising there, means the grid is too narrow: widen it before trusting the ranking. Compare the
+    two tables: tuning can change the ranking.
     """),
     code(r"""
     before = {n: np.mean([r["epochs"][-1]["test_accuracy"] for r in result.runs if r["optimizer"] == n])
@@ -161,12 +166,12 @@ CELLS = [
 
     * Compare optimizers at their own tuned learning rates, over several seeds, with the rate chosen on
       validation data; report mean and spread.
-    * On this small problem the adaptive methods (RMSProp, Adam, AdaDelta) do well at their default rates,
-      and tuning raises the optimizers whose best rate is not their default (compare the two tables), so a
-      ranking at default rates says little.
+    * On this small problem the adaptive methods (RMSProp, Adam, AdaDelta) do well at their default rates, as
+      does `sgd` with one example a step (many more steps per epoch), and tuning raises the optimizers whose
+      best rate is not their default (compare the two tables), so a ranking at default rates says little.
       With longer training and wider grids tuned SGD and momentum often close the gap (Wilson et al., 2017;
       Schmidt et al., 2021): no optimizer dominates everywhere, and tuning matters as much as the choice.
-    * Full-batch GD is cheap per epoch but makes one step per epoch; per second, mini-batch methods win.
+    * Full-batch GD is cheap per epoch but makes one step per epoch, so it learns least per second.
     * `jdl.compare.run` (or `jdl compare` on the command line) runs the whole protocol as one vmapped program
       and gives the table, `results.json` and the plots.
     """),
