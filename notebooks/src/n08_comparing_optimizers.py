@@ -95,7 +95,8 @@ CELLS = [
         runs = [r for r in result.runs if r["optimizer"] == name and r["epochs"]]
         length = min(len(r["epochs"]) for r in runs)
         group = sum(r["batch_size"] == runs[0]["batch_size"] for r in result.runs)  # runs trained together
-        seconds = np.mean([np.cumsum([e["time_s"] / group for e in r["epochs"][:length]]) for r in runs], axis=0)
+        seconds = np.mean([np.cumsum([e["time_s"] / group for e in r["epochs"][:length]]) for r in runs],
+                          axis=0)
         accuracy = np.mean([[e["test_accuracy"] for e in r["epochs"][:length]] for r in runs], axis=0)
         ax0.plot(seconds, accuracy, marker="o", ms=3, label=name)
         finals.append([r["epochs"][-1]["test_accuracy"] for r in runs if not r["diverged"]])
