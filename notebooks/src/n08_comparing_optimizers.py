@@ -106,7 +106,8 @@ CELLS = [
     ax0.grid(alpha=0.3)
     order = np.argsort([np.mean(f) for f in finals])
     for rank, k in enumerate(order):
-        ax1.errorbar(np.mean(finals[k]), rank, xerr=np.std(finals[k], ddof=1) if len(finals[k]) > 1 else 0.0, fmt="o", capsize=4, color=f"C{k}")
+        spread = np.std(finals[k], ddof=1) if len(finals[k]) > 1 else 0.0
+        ax1.errorbar(np.mean(finals[k]), rank, xerr=spread, fmt="o", capsize=4, color=f"C{k}")
         ax1.plot(finals[k], [rank] * len(finals[k]), "k.", ms=4, alpha=0.5)
     ax1.set_yticks(range(len(names)), [names[k] for k in order])
     ax1.set_xlabel(f"final test accuracy (mean ± sample std over {SEEDS} seeds; dots: single runs)")
