@@ -154,7 +154,8 @@ CELLS = [
     params0 = params  # kept, to start fit from the same parameters below
     opt_state = optimizer.init(params)
     step_losses, test_accuracy = [], []
-    train_data.load_state_dict({**train_data.state_dict(), "epoch": 0, "step": 0})  # next(iter(...)) above took a batch
+    # A loader remembers where it stands (notebook 6): next(iter(...)) above took a batch, so go back to the start.
+    train_data.load_state_dict({**train_data.state_dict(), "epoch": 0, "step": 0})
     for epoch in range(EPOCHS):
         for batch in train_data:  # one epoch, reshuffled each time
             params, opt_state, loss = step(params, opt_state, batch["image"], batch["label"])

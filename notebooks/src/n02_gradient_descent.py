@@ -218,4 +218,15 @@ CELLS = [
 
     Next: notebook 3 changes the update rule itself (momentum, adaptive learning rates).
     """),
+    md(r"""
+    ## Exercises
+
+    1. Rerun the mini-batch setup on MNIST with batches of 8 and of 1,024 (and the same $\eta$). How do the
+       curves per epoch and per update move, and why?
+    2. Give SGD at $\eta_0 = 0.3$ a decaying rate, `optim.gd(lambda t: 0.3 / (1 + t / 100))`, on the
+       two-parameter problem. Compare its last epoch's mean loss with the constant rates above.
+    3. For full-batch gradient descent on a quadratic loss with Hessian $H$, show that the iteration is
+       stable exactly when $\eta < 2 / \lambda_{\max}(H)$. Compute $\lambda_{\max}$ for the two-parameter
+       problem with `jax.hessian` and check the bound by running `optim.gd` just below and just above it.
+    """),
 ]

@@ -293,4 +293,14 @@ CELLS = [
     * jdl's hand-written updates match optax's to float32 rounding, and they are interchangeable
       (`GradientTransformation(init, update)` in both).
     """),
+    md(r"""
+    ## Exercises
+
+    1. With a constant gradient $g$, show that momentum's step tends to $\eta g / (1 - \mu)$. Check it with
+       `optim.momentum(0.1, momentum=0.9)` on $f(x) = 3x$ for 100 steps.
+    2. Turn the quadratic back onto the axes (angle 0) and rerun the comparison. Which optimizers gain, and
+       why does a per-coordinate step size help now and not before?
+    3. Write Adam's update from the table in `jax.numpy` (state $m, v, t$) and check 10 steps against
+       `optim.adam(1e-3)` on the MLP's parameters.
+    """),
 ]

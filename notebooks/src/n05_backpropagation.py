@@ -236,7 +236,8 @@ CELLS = [
                                 "jax.grad": jax.value_and_grad(jdl_loss)}.items():
         step = make_step(loss_and_grad)
         p, s = params, optimizer.init(params)
-        train_data.load_state_dict({"epoch": 0, "step": 0, "seed": 0})  # the same batches for both
+        # back to the first batch of epoch 0 (a loader's position: notebook 6), so both see the same batches
+        train_data.load_state_dict({"epoch": 0, "step": 0, "seed": 0})
         curve = []
         for _ in range(EPOCHS):
             for b in train_data:
@@ -267,5 +268,15 @@ CELLS = [
     * Our version matches `jax.grad` on every one of the ~110,000 entries to float32 rounding (asserted above);
       `jax.grad` derives the same sweep automatically for any composition of jax operations, which is why jdl's
       models are plain functions.
+    """),
+    md(r"""
+    ## Exercises
+
+    1. Show that $\partial \mathcal{L} / \partial b_\ell = \mathbf{1}^\top \Delta_\ell$ from
+       $Z_\ell = A_{\ell-1} W_\ell + \mathbf{1} b_\ell^\top$.
+    2. Replace the ReLU by the sigmoid $\sigma$: derive $\Delta_{\ell-1}$ (use $\sigma' = \sigma (1 - \sigma)$),
+       change `backward` accordingly and check it against `jax.grad`.
+    3. Count the multiply-adds of one forward and one backward pass of this MLP for a batch of $B$. Where does
+       "about twice the forward pass" come from, and which product does the first layer not need?
     """),
 ]

@@ -201,6 +201,8 @@ CELLS = [
 
 
     def on_device_batches(loader=train_data):
+        # One epoch's batches gathered on the device, in the loader's order for that epoch (its
+        # permutation); the loader is moved on to the next epoch, as iterating it would.
         epoch = loader.epoch
         loader.load_state_dict({"epoch": epoch + 1, "step": 0, "seed": loader.seed})
         order = jnp.asarray(loader.permutation(epoch))

@@ -76,6 +76,7 @@ CELLS = [
 
 
     def subset(loader, n, **kwargs):
+        # the first n examples of a loaded split as a new Loader (jdl.data.Loader takes any arrays)
         images, labels = loader.stored()  # uint8 images as stored, int32 labels
         return jdl.data.Loader(images[:n], labels[:n], num_classes=loader.num_classes, name=loader.name,
                                split=loader.split, class_names=loader.class_names, **kwargs)
@@ -235,5 +236,16 @@ CELLS = [
     * With the same optimizer and budget the CNN beats the MLP on Fashion-MNIST (typically around 91% against
       88% after ten full epochs of Fashion-MNIST; the smaller run above gives its own numbers), with
       more parameters and much more computation per example.
+    """),
+    md(r"""
+    ## Exercises
+
+    1. Work out the shapes and the parameter count of the same CNN with `padding="VALID"` in both
+       convolutions (`nn.Conv(32, (3, 3), padding="VALID")`, ...). Build it with `nn.serial` and check your
+       answer with `nn.count_params`.
+    2. Replace both average pools by max pools (`nn.MaxPool((2, 2), strides=(2, 2))`) and compare the test
+       accuracy after the same training.
+    3. Replace the flatten by a mean over the $7 \times 7$ positions (global average pooling). How many
+       parameters are left, and what happens to the accuracy?
     """),
 ]
