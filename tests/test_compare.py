@@ -683,3 +683,16 @@ def test_compare_unrolls_convolutional_models_on_the_cpu_and_vmaps_the_rest():
     assert choose_engine(models.cnn(), images) == (True, "unroll")  # matrix-product convolutions: still conv layers
     assert choose_engine(models.cnn(conv_method="lax"), images) == (False, "unroll")  # XLA convolutions: no scan
     assert choose_engine(models.mlp(), images) == (True, "vmap")
+
+
+def test_the_comparisons_progress_bar_is_closed_before_an_interrupt_reaches_the_caller(monkeypatch):
+    from tqdm import tqdm
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jdl.compare, "_train", interrupted)
+    before = len(tqdm._instances)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        jdl.compare.run("mnist_sample", "mlp", ["adam"], seeds=1, epochs=1, progress=True)
+    assert len(tqdm._instances) == before and caught.value is not None

@@ -254,46 +254,48 @@ def run(
 
         bar = tqdm(total=total, desc="optimizer-epochs", unit="epoch")
 
-    lr_search: list[dict] = []
-    chosen_lr = {name: p.learning_rate for name, p in chosen.items()}
-    chosen_lr.update({name: grid[0] for name, grid in (grids or {}).items() if len(grid) == 1})
-    grids = {name: grid for name, grid in (grids or {}).items() if len(grid) > 1}
-    if grids:
-        order = np.random.default_rng(20190222).permutation(len(images))
-        n_val = max(1, int(round(validation_fraction * len(images))))
-        val, fit_idx = order[:n_val], np.sort(order[n_val:])
+    try:  # the bar closed on an error or Ctrl-C too, before the caller reports it
+        lr_search: list[dict] = []
+        chosen_lr = {name: p.learning_rate for name, p in chosen.items()}
+        chosen_lr.update({name: grid[0] for name, grid in (grids or {}).items() if len(grid) == 1})
+        grids = {name: grid for name, grid in (grids or {}).items() if len(grid) > 1}
+        if grids:
+            order = np.random.default_rng(20190222).permutation(len(images))
+            n_val = max(1, int(round(validation_fraction * len(images))))
+            val, fit_idx = order[:n_val], np.sort(order[n_val:])
 
-        def search_permutation(seed: int, epoch: int) -> np.ndarray:
-            return np.random.default_rng([seed, epoch, 1]).permutation(len(fit_idx))
+            def search_permutation(seed: int, epoch: int) -> np.ndarray:
+                return np.random.default_rng([seed, epoch, 1]).permutation(len(fit_idx))
 
-        configs = {name: (chosen[name], grid, [seed_list[0]] * len(grid)) for name, grid in grids.items()}
-        runs, _ = _train(net, loss_fn, configs, images[fit_idx], labels[fit_idx], images[val], labels[val],
-                         search_permutation, epochs, batch_size, use_scan, strategy, bar)  # fmt: skip
-        for r in runs:
-            last = r["epochs"][-1] if r["epochs"] else {"test_accuracy": math.nan, "test_loss": math.nan}
-            ok = r["diverged"] is None
-            lr_search.append({"optimizer": r["optimizer"], "learning_rate": r["learning_rate"],
-                              "validation_accuracy": last["test_accuracy"] if ok else math.nan,
-                              "validation_loss": last["test_loss"] if ok else math.nan,
-                              "diverged": r["diverged"]})  # fmt: skip
-        for name in grids:
-            candidates = [e for e in lr_search if e["optimizer"] == name and e["diverged"] is None]
-            if candidates:
-                best = max(candidates, key=lambda e: (e["validation_accuracy"], -e["validation_loss"]))
-                chosen_lr[name] = best["learning_rate"]
-            else:
-                chosen_lr[name] = min(grids[name])
+            configs = {name: (chosen[name], grid, [seed_list[0]] * len(grid)) for name, grid in grids.items()}
+            runs, _ = _train(net, loss_fn, configs, images[fit_idx], labels[fit_idx], images[val], labels[val],
+                             search_permutation, epochs, batch_size, use_scan, strategy, bar)  # fmt: skip
+            for r in runs:
+                last = r["epochs"][-1] if r["epochs"] else {"test_accuracy": math.nan, "test_loss": math.nan}
+                ok = r["diverged"] is None
+                lr_search.append({"optimizer": r["optimizer"], "learning_rate": r["learning_rate"],
+                                  "validation_accuracy": last["test_accuracy"] if ok else math.nan,
+                                  "validation_loss": last["test_loss"] if ok else math.nan,
+                                  "diverged": r["diverged"]})  # fmt: skip
+            for name in grids:
+                candidates = [e for e in lr_search if e["optimizer"] == name and e["diverged"] is None]
+                if candidates:
+                    best = max(candidates, key=lambda e: (e["validation_accuracy"], -e["validation_loss"]))
+                    chosen_lr[name] = best["learning_rate"]
+                else:
+                    chosen_lr[name] = min(grids[name])
 
-    def permutation(seed: int, epoch: int) -> np.ndarray:
-        """The order ``jdl.data``'s loader gives ``seed`` in ``epoch`` (a loader over the same arrays)."""
-        return jdl_data.Loader(images, labels, batch_size=batch_size, seed=seed,
-                               num_classes=train.num_classes).permutation(epoch)
+        def permutation(seed: int, epoch: int) -> np.ndarray:
+            """The order ``jdl.data``'s loader gives ``seed`` in ``epoch`` (a loader over the same arrays)."""
+            return jdl_data.Loader(images, labels, batch_size=batch_size, seed=seed,
+                                   num_classes=train.num_classes).permutation(epoch)
 
-    configs = {name: (chosen[name], [chosen_lr[name]] * len(seed_list), seed_list) for name in names}
-    runs, info = _train(net, loss_fn, configs, images, labels, test_images, test_labels, permutation, epochs,
-                        batch_size, use_scan, strategy, bar)  # fmt: skip
-    if bar is not None:
-        bar.close()
+        configs = {name: (chosen[name], [chosen_lr[name]] * len(seed_list), seed_list) for name in names}
+        runs, info = _train(net, loss_fn, configs, images, labels, test_images, test_labels, permutation, epochs,
+                            batch_size, use_scan, strategy, bar)  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
     info.update({"device": str(jax.devices()[0].device_kind), "jax_version": jax.__version__,
                  "dtype": "float32" if dtype is None else jax.numpy.dtype(dtype).name,
                  "wall_s": time.perf_counter() - started, "engine": "scan" if use_scan else "loop",
