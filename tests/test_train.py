@@ -898,4 +898,3 @@ def test_auto_mode_scans_jdl_convolutions_on_the_cpu_but_not_xla_ones():
     assert choose_mode("auto", has_conv=False, has_host_transform=True, data_bytes=1 << 20) == "stream"
     with pytest.raises(ValueError, match="mode must be 'auto', 'stream' or 'scan'; got 'loop'"):
         choose_mode("loop", has_conv=False, has_host_transform=False, data_bytes=0)
-
