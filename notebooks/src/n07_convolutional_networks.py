@@ -11,7 +11,7 @@ CELLS = [
     An MLP treats an image as a list of unrelated pixels. A **convolutional layer** instead slides small
     filters over the image: every output pixel sees only a $k \times k$ neighbourhood, and the same filter
     weights are used at every position. For an input $x$ with $C$ channels and $F$ filters $w \in
-    \mathbb{R}^{k \times k \times C \times F}$ (HWIO),
+    \mathbb{R}^{k \times k \times C \times F}$ (HWIO), at stride 1,
 
     $$y_{i,j,f} = b_f + \sum_{u=0}^{k-1}\sum_{v=0}^{k-1}\sum_{c=1}^{C} x_{i+u-p,\,j+v-p,\,c}\; w_{u,v,c,f},$$
 
