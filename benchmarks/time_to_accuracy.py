@@ -45,7 +45,10 @@ def jdl_time(name: str, data: dict, test: dict, max_epochs: int, conv_method: st
     """``fit`` to the target; ``seed``: the loader's order and the model's initialization."""
     start = time.perf_counter()
     loader = Loader(data["image"], data["label"], batch_size=128, shuffle=True, seed=seed, drop_remainder=True)
-    model = {"cnn": models.cnn, "fmnist_2c2d": models.fmnist_2c2d}[name](conv_method=conv_method, dtype=dtype)
+    if name == "mlp":  # the smoke runs' model (train_epoch's: 784-128-10); no convolutions
+        model = models.mlp(hidden=(128,), dtype=dtype)
+    else:
+        model = {"cnn": models.cnn, "fmnist_2c2d": models.fmnist_2c2d}[name](conv_method=conv_method, dtype=dtype)
     result = train.fit(model, losses.cross_entropy, optim.adam(1e-3), loader, epochs=max_epochs, eval_data=test,
                        progress=False, seed=seed, stop_when=lambda r: r["test_accuracy"] >= TARGET)  # fmt: skip
     wall = time.perf_counter() - start
