@@ -466,7 +466,8 @@ def kl_divergence(
     """
     name = "kl_divergence"
     _check_reduction(name, reduction)
-    given_dtype = jnp.asarray(log_predictions).dtype
+    log_predictions = jnp.asarray(log_predictions)  # once: its dtype as given, then as computed in
+    given_dtype = log_predictions.dtype
     log_q, t = _float(log_predictions), _float(targets)
     _class_axis(name, log_q, "log_predictions")
     _same_shape(name, log_q, t, "log_predictions", "targets")

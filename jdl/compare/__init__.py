@@ -221,14 +221,13 @@ def run(
     if not (is_real(target_accuracy) and 0.0 < target_accuracy <= 1.0):
         raise ValueError(f"target_accuracy is a fraction in (0, 1], e.g. 0.9; got {target_accuracy!r}")
     # each optimizer by its preset's name ('Adam' is 'adam'), named once
-    chosen: dict = {}
+    chosen, given_as = {}, {}
     for given in optimizers:
         found = preset(given)
         if found.name in chosen:
-            raise ValueError(f"optimizers name {found.name!r} twice (as {chosen[found.name][0]!r} and {given!r}); "
+            raise ValueError(f"optimizers name {found.name!r} twice (as {given_as[found.name]!r} and {given!r}); "
                              "name each once (several learning rates: learning_rates=)")  # fmt: skip
-        chosen[found.name] = (given, found)
-    chosen = {name: found for name, (_, found) in chosen.items()}
+        chosen[found.name], given_as[found.name] = found, given
     names = list(chosen)
     grids = _grids(names, _by_preset_name(learning_rates))
     if not (is_real(validation_fraction) and 0.0 < validation_fraction < 1.0):

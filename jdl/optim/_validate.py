@@ -84,9 +84,9 @@ def check_denominator_eps(value: Any, floor: Any = 0.0, floor_name: str | None =
     and > 0 unless ``floor`` (``floor_name``, another term of the
     denominator) is > 0, since with both 0 a coordinate whose gradient is 0
     is updated by 0/0 = NaN (optax accepts it and gives the NaN)."""
-    number, other = _concrete_scalar("eps", value), 0.0 if floor_name is None else _concrete_scalar(floor_name, floor)
     check_range("eps", value, 0.0)
-    if number == 0.0 and other == 0.0:
+    other = 0.0 if floor_name is None else _concrete_scalar(floor_name, floor)
+    if _concrete_scalar("eps", value) == 0.0 and other == 0.0:
         unless = "" if floor_name is None else f" when {floor_name} is 0"
         raise ValueError(f"eps must be > 0{unless}, got {value!r}: with 0, a coordinate whose gradient is 0 "
                          "is updated by 0/0 = NaN")  # fmt: skip
@@ -102,11 +102,6 @@ def check_learning_rate(learning_rate: Any, name: str = "learning_rate") -> Any:
     """A learning rate is a finite real number, a (traced) scalar or a callable."""
     if callable(learning_rate):
         return learning_rate
-    if learning_rate is None:
-        raise ValueError(f"{name} must be a number or a schedule (step -> value), got None")
-    if is_real(learning_rate):
+    if is_real(learning_rate) or is_traced(learning_rate):
         return check_number(name, learning_rate)  # a ValueError for nan or inf says "must be finite"
-    try:
-        return check_number(name, learning_rate)
-    except ValueError as error:
-        raise ValueError(f"{name} must be a number or a schedule (step -> value), got {learning_rate!r}") from error
+    raise ValueError(f"{name} must be a number or a schedule (step -> value), got {learning_rate!r}")
