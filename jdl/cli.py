@@ -294,11 +294,9 @@ def _in_the_commands_words(error: Exception) -> str:
     if loader is not None and isinstance(error, loader.BatchLargerThanSplitError):
         return (f"--batch-size {error.batch_size} is larger than the training split, which holds "
                 f"{error.num_examples} examples: use --batch-size <= {error.num_examples}")
-    message = str(error)
-    for library, option in (("manual_dir=FOLDER", "--manual-dir FOLDER"), ("data_dir=FOLDER", "--data-dir FOLDER"),
-                            ("in a fresh data_dir", "in a fresh --data-dir")):  # fmt: skip
-        message = message.replace(library, option)
-    return message
+    if hasattr(error, "in_words"):  # jdl.data's errors that name the options which would fix them
+        return error.in_words(manual_dir="--manual-dir FOLDER", data_dir="--data-dir FOLDER")
+    return str(error)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import jdl.compare
 import jdl.data
 from jdl import cli, losses, models, optim, train
 from jdl.compare import preset
+from jdl.data import sources
 
 
 def test_vmapped_group_gives_the_same_curves_as_separate_runs():
@@ -163,16 +164,21 @@ def test_cli_errors_use_the_commands_options_and_a_missing_tensorflow_is_one_lin
     assert exit_.value.code == 2
     assert "--target-accuracy: expected a fraction in (0, 1], e.g. 0.9 for 90%; got 90" in capsys.readouterr().err
 
-    def not_offline(*args, **kwargs):
-        raise ValueError("fashion_mnist is not prepared in X. Either pass manual_dir=FOLDER holding its source "
-                         "files; or pass data_dir=FOLDER where it is already prepared")  # fmt: skip
-
-    argv = ["train", "--dataset", "fashion_mnist", "--model", "mlp", "--optimizer", "adam",
-            "--out", str(tmp_path / "new"), "--no-compilation-cache"]  # fmt: skip
-    monkeypatch.setattr(jdl.data, "load", not_offline)
+    # A dataset not on disk and no network: the library's message, naming the command's options.
+    monkeypatch.setattr(sources, "_any_reachable", lambda hosts, timeout=3.0: False)
+    argv = ["train", "--dataset", "fashion_mnist", "--model", "mlp", "--optimizer", "adam", "--data-dir",
+            str(tmp_path / "data"), "--out", str(tmp_path / "new"), "--no-compilation-cache"]  # fmt: skip
     assert cli.main(argv) == 2
-    assert "Either pass --manual-dir FOLDER holding its source files; or pass --data-dir FOLDER where" in \
-        capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"jdl train: error: fashion_mnist is not prepared in {tmp_path / 'data'}"), err
+    assert "Either pass --manual-dir FOLDER holding its source files" in err
+    assert "or pass --data-dir FOLDER where it is already prepared" in err
+    assert "manual_dir" not in err and "data_dir" not in err
+    assert cli.main([*argv, "--manual-dir", str(tmp_path / "absent")]) == 2
+    assert capsys.readouterr().err == f"jdl train: error: --manual-dir FOLDER: {tmp_path / 'absent'} is not a folder\n"
+    with pytest.raises(sources.DatasetUnavailableError, match=r"^manual_dir=FOLDER: .*absent is not a folder$"):
+        jdl.data.load("fashion_mnist", split="train", batch_size=8, data_dir=tmp_path / "data",
+                      manual_dir=tmp_path / "absent")
 
     def no_tensorflow(*args, **kwargs):
         raise ImportError("Preparing needs TensorFlow, which is not installed: `pip install tensorflow-cpu`.")

@@ -388,10 +388,14 @@ def test_tfrecord_prepared_dataset_is_read_with_tensorflow(tmp_path, prepared_sa
             sources._TfdsSource('mnist_sample', {str(tmp_path)!r}).read('test', manual_dir=None, download=False)
         except ImportError as error:
             print(error)
+            print(error.in_words(data_dir='--data-dir FOLDER'))  # as the command line says it
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "is prepared in" in out.stdout and "as tfrecord files, which only TensorFlow reads" in out.stdout, (
         out.stdout + out.stderr[-2000:])
+    library, command = out.stdout.splitlines()[-2:]
+    assert library.endswith("`pip install tensorflow-cpu`), or prepare it again in a fresh folder, data_dir=FOLDER")
+    assert command == library.replace("data_dir=FOLDER", "--data-dir FOLDER")
 
 
 def test_a_cache_of_another_size_is_ignored_and_rewritten(prepared_sample, caplog):

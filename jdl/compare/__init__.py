@@ -284,10 +284,14 @@ def run(
                 else:
                     chosen_lr[name] = min(grids[name])
 
+        loaders: dict[int, jdl_data.Loader] = {}  # one per seed: a Loader checks every label when built
+
         def permutation(seed: int, epoch: int) -> np.ndarray:
             """The order ``jdl.data``'s loader gives ``seed`` in ``epoch`` (a loader over the same arrays)."""
-            return jdl_data.Loader(images, labels, batch_size=batch_size, seed=seed,
-                                   num_classes=train.num_classes).permutation(epoch)
+            if seed not in loaders:
+                loaders[seed] = jdl_data.Loader(images, labels, batch_size=batch_size, seed=seed,
+                                                num_classes=train.num_classes)
+            return loaders[seed].permutation(epoch)
 
         configs = {name: (chosen[name], [chosen_lr[name]] * len(seed_list), seed_list) for name in names}
         runs, info = _train(net, loss_fn, configs, images, labels, test_images, test_labels, permutation, epochs,

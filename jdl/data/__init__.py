@@ -24,7 +24,7 @@ from jdl.data import mnist_sample as _mnist_sample  # noqa: F401 - registers the
 from jdl.data.idx import IdxVerificationError
 from jdl.data.loader import Batch, Loader, Transform, load
 from jdl.data.prefetch import Prefetcher, data_sharding, prefetch_to_device
-from jdl.data.sources import DatasetUnavailableError, default_data_dir
+from jdl.data.sources import DatasetUnavailableError, TensorFlowNeededError, default_data_dir
 from jdl.data.transforms import (
     CIFAR10_MEAN_STD,
     CIFAR100_MEAN_STD,
@@ -49,6 +49,7 @@ __all__ = [
     "MNIST_MEAN_STD",
     "Batch",
     "DatasetUnavailableError",
+    "TensorFlowNeededError",
     "IdxVerificationError",
     "Loader",
     "Prefetcher",

@@ -78,8 +78,36 @@ NETWORK_TIMEOUT_S = 3.0
 _CACHE_FORMAT = 1
 
 
-class DatasetUnavailableError(FileNotFoundError):
+LIBRARY_OPTION_WORDS = {"manual_dir": "manual_dir=FOLDER", "data_dir": "data_dir=FOLDER"}
+
+
+class _NamesOptions:
+    """An error whose message names the options that would fix it.
+
+    ``str(error)`` names them as ``jdl.data.load`` takes them
+    (``manual_dir=FOLDER``); ``error.in_words(manual_dir="--manual-dir FOLDER",
+    data_dir="--data-dir FOLDER")`` gives the same message in a caller's own
+    words (the command line's).
+    """
+
+    def __init__(self, message: str | Callable[[dict[str, str]], str]):
+        self._say = message if callable(message) else (lambda words: message)
+        super().__init__(self._say(LIBRARY_OPTION_WORDS))
+
+    def in_words(self, **words: str) -> str:
+        """The message with the options given in ``words`` named that way."""
+        unknown = set(words) - set(LIBRARY_OPTION_WORDS)
+        if unknown:
+            raise TypeError(f"in_words names {sorted(LIBRARY_OPTION_WORDS)}; got {sorted(unknown)}")
+        return self._say({**LIBRARY_OPTION_WORDS, **words})
+
+
+class DatasetUnavailableError(_NamesOptions, FileNotFoundError):
     """The dataset is not prepared, its files are not on disk, and it cannot be downloaded."""
+
+
+class TensorFlowNeededError(_NamesOptions, ImportError):
+    """Reading a split that only TensorFlow reads, with TensorFlow not installed."""
 
 
 @dataclass(frozen=True)
@@ -350,11 +378,11 @@ class _TfdsSource:
         try:
             import_tensorflow()  # GPUs hidden before tfds builds a tf.data pipeline
         except ImportError as error:
-            raise ImportError(
+            raise TensorFlowNeededError(lambda words: (
                 f"{self.name} is prepared in {self.dataset_dir} as {fmt} files, which only TensorFlow reads "
                 "(jdl prepares datasets as array_record, which it reads without TensorFlow): install TensorFlow "
-                "(`pip install tensorflow-cpu`), or prepare it again in a fresh data_dir with jdl.data.load"
-            ) from error
+                f"(`pip install tensorflow-cpu`), or prepare it again in a fresh folder, {words['data_dir']}"
+            )) from error
         data = _tfds().as_numpy(self.builder.as_dataset(split=base, batch_size=-1))
         return np.asarray(data["image"], np.uint8), np.asarray(data["label"], np.int32)
 
@@ -367,7 +395,7 @@ class _TfdsSource:
         """
         manual = Path(manual_dir).expanduser() if manual_dir else None
         if manual is not None and not manual.is_dir():
-            raise DatasetUnavailableError(f"manual_dir {manual} is not a folder")
+            raise DatasetUnavailableError(lambda words: f"{words['manual_dir']}: {manual} is not a folder")
         if manual is None and (self.data_dir / "downloads" / "manual").is_dir():
             manual = self.data_dir / "downloads" / "manual"  # tfds' default manual_dir
         base = _base(self.name)
@@ -376,7 +404,7 @@ class _TfdsSource:
         if missing:
             if not download:
                 raise DatasetUnavailableError(self._unavailable(
-                    "download=False and the source files are not on disk", missing))
+                    "the source files are not on disk (download=False)", missing))
             hosts = sorted({urllib.parse.urlparse(u).hostname for u in missing.values()} - {None})
             if not _any_reachable(hosts or ["storage.googleapis.com"]):
                 raise DatasetUnavailableError(self._unavailable(
@@ -415,17 +443,18 @@ class _TfdsSource:
                 out[fname] = url
         return out
 
-    def _unavailable(self, reason: str, missing: dict[str, str]) -> str:
+    def _unavailable(self, reason: str, missing: dict[str, str]) -> Callable[[dict[str, str]], str]:
+        """The message of a DatasetUnavailableError, given the words for its options."""
         files = ", ".join(sorted(missing))
         idx_hint = ""
         if _base(self.name) in IDX_DATASETS:
             idx_hint = (" (for mnist and fashion_mnist the four IDX files, .gz or not, also "
                         "recompressed ones; on Debian `apt-get install dataset-fashion-mnist` "
                         "puts Fashion-MNIST in /usr/share/datasets/fashion-mnist)")
-        return (
+        return lambda words: (
             f"{self.name} is not prepared in {self.dataset_dir}, and {reason}. Either pass "
-            f"manual_dir=FOLDER holding its source files{idx_hint}: {files}; or pass "
-            f"data_dir=FOLDER where it is already prepared (FOLDER/{self.builder.info.full_name}/"
+            f"{words['manual_dir']} holding its source files{idx_hint}: {files}; or pass "
+            f"{words['data_dir']} where it is already prepared (FOLDER/{self.builder.info.full_name}/"
             f"dataset_info.json), or set TFDS_DATA_DIR. 'mnist_sample' ships with jdl and "
             "needs neither."
         )
