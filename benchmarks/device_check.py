@@ -35,6 +35,9 @@ goals need runs from this one script, saving its lines after each part:
    ``unroll_sweep`` (``fit``'s scan unrolled 1, 2 and 4 steps),
    ``autotune_cache`` (to 92% with XLA's per-fusion autotuning cache, the
    first of 3 rounds filling it).
+8. ``feed_stacked``: the 100 µs step fed 64 steps per dispatch from
+   ``prefetch_to_device(loader, stack=True)`` against the same scan over a
+   resident chunk, beside ``feed``'s per-batch line.
 
 On the device machine, from the repository root, with Fashion-MNIST's four
 ``.gz`` files in ``.device-data/fashion-mnist`` (carried; no TensorFlow needed)::
@@ -314,6 +317,19 @@ def feed(quick: bool, names=tuple(FEEDS)) -> list[dict]:
     return records  # fmt: skip
 
 
+def feed_stacked(quick: bool) -> list[dict]:
+    """The 100 µs step run 64 steps per dispatch over chunks from
+    ``prefetch_to_device(loader, stack=True)`` (``loader._feed_stacked``), and
+    ``feed``'s per-batch line beside it, on real Fashion-MNIST."""
+    import loader as loader_bench
+
+    loader = _fashion_mnist_loader()
+    if loader is None:
+        return [{"benchmark": "loader/feed_100us_step_stacked", "skipped": "real Fashion-MNIST not found"}]
+    note = "real Fashion-MNIST, uint8"
+    return [loader_bench._feed_stacked(loader, note, quick), loader_bench._feed(loader, note, quick, chunk=64)]
+
+
 def _suffixed(lines: list[dict], suffix: str) -> list[dict]:
     """The lines with ``/suffix`` appended to their benchmark names."""
     return [{**line, "benchmark": f"{line['benchmark']}/{suffix}"} for line in lines]
@@ -468,6 +484,7 @@ def main() -> None:
             args.quick, repeats=2, names=("default", "evaluation_cublas", "autotune1+cublas"), to_92=True)),
         ("flat_optimizer", lambda: step_variants.run_flat_optimizer(args.quick)),
         ("optimizers", lambda: optim_update.run(args.quick)),
+        ("feed_stacked", lambda: feed_stacked(args.quick)),
         ("trace_patches_first", lambda: profile_step.trace(args.quick, args.out, jnp.bfloat16,
                                                            ("flax", "jdl", "jdl_patches_first"))),
         ("epoch_patches_first", lambda: epoch_settings(args.quick, ("default", "patches_first"))),

@@ -18,6 +18,10 @@ prints one JSON line per measurement:
   on the device, run on batches from `prefetch_to_device(loader)` against the
   same step on batches already resident on the device. `ratio` near 1 means
   the step never waited for the host.
+- `loader/feed_100us_step_stacked`: that step run 64 steps per dispatch
+  (`lax.scan`) over chunks from `prefetch_to_device(loader, stack=True)`,
+  against the same program over a chunk already on the device; the line
+  also gives the per-batch resident step (`step_us`) of the line above.
 
 `ratio` is jdl_s / reference_s, as in every benchmark here: below 1, jdl is
 faster (0.5: twice tf.data's rate). Times are
@@ -201,13 +205,19 @@ def _run_steps(step, batches, n):
     return (time.perf_counter() - start) / done
 
 
+def _long_epochs(loader, note):
+    """``loader`` with epochs of 60,000 examples as Fashion-MNIST's (tiled where shorter), and the note."""
+    if loader.num_examples >= 60000:
+        return loader, note
+    images, labels = loader.stored()
+    reps = -(-60000 // loader.num_examples)
+    loader = jd.Loader(np.concatenate([images] * reps)[:60000],
+                       np.concatenate([labels] * reps)[:60000], batch_size=BATCH, seed=0)
+    return loader, note + "; the feed test tiles it to 60,000 examples"
+
+
 def _feed(loader, note, quick, **prefetch_kwargs):
-    if loader.num_examples < 60000:  # long epochs, as Fashion-MNIST's
-        images, labels = loader.stored()
-        reps = -(-60000 // loader.num_examples)
-        loader = jd.Loader(np.concatenate([images] * reps)[:60000],
-                           np.concatenate([labels] * reps)[:60000], batch_size=BATCH, seed=0)
-        note += "; the feed test tiles it to 60,000 examples"
+    loader, note = _long_epochs(loader, note)
     (step, _, k), resident = _calibrated_step(100e-6, loader)
     steps = 300 if quick else 2000
     resident_s = _time_steps(step, resident, steps)
@@ -219,6 +229,46 @@ def _feed(loader, note, quick, **prefetch_kwargs):
                  step_us=round(resident_s * 1e6, 1), step_matmuls=k, steps=steps,
                  no_prefetch_us=round(direct_s * 1e6, 1),
                  host_batch_us=round(_host_batch_s(loader) * 1e6, 1))
+
+
+def _run_chunks(run_chunk, chunks, n):
+    """Seconds per step of ``run_chunk(total, chunk)`` over ``chunks`` until ``n`` steps are done."""
+    total, done = jnp.float32(0), 0
+    start = time.perf_counter()
+    for chunk in chunks:
+        total = run_chunk(total, chunk)
+        done += int(chunk["label"].shape[0])
+        if done >= n:
+            break
+    jax.block_until_ready(total)
+    return (time.perf_counter() - start) / done
+
+
+def _feed_stacked(loader, note, quick, chunk=64):
+    """The calibrated ~100 µs step run ``chunk`` steps per dispatch (``lax.scan``)
+    over chunks from ``prefetch_to_device(loader, stack=True)``, against the same
+    program over a chunk resident on the device; also against the step
+    dispatched once per resident batch (``_feed``'s reference)."""
+    loader, note = _long_epochs(loader, note)
+    (step, _, k), resident = _calibrated_step(100e-6, loader)
+    steps = 6 * chunk if quick else 32 * chunk
+
+    @jax.jit
+    def run_chunk(total, batches):
+        return jax.lax.scan(lambda t, batch: (t + step(batch), None), total, batches)[0]
+
+    first = [b for _, b in zip(range(chunk), loader, strict=False)]
+    resident_chunk = jax.device_put({key: np.stack([b[key] for b in first]) for key in first[0]})
+    _run_chunks(run_chunk, [resident_chunk] * 2, 1)  # compiles
+    resident_s = _run_chunks(run_chunk, [resident_chunk] * (steps // chunk), steps)
+    per_batch_s = _time_steps(step, resident, steps)
+    stacked = dict(chunk=chunk, stack=True)
+    _run_chunks(run_chunk, _epochs(loader, prefetch=True, **stacked), 2 * len(loader))  # compiles each chunk length
+    fed_s = _run_chunks(run_chunk, _epochs(loader, prefetch=True, **stacked), steps)
+    return _line("loader/feed_100us_step_stacked", fed_s, "the same scan over a resident chunk", resident_s,
+                 loader.batch_size, note + f"; {chunk} steps per dispatch; times are per step, examples per step",
+                 step_us=round(per_batch_s * 1e6, 1), scanned_step_us=round(resident_s * 1e6, 1),
+                 step_matmuls=k, steps=steps)  # fmt: skip
 
 
 def _host_batch_s(loader) -> float:
@@ -273,7 +323,7 @@ def run(quick: bool = False) -> list[dict]:
         lines.append(_line(f"loader/{name}/prefetch_to_device", prefetch_s,
                            "jdl loader, host NumPy", jdl_s, examples,
                            note + "; no TensorFlow here: tf.data not measured"))
-    lines.append(_feed(loader, note, quick))
+    lines += [_feed(loader, note, quick), _feed_stacked(loader, note, quick)]
     return lines
 
 

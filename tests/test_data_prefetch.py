@@ -40,6 +40,49 @@ def test_chunked_transfers_give_the_same_batches_in_order(chunk):
         assert d["image"].dtype == np.float32 and d["label"].dtype == np.int32
 
 
+@pytest.mark.parametrize("transform", [None, lambda batch: batch], ids=["stored", "transformed"])
+def test_stacked_chunks_hold_the_host_batches_in_order(transform):
+    """``stack=True``: chunks of ``chunk`` batches (no ramp), the epoch's last
+    full batches, then the ragged batch as a chunk of one; a scan over them
+    sees the loader's batches."""
+    kwargs = dict(split="test[:999]", batch_size=64, shuffle=True, seed=4, drop_remainder=False,
+                  transform=transform)  # fmt: skip
+    host = list(jd.load("mnist_sample", **kwargs))
+    chunks = list(jd.prefetch_to_device(jd.load("mnist_sample", **kwargs), chunk=4, stack=True))
+    assert [c["image"].shape for c in chunks] == [(4, 64, 28, 28, 1)] * 3 + [(3, 64, 28, 28, 1), (1, 39, 28, 28, 1)]
+    batches = [{k: np.asarray(v[i]) for k, v in c.items()} for c in chunks for i in range(len(c["label"]))]
+    for d, h in zip(batches, host, strict=True):
+        assert d["image"].dtype == np.float32 and d["label"].dtype == np.int32
+        np.testing.assert_array_equal(d["image"], h["image"])
+        np.testing.assert_array_equal(d["label"], h["label"])
+
+    def total(carry, batch):
+        return carry + batch["label"].sum(), None
+
+    run_chunk = jax.jit(lambda carry, chunk: jax.lax.scan(total, carry, chunk)[0])
+    summed = 0
+    for chunk in jd.prefetch_to_device(jd.load("mnist_sample", **kwargs), chunk=4, stack=True):
+        summed = run_chunk(summed, chunk)
+    assert int(summed) == int(np.concatenate([h["label"] for h in host]).astype(np.int64).sum())
+
+
+def test_stacked_chunks_from_any_iterable_and_the_rewind_counts_their_batches():
+    def batches():
+        for i in range(10):
+            yield {"x": np.full((2, 3), i, np.float32)}
+
+    chunks = list(jd.prefetch_to_device(batches(), chunk=4, stack=True))
+    assert [np.asarray(c["x"])[:, 0, 0].tolist() for c in chunks] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    loader = jd.load("mnist_sample", split="test", batch_size=100, shuffle=True, seed=5)
+    with jd.prefetch_to_device(loader, chunk=3, stack=True) as it:
+        first = next(it)
+        time.sleep(0.2)  # the thread runs ahead
+    assert first["label"].shape == (3, 100)
+    assert loader.state_dict() == {"epoch": 0, "step": 3, "seed": 5}
+    with pytest.raises(TypeError, match="stack must be True or False; got 1"):
+        jd.prefetch_to_device(batches(), stack=1)
+
+
 @pytest.mark.parametrize("dtype", [np.int64, np.uint16, np.float64, np.uint8])
 def test_chunks_of_images_of_any_dtype_arrive_as_the_loaders_float32_batches(dtype):
     images = np.random.default_rng(0).integers(0, 256, (100, 4, 4, 1)).astype(dtype)

@@ -59,6 +59,14 @@ stops its thread when it is garbage-collected (once no traceback holds it;
 its position is then not rewound).
 On the CPU backend the background thread competes with the computation for
 the same cores: there plain iteration is as fast or faster.
+
+`stack=True` hands each transfer over whole, `(batches, B, ...)` on the
+device, for a consumer that runs a chunk of steps per dispatch with
+`lax.scan` (see `prefetch_to_device`): the consumer's thread then wakes
+once per chunk, not once per batch, and the feeding thread does no
+splitting.  Its chunks are all `chunk` batches long (no ramp, so the
+consumer compiles one program, two more for an epoch's last full batches
+and a last, smaller batch).
 """
 
 from __future__ import annotations
@@ -140,6 +148,21 @@ def _loader_splitter(count: int, convert: bool):
 
 
 @functools.cache
+def _loader_stacker(convert: bool):
+    """Jitted: stacked (count, B, ...) images and labels -> one dict of them,
+    uint8 images turned into float32 through ``table`` as ``_loader_splitter`` does."""
+    import jax
+
+    @jax.jit
+    def stack(images, labels, table):
+        if convert:
+            images = table[images.astype("int32")]
+        return {"image": images, "label": labels}
+
+    return stack
+
+
+@functools.cache
 def _splitter(count: int):
     """A jitted function: a pytree of stacked leaves (count, ...) -> list of `count` pytrees."""
     import jax
@@ -154,8 +177,9 @@ def _splitter(count: int):
 FIRST_CHUNK = 4
 
 
-def _chunk_sizes(chunk: int) -> Iterator[int]:
-    """Batches per transfer: from `FIRST_CHUNK` doubling up to `chunk`, then `chunk`.
+def _chunk_sizes(chunk: int, ramp: bool = True) -> Iterator[int]:
+    """Batches per transfer: from `FIRST_CHUNK` doubling up to `chunk`, then `chunk`
+    (without ``ramp``: `chunk` from the first).
 
     The consumer waits for the first transfer; a small one starts it sooner,
     and each doubling is ready before the consumer is through the previous
@@ -163,7 +187,7 @@ def _chunk_sizes(chunk: int) -> Iterator[int]:
     once each size's splitting program has compiled (on its first use in a
     process).
     """
-    size = min(FIRST_CHUNK, chunk)
+    size = min(FIRST_CHUNK, chunk) if ramp else chunk
     while size < chunk:
         yield size
         size *= 2
@@ -183,10 +207,10 @@ class _Feeder:
     the device and queued for the consumer until ``stop`` is set."""
 
     def __init__(self, jax, loader, source, chunk: int, sharding, stacked, num_shards: int,
-                 out: queue.Queue, stop: threading.Event):  # fmt: skip
+                 out: queue.Queue, stop: threading.Event, stack: bool = False):  # fmt: skip
         self._jax, self._loader, self._source, self._chunk = jax, loader, source, chunk
         self._sharding, self._stacked, self._num_shards = sharding, stacked, num_shards
-        self._queue, self._stop = out, stop
+        self._queue, self._stop, self._stack = out, stop, stack
 
     def _check(self, tree) -> None:
         if self._num_shards == 1:
@@ -201,11 +225,11 @@ class _Feeder:
 
     def _send(self, batches: list) -> bool:
         jax = self._jax
-        if len(batches) == 1:
+        if len(batches) == 1 and not self._stack:
             placed = [jax.device_put(batches[0], self._sharding)]
         else:
-            stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches)
-            placed = _splitter(len(batches))(jax.device_put(stacked, self._stacked))
+            stacked = jax.device_put(jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches), self._stacked)
+            placed = [stacked] if self._stack else _splitter(len(batches))(stacked)
         return self._put(list(placed))
 
     def _put(self, item) -> bool:
@@ -223,7 +247,7 @@ class _Feeder:
 
         def signature(batch):
             self._check(batch)
-            return _signature(batch) if self._chunk > 1 else None
+            return _signature(batch) if self._chunk > 1 or self._stack else None
 
         self._chunks(self._source, signature, lambda batches, target: self._send(batches))
 
@@ -232,7 +256,7 @@ class _Feeder:
         ``signature`` ends a chunk early) and ``send(chunk, size)``s them,
         then the end.  An error from ``items`` reaches the consumer after the
         items before it; an error sending a chunk, in its place."""
-        pending, sizes, last = [], _chunk_sizes(self._chunk), None
+        pending, sizes, last = [], _chunk_sizes(self._chunk, ramp=not self._stack), None
         target = next(sizes)
         try:
             for item in items:
@@ -282,16 +306,17 @@ class _Feeder:
             count, size = len(pending), len(pending[0])
             # A short chunk (the epoch's end) is padded to `target` batches and the
             # padding dropped on arrival: one compiled splitter per chunk size.
-            full = target if size == loader.batch_size else count
+            # Stacked chunks go as they are: the consumer sees the real count.
+            full = target if size == loader.batch_size and not self._stack else count
             order = np.concatenate(pending + [pending[-1]] * (full - count))
             x = np.take(images, order, axis=0).reshape(full, size, *images.shape[1:])
             if table is None:  # uint8 images are converted on the device, through the table
                 x = _to_float(x)
             y = np.take(labels, order, axis=0).reshape(full, size)
-            split = _loader_splitter(full, table is not None)
-            placed = split(jax.device_put(x, self._stacked), jax.device_put(y, self._stacked),
-                           table)
-            return self._put(placed[:count])
+            x, y = jax.device_put(x, self._stacked), jax.device_put(y, self._stacked)
+            if self._stack:
+                return self._put([_loader_stacker(table is not None)(x, y, table)])
+            return self._put(_loader_splitter(full, table is not None)(x, y, table)[:count])
 
         def signature(indices):
             self._check({"label": indices})
@@ -304,18 +329,23 @@ class Prefetcher(Iterator):
     """Iterator over device batches; a background thread keeps transfers ahead of the consumer."""
 
     def __init__(self, iterable: Iterable[Any], size: int = 2, sharding=None,
-                 chunk: int | None = None):
+                 chunk: int | None = None, stack: bool = False):
         import jax
 
         if size < 1:
             raise ValueError(f"size must be >= 1; got {size}")
+        if not isinstance(stack, bool):
+            raise TypeError(f"stack must be True or False; got {stack!r}")
         sharding, stacked, num_shards = _resolve(sharding)
+        if stack and stacked is None:
+            raise ValueError(f"stack=True needs a single device or a NamedSharding; got {sharding!r}")
         if chunk is None:
             on_cpu = all(d.platform == "cpu" for d in sharding.device_set)
-            chunk = 1 if on_cpu else 64
+            chunk = 1 if on_cpu and not stack else 64
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1; got {chunk}")
         chunk = chunk if stacked is not None else 1
+        self._stack = stack
         from jdl.data.loader import Loader
 
         # A Loader's position is rewound by close() to the first batch not handed out.
@@ -333,7 +363,7 @@ class Prefetcher(Iterator):
         self._stop = threading.Event()
         self._done = False
         feeder = _Feeder(jax, loader, iter(iterable) if loader is None else None, chunk, sharding, stacked,
-                         num_shards, self._queue, self._stop)  # fmt: skip
+                         num_shards, self._queue, self._stop, stack)  # fmt: skip
         # The thread holds the feeder, not this object: a Prefetcher dropped
         # without close() is collected, and its finalizer stops the thread.
         self._thread = threading.Thread(target=feeder.run, name="jdl-prefetch", daemon=True)
@@ -354,7 +384,8 @@ class Prefetcher(Iterator):
                 raise item.error
             self._current.extend(item)
         batch = self._current.popleft()
-        self._handed += 1  # after the pop: a Ctrl-C between them leaves the batch to the rewind
+        # after the pop: a Ctrl-C between them leaves the batch to the rewind
+        self._handed += _leading(batch) if self._stack else 1
         return batch
 
     def close(self) -> None:
@@ -387,8 +418,15 @@ class Prefetcher(Iterator):
         self.close()
 
 
+def _leading(tree) -> int:
+    """The length of the leading axis of a stacked chunk's leaves."""
+    import jax
+
+    return int(jax.tree_util.tree_leaves(tree)[0].shape[0])
+
+
 def prefetch_to_device(iterable: Iterable[Any], size: int = 2, sharding=None,
-                       chunk: int | None = None) -> Prefetcher:
+                       chunk: int | None = None, stack: bool = False) -> Prefetcher:
     """Iterates `iterable` (e.g. a Loader) with batches already on the device.
 
     Args:
@@ -398,10 +436,26 @@ def prefetch_to_device(iterable: Iterable[Any], size: int = 2, sharding=None,
         Default: the batch axis split over all local devices when there are
         several (`data_sharding()`), else the default device.
       chunk: batches moved per transfer (see the module docstring); default
-        64 on accelerators, 1 on the CPU backend.
+        64 on accelerators, 1 on the CPU backend (64 there too with `stack`).
+      stack: hand out each transfer whole instead of batch by batch: pytrees
+        whose leaves have a leading axis of up to `chunk` batches, for a
+        step that runs `lax.scan` over them (below). Every chunk holds
+        `chunk` batches except an iteration's last full ones; a last,
+        smaller batch comes as a chunk of one.
 
     Returns a `Prefetcher`: an iterator, also a context manager; `close()`
     stops its thread early. Errors from the host iterator are raised from
     `next()`.
+
+    With `stack=True` one dispatch runs a whole chunk of steps, as Keras's
+    `steps_per_execution` does (the per-step dispatch and the feeding
+    thread's per-batch work are what a step shorter than ~100 µs waits on):
+
+        @jax.jit
+        def run_chunk(carry, chunk):          # compiled once per chunk length
+            return jax.lax.scan(step, carry, chunk)
+
+        for chunk in prefetch_to_device(loader, stack=True):
+            carry, metrics = run_chunk(carry, chunk)
     """
-    return Prefetcher(iterable, size=size, sharding=sharding, chunk=chunk)
+    return Prefetcher(iterable, size=size, sharding=sharding, chunk=chunk, stack=stack)
