@@ -116,7 +116,7 @@ def test_saved_position_resumes_exactly(data_dir):
             if seen == 400:
                 break
     state = run.state_dict()
-    assert state == {"epoch": 0, "step": 400, "seed": 5}
+    assert state == {"epoch": 0, "step": 400, "seed": 5, "batch_size": 128, "num_examples": 60000, "shuffle": 1}
     resumed = fmnist(data_dir, seed=5)
     resumed.load_state_dict(state)
     got = []

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 import jdl.data as jd
 from jdl.data import Loader
 
+LAYOUT = {"batch_size": 10, "num_examples": 103, "shuffle": 1}  # make_loader's, as its state_dict says them
+
 
 def make_loader(n=103, batch_size=10, **kwargs):
     images = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1) * np.ones((1, 2, 3, 1), np.uint8)
@@ -141,7 +143,7 @@ def test_saved_position_resumes_exactly(stop_after):
             if len(taken) == stop_after:
                 break
     state = run.state_dict()
-    assert state == {"epoch": stop_after // 10, "step": stop_after % 10, "seed": 7}
+    assert state == {"epoch": stop_after // 10, "step": stop_after % 10, "seed": 7, **LAYOUT}
 
     resumed = make_loader(seed=0, transform=transform)  # the seed comes from the state
     resumed.load_state_dict(state)
@@ -161,7 +163,7 @@ def test_break_then_iterate_again_continues():
     rest = list(loader)
     ids = flat([b["image"][:, 0, 0, 0] * 255 for b in first + rest])
     assert list(ids) == list(loader.permutation(0)[:100])
-    assert loader.state_dict() == {"epoch": 1, "step": 0, "seed": 1}
+    assert loader.state_dict() == {"epoch": 1, "step": 0, "seed": 1, **LAYOUT}
 
 
 def test_a_position_saved_in_a_checkpoint_loads_back(tmp_path):
@@ -173,7 +175,7 @@ def test_a_position_saved_in_a_checkpoint_loads_back(tmp_path):
     checkpoint.save(tmp_path, {"loader": loader.state_dict()})
     resumed = make_loader()
     resumed.load_state_dict(checkpoint.load_raw(tmp_path)["loader"])
-    assert resumed.state_dict() == {"epoch": 1, "step": 3, "seed": 0}
+    assert resumed.state_dict() == {"epoch": 1, "step": 3, "seed": 0, **LAYOUT}
     np.testing.assert_array_equal(next(iter(resumed))["label"], next(iter(loader))["label"])
 
 
@@ -186,7 +188,41 @@ def test_load_state_dict_validates():
     with pytest.raises(ValueError, match=r"must be integers; got \{'epoch': 0.5, 'step': 1.7\}"):
         loader.load_state_dict({"epoch": 0.5, "step": 1.7, "seed": 0})
     loader.load_state_dict({"epoch": np.int64(2), "step": 10, "seed": 0})  # end of epoch 2 = start of 3
-    assert loader.state_dict() == {"epoch": 3, "step": 0, "seed": 0}
+    assert loader.state_dict() == {"epoch": 3, "step": 0, "seed": 0, **LAYOUT}
+
+    # A state saved under another batch size, split size or order: its step names other examples here.
+    saved = make_loader(batch_size=3, n=9)
+    next(iter(saved))
+    with pytest.raises(ValueError, match=r"saved by a loader with batch_size=3, num_examples=9, shuffle=1; this "
+                                         r"one has batch_size=10, num_examples=103, shuffle=1: its step 1"):
+        make_loader().load_state_dict(saved.state_dict())
+    with pytest.raises(ValueError, match=r"shuffle=1; this one has .*shuffle=0"):
+        make_loader(shuffle=False).load_state_dict(make_loader().state_dict())
+    with pytest.raises(ValueError, match=r"must be integers; got \{'batch_size': 'ten'\}"):
+        loader.load_state_dict({**loader.state_dict(), "batch_size": "ten"})
+
+
+def test_a_failing_transform_does_not_skip_its_batch():
+    """The position moves past a batch only once it is made: after a
+    transform's error, iterating again gives that batch, and the epoch still
+    holds every example once."""
+    calls = []
+
+    def flaky(batch):
+        calls.append(len(calls))
+        if len(calls) == 2:
+            raise OSError("a transient failure")
+        return batch
+
+    loader = make_loader(seed=3, transform=flaky)
+    taken = []
+    with pytest.raises(OSError, match="transient"):
+        for batch in loader:
+            taken.append(batch)
+    assert loader.state_dict()["step"] == 1
+    taken += list(loader)
+    ids = flat([b["image"][:, 0, 0, 0] * 255 for b in taken])
+    assert list(ids) == list(make_loader(seed=3).permutation(0)[:100])
 
 
 # -- errors -------------------------------------------------------------------------
@@ -200,7 +236,8 @@ def test_load_state_dict_validates():
     (dict(batch_size=0), r"batch_size must be >= 1; got 0"),
     (dict(batch_size=2.5), r"batch_size must be an integer"),
     (dict(batch_size=4001), r"batch_size 4001 is larger than .*4000 examples"),
-    (dict(seed=-1), r"seed must be a non-negative integer"),
+    (dict(seed=-1), r"seed must be an integer in \[0, 2\*\*32\); got -1"),
+    (dict(seed=2**32), r"seed must be an integer in \[0, 2\*\*32\); got 4294967296"),
     (dict(shuffle="no"), r"shuffle must be True, False or None; got 'no'"),
     (dict(drop_remainder="False"), r"drop_remainder must be True, False or None; got 'False'"),
 ])

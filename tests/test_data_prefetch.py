@@ -78,7 +78,8 @@ def test_stacked_chunks_from_any_iterable_and_the_rewind_counts_their_batches():
         first = next(it)
         time.sleep(0.2)  # the thread runs ahead
     assert first["label"].shape == (3, 100)
-    assert loader.state_dict() == {"epoch": 0, "step": 3, "seed": 5}
+    assert loader.state_dict() == {"epoch": 0, "step": 3, "seed": 5, "batch_size": 100, "num_examples": 1000,
+                                   "shuffle": 1}
     with pytest.raises(TypeError, match="stack must be True or False; got 1"):
         jd.prefetch_to_device(batches(), stack=1)
 
@@ -205,7 +206,8 @@ def test_close_rewinds_a_loader_to_the_first_batch_not_handed_out(chunk, transfo
     with jd.prefetch_to_device(loader, chunk=chunk) as it:
         taken = [np.asarray(next(it)["label"]) for _ in range(3)]
         time.sleep(0.2)  # the thread runs ahead
-    assert loader.state_dict() == {"epoch": 0, "step": 3, "seed": 5}
+    assert loader.state_dict() == {"epoch": 0, "step": 3, "seed": 5, "batch_size": 100, "num_examples": 1000,
+                                   "shuffle": 1}
     rest = [np.asarray(batch["label"]) for batch in loader]
     host = [batch["label"] for batch in jd.load("mnist_sample", **kwargs)]
     np.testing.assert_array_equal(np.concatenate(taken + rest), np.concatenate(host))
@@ -225,7 +227,8 @@ def test_close_stops_taking_from_a_slow_source_and_still_rewinds():
     next(it), next(it)  # the first chunk of the ramp: 4 batches
     it.close()
     assert not it._thread.is_alive()
-    assert loader.state_dict() == {"epoch": 0, "step": 2, "seed": 0}
+    assert loader.state_dict() == {"epoch": 0, "step": 2, "seed": 0, "batch_size": 10, "num_examples": 4000,
+                                   "shuffle": 1}
 
 
 def test_a_prefetcher_dropped_without_close_stops_its_thread():

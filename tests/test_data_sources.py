@@ -161,6 +161,34 @@ def test_not_an_image_classification_dataset(tmp_path):
         jd.load("iris", split="train", batch_size=8, data_dir=tmp_path)
 
 
+def test_images_of_varying_size_are_refused_before_any_work(tmp_path, monkeypatch):
+    """tf_flowers declares its images (None, None, 3): refused from tfds' metadata, before a download."""
+    monkeypatch.setattr(sources, "_any_reachable", lambda *args, **kwargs: pytest.fail("no download"))
+    with pytest.raises(ValueError, match=r"tf_flowers's images are uint8 of shape \(None, None, 3\): jdl loads "
+                                         r"datasets whose images are uint8 of one fixed"):
+        jd.load("tf_flowers", split="train", batch_size=8, data_dir=tmp_path)
+    assert files_under(tmp_path) == []
+
+
+def test_a_url_as_data_dir_is_refused_not_taken_as_a_relative_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"data_dir must be a local folder; got the URL 'gs://bucket/tfds'"):
+        jd.load("cifar10", split="train", batch_size=8, data_dir="gs://bucket/tfds")
+    monkeypatch.setenv("TFDS_DATA_DIR", "gs://bucket/tfds")
+    with pytest.raises(ValueError, match=r"TFDS_DATA_DIR must be a local folder; got the URL 'gs://bucket/tfds'"):
+        jd.load("cifar10", split="train", batch_size=8)
+    with pytest.raises(ValueError, match=r"manual_dir must be a local folder; got the URL 's3://b/x'"):
+        jd.load("cifar10", split="train", batch_size=8, data_dir=tmp_path / "d", manual_dir="s3://b/x")
+    assert jd.load("mnist_sample", split="test", batch_size=8).num_examples == 1000  # needs no data_dir
+    assert files_under(tmp_path) == []
+
+
+def test_tfds_shard_units_are_refused_with_the_forms_jdl_takes(tmp_path):
+    with pytest.raises(ValueError, match=r"split 'train\[:1shard\]' is not supported: jdl takes splits by "
+                                         r"example or percent"):
+        jd.load("cifar10", split="train[:1shard]", batch_size=8, data_dir=tmp_path)
+
+
 def test_unknown_split_of_a_tfds_dataset_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"no split 'valid'.*\['test', 'train'\]"):
         jd.load("cifar10", split="valid", batch_size=8, data_dir=tmp_path)

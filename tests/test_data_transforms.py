@@ -48,6 +48,12 @@ def test_normalize_takes_scaled_floats_and_gives_float32_and_one_hot_takes_a_vec
     np.testing.assert_allclose(out, (batch["image"].astype(np.float64) - 0.5) / 0.25, rtol=1e-6)
     with pytest.raises(ValueError, match=r"one_hot: labels must have shape \(batch,\); got shape \(6, 1\)"):
         T.one_hot(10)({**batch, "label": batch["label"][:, None]})
+    bf16 = batch["image"].astype(jnp.bfloat16)  # a float that NumPy does not count as np.floating
+    out = T.normalize(0.5, 0.25)({**batch, "image": bf16})["image"]
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, (bf16.astype(np.float64) - 0.5) / 0.25, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"one_hot: labels must be in \[0, 3\); got values 0\.\.9"):
+        T.one_hot(3)({**batch, "label": np.arange(6) + 4 * (np.arange(6) > 2)})
 
 
 def test_normalize_refuses_stds_that_do_not_fit_the_channels():
@@ -165,6 +171,9 @@ def test_compose_passes_rng_and_plain_functions():
     out = fn(batch_of(), np.random.default_rng(0))
     assert out["tagged"] and out["label"].shape == (6, 10)
     assert T.wants_rng(fn) and not T.wants_rng(tag)
+    with pytest.raises(TypeError, match=r"compose: every argument must be a transform \(a callable\); argument 2 "
+                                        r"is 0\.5"):
+        T.compose(tag, 0.5)
 
 
 def test_a_transform_whose_second_parameter_has_a_default_keeps_it():

@@ -82,7 +82,7 @@ class Loader:
             raise TypeError(f"transform must be callable or None; got {transform!r}")
         self.name, self.split = name, split
         self.batch_size, self.shuffle, self.drop_remainder = batch_size, bool(shuffle), bool(drop_remainder)
-        self.seed = seed
+        self.seed = int(seed)
         self.transform = transform
         self.num_examples = len(labels)
         self.image_shape = tuple(int(d) for d in images.shape[1:])
@@ -120,7 +120,12 @@ class Loader:
     def __iter__(self) -> Iterator[Batch]:
         """Yields the rest of the current epoch, then moves to the next epoch."""
         for epoch, step, indices in self.positions():
-            yield self.batch(indices, epoch=epoch, step=step)
+            try:
+                batch = self.batch(indices, epoch=epoch, step=step)
+            except BaseException:  # a failing transform: the batch is not skipped, it comes next
+                self._epoch, self._step = epoch, step
+                raise
+            yield batch
 
     def positions(self) -> Iterator[tuple[int, int, np.ndarray]]:
         """Yields `(epoch, step, example indices)` for the rest of the current epoch.
@@ -169,18 +174,35 @@ class Loader:
 
     # -- position ------------------------------------------------------------
     def state_dict(self) -> dict[str, int]:
-        """`{'epoch', 'step', 'seed'}`: the next batch is batch `step` of epoch `epoch`."""
-        return {"epoch": self._epoch, "step": self._step, "seed": self.seed}
+        """`{'epoch', 'step', 'seed', 'batch_size', 'num_examples', 'shuffle'}`: the next
+        batch is batch `step` of epoch `epoch`; the last three say what `step` counts in."""
+        return {"epoch": self._epoch, "step": self._step, "seed": self.seed,
+                "batch_size": self.batch_size, "num_examples": self.num_examples, "shuffle": int(self.shuffle)}
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
-        """Restores a position from `state_dict()`; iteration resumes at exactly that batch."""
+        """Restores a position from `state_dict()`; iteration resumes at exactly that batch.
+
+        A state saved by a loader of another batch size, split size or
+        shuffling is refused (its `step` would name other examples here); a
+        state without those keys (`{'epoch', 'step', 'seed'}`) is taken as
+        this loader's own.
+        """
         missing = {"epoch", "step", "seed"} - set(state)
         if missing:
             raise ValueError(f"state needs keys epoch, step, seed; missing {sorted(missing)}")
         # integer scalars: Python's, NumPy's, a 0-d array's (as a checkpoint stores them) or JAX's
-        not_whole = {k: state[k] for k in ("epoch", "step", "seed") if not is_int(scalar(state[k]))}
+        keys = [k for k in ("epoch", "step", "seed", *_LAYOUT) if k in state]
+        not_whole = {k: state[k] for k in keys if not is_int(scalar(state[k]))}
         if not_whole:
-            raise ValueError(f"state epoch, step and seed must be integers; got {not_whole}")
+            raise ValueError(f"state {', '.join(keys)} must be integers; got {not_whole}")
+        saved = {k: int(state[k]) for k in _LAYOUT if k in state}
+        here = {k: int(getattr(self, k)) for k in saved}
+        if saved != here:
+            raise ValueError(
+                f"the state was saved by a loader with {_listed(saved)}; this one has {_listed(here)}: its "
+                f"step {int(state['step'])} would name other examples here. Resume with a loader like the one "
+                "the state came from (same split, batch_size, shuffle)"
+            )
         epoch, step, seed = int(state["epoch"]), int(state["step"]), int(state["seed"])
         if epoch < 0 or not 0 <= step <= len(self):
             raise ValueError(f"state epoch={epoch}, step={step} out of range: expected "
@@ -233,9 +255,17 @@ def _class_indices(labels: np.ndarray, num_classes: int | None) -> np.ndarray:
     return values.astype(np.int32, copy=False)
 
 
+_LAYOUT = ("batch_size", "num_examples", "shuffle")  # what a state's step counts in
+
+
+def _listed(values: dict[str, int]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in values.items())
+
+
 def _check_seed(seed: int) -> None:
-    if not is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+    # default_rng([seed, epoch]) reads a seed of 2**32 or more as several words: [2**32 + s, e] is [s, 1, e]
+    if not is_int(seed) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32); got {seed!r}")
 
 
 def _check_batch_size(batch_size: int) -> None:

@@ -122,7 +122,18 @@ class SplitData:
 
 def default_data_dir() -> Path:
     """tfds' default: `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`."""
-    return Path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser()
+    return local_folder(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets", "TFDS_DATA_DIR")
+
+
+def local_folder(path, what: str) -> Path:
+    """``path`` as a local folder (``~`` expanded); a URL such as ``gs://bucket/tfds`` is refused:
+    jdl reads and writes its caches with local file operations (``Path('gs://b')`` would be ``gs:/b``,
+    a relative folder)."""
+    text = os.fspath(path)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", text):
+        raise ValueError(f"{what} must be a local folder; got the URL {text!r} (jdl reads datasets from "
+                         "local files: copy the prepared dataset to a local folder and pass that)")
+    return Path(text).expanduser()
 
 
 # ---------------------------------------------------------------------------
@@ -230,6 +241,9 @@ def _absolute(name: str, split: str, sizes: dict[str, int]) -> list[tuple[str, i
         parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(infos)
     except (ValueError, AssertionError) as e:
         raise ValueError(f"{name}: bad split {split!r}: {e}") from e
+    except AttributeError as e:  # tfds' shard units ('train[:1shard]') need the prepared files' shard lengths
+        raise ValueError(f"{name}: split {split!r} is not supported: jdl takes splits by example or percent, "
+                         "e.g. 'train', 'train[:1000]', 'train[10%:]', 'train+test'") from e
     out = []
     for p in parts:
         n = sizes[p.splitname]
@@ -292,7 +306,7 @@ class _TfdsSource:
 
     def __init__(self, name: str, data_dir):
         self.name = name
-        self.data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
+        self.data_dir = local_folder(data_dir, "data_dir") if data_dir else default_data_dir()
         tfds = _tfds()
         try:
             self.builder = tfds.builder(name, data_dir=os.fspath(self.data_dir))
@@ -305,6 +319,14 @@ class _TfdsSource:
             raise ValueError(
                 f"{name} is not an image-classification dataset: jdl needs an 'image' "
                 f"feature and a ClassLabel 'label'; it has {dict(features)}"
+            )
+        image = features["image"]
+        shape, dtype = tuple(getattr(image, "shape", ()) or ()), np.dtype(getattr(image, "np_dtype", np.uint8))
+        if len(shape) != 3 or None in shape or dtype != np.uint8:
+            raise ValueError(
+                f"{name}'s images are {dtype.name} of shape {shape}: jdl loads datasets whose images are "
+                "uint8 of one fixed (height, width, channels), as mnist, fashion_mnist, cifar10 and cifar100 "
+                "are (images of varying size need resizing, which jdl.data.load does not do)"
             )
         self.num_classes = label.num_classes
         self.class_names = tuple(label.names) if label.names else None
@@ -393,7 +415,7 @@ class _TfdsSource:
         `file_format` is what tfds writes: jdl reads 'array_record' without
         TensorFlow; 'tfrecord' serves tf.data (the benchmark's reference).
         """
-        manual = Path(manual_dir).expanduser() if manual_dir else None
+        manual = local_folder(manual_dir, "manual_dir") if manual_dir else None
         if manual is not None and not manual.is_dir():
             raise DatasetUnavailableError(lambda words: f"{words['manual_dir']}: {manual} is not a folder")
         if manual is None and (self.data_dir / "downloads" / "manual").is_dir():

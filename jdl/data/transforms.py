@@ -97,6 +97,10 @@ def compose(*fns: HostTransform) -> HostTransform:
 
     Each function may take `(batch, rng)` or just `(batch)`.
     """
+    for position, fn in enumerate(fns, 1):
+        if not callable(fn):
+            raise TypeError(f"compose: every argument must be a transform (a callable); argument {position} "
+                            f"is {fn!r}")
     plan = [(fn, wants_rng(fn)) for fn in fns]
 
     def composed(batch: dict, rng: np.random.Generator | None = None) -> dict:
@@ -123,7 +127,8 @@ def normalize(mean: float | Sequence[float], std: float | Sequence[float]) -> Ho
     def fn(batch: dict, rng: np.random.Generator | None = None) -> dict:
         del rng
         image = batch["image"]
-        if not np.issubdtype(np.asarray(image).dtype, np.floating):  # 0-255 pixels against [0, 1] constants
+        dtype = np.asarray(image).dtype
+        if np.issubdtype(dtype, np.integer) or dtype == np.bool_:  # 0-255 pixels against [0, 1] constants
             raise ValueError(f"normalize: images must be floating point, scaled as mean and std are (a Loader's "
                              f"are in [0, 1]); got {np.asarray(image).dtype} images")
         for what, values in (("means", mean_arr), ("stds", std_arr)):
@@ -152,7 +157,7 @@ def one_hot(num_classes: int) -> HostTransform:
         if labels.ndim != 1:
             raise ValueError(f"one_hot: labels must have shape (batch,); got shape {labels.shape}")
         if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(f"labels must be in [0, {num_classes}); got values "
+            raise ValueError(f"one_hot: labels must be in [0, {num_classes}); got values "
                              f"{int(labels.min())}..{int(labels.max())}")
         return {**batch, "label": eye[labels]}
 

@@ -97,8 +97,10 @@ CELLS = [
     md(r"""
     ### Saving and restoring the position
 
-    `state_dict()` is the loader's position (`epoch`, `step`, `seed`); a new loader given it continues with
-    exactly the next batch. This is what makes checkpointed training resume bit for bit.
+    `state_dict()` is the loader's position (`epoch`, `step`, `seed`, and the `batch_size`, `num_examples` and
+    `shuffle` that say what a step is); a new loader like it, given the position, continues with exactly the
+    next batch, and a loader with another batch size refuses it (its step would name other examples). This is
+    what makes checkpointed training resume bit for bit.
     """),
     code(r"""
     loader = jdl.data.load(DATASET, split="train", batch_size=128, shuffle=True, seed=0)
