@@ -121,10 +121,10 @@ def _model_dtype(args: argparse.Namespace) -> str | None:
 CLAIM = ".jdl-run-in-progress"
 
 
-def _claim(out: Path) -> bool:
+def _claim(out: Path) -> list[Path]:
     """Claim ``out`` for this run: a ValueError if it holds earlier results or
-    cannot be written, FileExistsError if another run claimed it first;
-    whether ``out`` was made here."""
+    cannot be written, FileExistsError if another run claimed it first; the
+    folders made here, outermost first (``out`` last if it was made)."""
     from jdl.compare import check_out_dir
 
     in_use = f"output folder {out} is in use by another jdl run (if none is, remove {out / CLAIM})"
@@ -144,7 +144,7 @@ def _claim(out: Path) -> bool:
         for folder in reversed(made):
             folder.rmdir()
         raise ValueError(f"cannot write the results to the output folder {out}: {error}") from None
-    return bool(made) and made[-1] == out
+    return made
 
 
 @contextlib.contextmanager
@@ -155,11 +155,13 @@ def _output_folder(out: str | None, kind: str) -> Iterator[Path]:
     (with a suffix if another run took that name the same second).  When the
     run fails or is interrupted, what it wrote there is removed again (and
     the folder, if it was made here)."""
+    if out is not None and not str(out).strip():
+        raise ValueError("--out must name a folder; got an empty string")
     stamp = Path("jdl-runs") / _dt.datetime.now().strftime(f"{kind}-%Y%m%d-%H%M%S")
     for attempt in range(1000):
         path = Path(out) if out else (stamp if attempt == 0 else Path(f"{stamp}-{attempt + 1}"))
         try:
-            created = _claim(path)
+            made = _claim(path)
             break
         except (FileExistsError, ValueError):
             if out or not path.exists():  # the folder asked for, or a failure that is not a name taken
@@ -170,7 +172,7 @@ def _output_folder(out: str | None, kind: str) -> Iterator[Path]:
     try:
         yield path
     except BaseException:  # an error or Ctrl-C: no half-written results left behind
-        _remove_written(path, created, before)
+        _remove_written(path, made, before)
         raise
     finally:
         (path / CLAIM).unlink(missing_ok=True)
@@ -256,13 +258,19 @@ def _compare_into(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
-def _remove_written(out: Path, created: bool, before: set[Path]) -> None:
+def _remove_written(out: Path, made: list[Path], before: set[Path]) -> None:
     """The files written into ``out`` since it held ``before`` removed again
     (folders made in it are left: they may hold what the user wanted kept,
-    such as a --data-dir), or ``out`` itself if it was ``created``.  Never
-    raises: the error or Ctrl-C that called for it is what the user sees."""
-    if created:
+    such as a --data-dir), or ``out`` itself if it was made, with the folders
+    above it that were ``made`` for it and are empty again (``jdl-runs/``).
+    Never raises: the error or Ctrl-C that called for it is what the user sees."""
+    if made and made[-1] == out:
         shutil.rmtree(out, ignore_errors=True)
+        for folder in reversed(made[:-1]):
+            try:
+                folder.rmdir()  # only if empty: another run may have written beside it meanwhile
+            except OSError:
+                break
         return
     for path in set(out.iterdir()) - before:
         if not path.is_dir():
@@ -312,8 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as error:  # train.NonFiniteLossError: the run diverged
         print(f"jdl {args.command}: error: {error} No results were written.", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as interrupt:
-        print(f"\njdl {args.command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
+    except KeyboardInterrupt:  # the command keeps no checkpoint: what the run wrote was removed
+        print(f"\njdl {args.command}: interrupted; no results were written", file=sys.stderr)
         return 130
 
 

@@ -309,6 +309,32 @@ def test_cli_refuses_an_output_folder_another_run_is_using(tmp_path, capsys, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == [cli.CLAIM]
 
 
+def test_cli_refuses_an_optimizer_it_cannot_step_and_an_empty_out_and_leaves_no_empty_runs_folder(
+        tmp_path, capsys, monkeypatch):  # fmt: skip
+    """optax.lbfgs's update wants the loss too: a one-line error (it was a
+    traceback and exit 1, the diverged code).  ``--out ""`` is an error, not
+    the default folder.  A failed run leaves no empty ``jdl-runs/`` behind."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--dataset", "mnist_sample", "--model", "mlp", "--no-compilation-cache"]
+    assert cli.main([*argv, "--optimizer", "optax.lbfgs"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jdl train: error: 'optax.lbfgs' cannot be trained by jdl: its update needs more than "
+                          "the gradients") and err.count("\n") == 1, err
+    assert cli.main(["compare", "--optimizers", "adam,optax.lbfgs", "--no-compilation-cache"]) == 2
+    assert "'optax.lbfgs' cannot be trained by jdl" in capsys.readouterr().err
+    assert cli.main([*argv, "--optimizer", "adam", "--out", ""]) == 2
+    assert capsys.readouterr().err == "jdl train: error: --out must name a folder; got an empty string\n"
+    assert list(tmp_path.iterdir()) == []
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jdl.train, "fit", interrupted)
+    assert cli.main([*argv, "--optimizer", "adam"]) == 130
+    assert capsys.readouterr().err == "\njdl train: interrupted; no results were written\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_interrupted_keeps_folders_it_made_in_an_existing_out_and_says_it_was_interrupted(
         tmp_path, capsys, monkeypatch):  # fmt: skip
     """Ctrl-C after the run made a folder (a --data-dir) in an --out that

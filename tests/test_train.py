@@ -274,6 +274,16 @@ def test_evaluate_compiles_as_fits_evaluation_does(monkeypatch):
     expected = np.mean(np.argmax(np.asarray(logits, np.float64), -1) == data["label"])
     assert kinds == [True]
     assert scores["accuracy"] == pytest.approx(expected)
+    # The program is kept: the same call compiles nothing more (it compiled every time, 0.2-0.9 s), another
+    # batch size or other shapes compile their own.
+    again = train.evaluate(model, losses.cross_entropy, params, state, data, batch_size=100)
+    assert kinds == [True] and again == scores
+    train.evaluate(model, losses.cross_entropy, params, state, data, batch_size=50)
+    assert kinds == [True, True]
+    fewer = {key: value[:200] for key, value in data.items()}
+    assert train.evaluate(model, losses.cross_entropy, params, state, fewer, batch_size=100)["accuracy"] == \
+        pytest.approx(np.mean(np.argmax(np.asarray(logits, np.float64), -1)[:200] == fewer["label"]))
+    assert kinds == [True, True, True]
 
 
 def test_training_programs_compile_with_autotuning_level_1_on_a_gpu(monkeypatch):
@@ -547,9 +557,44 @@ def test_ctrl_c_in_a_prefetched_stream_epoch_stops_the_feeding_thread(tmp_path, 
 
 def test_a_checkpoint_dir_holding_another_programs_checkpoint_is_refused_by_name(tmp_path):
     checkpoint.save(tmp_path, {"params": {"w": np.zeros(3, np.float32)}})  # no epoch or seed: not fit's
-    with pytest.raises(ValueError, match=r"holds a checkpoint not written by fit: pass resume=True"):
-        train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=1, progress=False,
-                  checkpoint_dir=str(tmp_path))  # fmt: skip
+    for resume in (None, True):  # resume=True once raised a KeyError on its missing seed
+        with pytest.raises(ValueError, match=r"holds a checkpoint not written by fit: give another checkpoint_dir"
+                           if resume is None else r"was not written by fit \(it has no epoch, step, seed"):
+            train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=1, progress=False,
+                      checkpoint_dir=str(tmp_path), resume=resume)  # fmt: skip
+
+
+def test_resuming_another_run_into_a_checkpoint_dir_holding_a_third_is_refused(tmp_path):
+    """resume=A with checkpoint_dir=B, where B holds another run's checkpoint:
+    B's was overwritten silently."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    kwargs = dict(progress=False, seed=0)
+    train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=1, checkpoint_dir=str(first),
+              **kwargs)  # fmt: skip
+    train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=3, checkpoint_dir=str(second),
+              **kwargs)  # fmt: skip
+    with pytest.raises(ValueError, match=r"holds a checkpoint \(epoch 3, seed 0\) of an earlier run, and "
+                                         r"resume=.* continues another one: writing here would overwrite it"):
+        train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=2,
+                  checkpoint_dir=str(second), resume=str(first), **kwargs)  # fmt: skip
+    assert int(checkpoint.load_raw(second)["epoch"]) == 3
+    same_folder = str(second / ".")  # spelled otherwise
+    resumed = train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=4,
+                        checkpoint_dir=str(second), resume=same_folder, **kwargs)  # fmt: skip
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+
+
+def test_fit_refuses_a_seed_that_is_not_a_whole_number_and_state_without_params():
+    for seed in (1.5, None, "0", -1, 2**32):
+        with pytest.raises(ValueError, match=r"fit: seed must be an integer in \[0, 2\*\*32\); got"):
+            train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=1, seed=seed,
+                      progress=False)  # fmt: skip
+    model = nn.serial(nn.Flatten(), nn.Dense(8), nn.BatchNorm(), nn.relu, nn.Dense(10))
+    params, state = model.init(jax.random.key(0), (1, 28, 28, 1))
+    with pytest.raises(ValueError, match=r"params were given without state, and this model keeps state"):
+        train.fit(model, losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=1, params=params, progress=False)
+    with pytest.raises(ValueError, match=r"state was given without params"):
+        train.fit(model, losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=1, state=state, progress=False)
 
 
 def test_a_corrupt_checkpoint_is_named_in_the_error(tmp_path):
@@ -720,7 +765,12 @@ def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_good_params(tmp_p
     clean = jdl.data.Loader(images[:400], labels[:400], batch_size=100, shuffle=False)
     four_steps = train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), clean, epochs=1, progress=False)
     _assert_trees_close(good, four_steps.params, rtol=1e-6, atol=1e-7)
-    assert int(checkpoint.load_raw(tmp_path)["step"]) == 4
+    saved = checkpoint.load_raw(tmp_path)
+    assert int(saved["step"]) == 4
+    # the epoch's metrics so far are the 4 good steps' (it once kept none): resuming reports the whole epoch
+    partial = json.loads(bytes(saved["partial"]).decode())
+    assert partial["size"] == [100] * 4
+    assert np.mean(partial["loss"]) == pytest.approx(four_steps.history[0]["train_loss"], rel=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["scan", "stream"])

@@ -56,7 +56,23 @@ def _optax_preset(name: str) -> Preset:
     if not isinstance(built, optax.GradientTransformation):
         raise ValueError(f"{name!r} is not an optax optimizer: it built a {type(built).__name__}, "
                          "not a GradientTransformation")  # fmt: skip
+    _check_plain_update(name, built)
     return Preset(name, lambda lr: build(learning_rate=lr), 1e-3, None)
+
+
+def _check_plain_update(name: str, built) -> None:
+    """A ValueError unless ``built.update(grads, state, params)`` is all a step
+    needs (``optax.lbfgs`` also wants the loss, its gradient and function),
+    tried on shapes only."""
+    import jax
+    import jax.numpy as jnp
+
+    params = {"w": jax.ShapeDtypeStruct((2,), jnp.float32)}
+    try:
+        jax.eval_shape(lambda p: built.update(p, built.init(p), p), params)
+    except TypeError as error:
+        raise ValueError(f"{name!r} cannot be trained by jdl: its update needs more than the gradients, its state "
+                         f"and the parameters ({error})") from error
 
 
 def preset(name: str) -> Preset:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -165,9 +167,31 @@ def evaluate(model: Layer, loss_fn: LossFn, params, state, data, *, batch_size: 
     _check_model(model, "evaluate")
     images, labels = _evaluation_arrays(model, loss_fn, params, state, data, batch_size)
     images, labels = jnp.asarray(images), jnp.asarray(labels)
-    lowered = _lowered_evaluation(model, loss_fn, Carry(params, state, None, None), images, labels, batch_size)
-    fn = compile_lowered(lowered, evaluation=True)  # fit's options for its evaluation program
+    fn = _evaluation_program(model, loss_fn, params, state, images, labels, batch_size)
     return evaluate_arrays(fn, params, state, images, labels, min(batch_size, len(images)))
+
+
+EVALUATION_PROGRAMS_KEPT = 8
+_evaluation_programs: collections.OrderedDict = collections.OrderedDict()
+
+
+def _evaluation_program(model, loss_fn, params, state, images, labels, batch_size: int) -> jax.stages.Compiled:
+    """The compiled evaluation window for these arguments, compiled once
+    (with fit's options for it) and kept for the next ``evaluate`` with the
+    same model, loss, batch size and argument shapes, dtypes and placements
+    (the last ``EVALUATION_PROGRAMS_KEPT``)."""
+    leaves, treedef = jax.tree_util.tree_flatten((params, state, images, labels))
+    key = (model, loss_fn, min(batch_size, len(images)), treedef,
+           tuple((jnp.shape(x), jnp.result_type(x), getattr(x, "sharding", None)) for x in leaves))  # fmt: skip
+    if key in _evaluation_programs:
+        _evaluation_programs.move_to_end(key)
+        return _evaluation_programs[key]
+    lowered = _lowered_evaluation(model, loss_fn, Carry(params, state, None, None), images, labels, batch_size)
+    program = compile_lowered(lowered, evaluation=True)  # fit's options for its evaluation program
+    _evaluation_programs[key] = program
+    while len(_evaluation_programs) > EVALUATION_PROGRAMS_KEPT:
+        _evaluation_programs.popitem(last=False)
+    return program
 
 
 def _cores() -> int:
@@ -255,8 +279,11 @@ def fit(
     and on Ctrl-C (which waits for the step under way; a second Ctrl-C stops
     at once); ``resume=True`` (or a path) continues from it and ends
     with exactly the parameters of an uninterrupted run (a checkpoint made
-    with another seed, loader, model or optimizer is a ValueError saying
-    what differs, the seed and loader before anything compiles).  A
+    with another seed, loader or model, or an optimizer whose state has
+    another structure, is a ValueError saying what differs, the seed and
+    loader before anything compiles; an optimizer with the same state, such
+    as adam at another learning rate, takes over from the checkpoint, as it
+    may after a divergence).  A
     ``checkpoint_dir`` that already holds a checkpoint needs ``resume``: an
     earlier run's is not overwritten silently.  A non-finite loss
     raises ``NonFiniteLossError`` naming the epoch and step, keeping the last
@@ -273,6 +300,9 @@ def fit(
     epochs = int(epochs)
     if not is_int(eval_batch_size) or eval_batch_size < 1:
         raise ValueError(f"fit: eval_batch_size must be a positive int; got {eval_batch_size!r}")
+    if not is_int(seed) or not 0 <= seed < 2**32:
+        raise ValueError(f"fit: seed must be an integer in [0, 2**32); got {seed!r}")
+    seed = int(seed)
     _check_model(model, "fit")
     _check_data_and_optimizer(train_data, optimizer)
     if stop_when is not None and not callable(stop_when):
@@ -351,7 +381,9 @@ def fit(
                 if bad >= 0 or not finite:
                     carry, first_bad = runner.replay_guarded(guarded_step, start_carry, epoch, first_step, bad)
                     bad_epoch, bad_step = divmod(first_bad, runner.steps_per_epoch)
-                    path = save(bad_epoch, bad_step, carry, _no_steps())
+                    # the epoch's steps before the bad one (partial holds the epoch's steps from its first)
+                    before = {k: v[:bad_step] for k, v in partial.items()} if bad_epoch == epoch else _no_steps()
+                    path = save(bad_epoch, bad_step, carry, before)
                     raise NonFiniteLossError(bad_epoch + 1, bad_step, runner.steps_per_epoch, result(carry), path)
                 record = _epoch_record(epoch, partial, time_s, runner.compile_s)
                 if eval_data is not None:
@@ -404,7 +436,15 @@ def _start_program(model: Layer, loss_fn: LossFn, optimizer: GradientTransformat
     anything compiles."""
     sample = loader.batch(np.arange(min(2, loader.num_examples)))
     images, labels = np.asarray(sample["image"]), np.asarray(sample["label"])
+    if params is None and state is not None:
+        raise ValueError("fit: state was given without params: pass both (a TrainResult's params and state) "
+                         "or neither")
     if params is not None and state is None:
+        _, own_state = jax.eval_shape(lambda key: _init_for_images(model, key, images.shape[1:]),
+                                      jax.ShapeDtypeStruct((2,), jnp.uint32))  # fmt: skip
+        if jax.tree_util.tree_leaves(own_state):
+            raise ValueError("fit: params were given without state, and this model keeps state (e.g. BatchNorm's "
+                             "running statistics): pass the state that goes with the params (a TrainResult's)")
         state = {}
 
     def start(params, state):
@@ -457,15 +497,32 @@ def _check_checkpoint_dir(directory, resume) -> None:
     to ``directory``, and unless it holds none or ``resume`` says which run
     continues (an earlier run's checkpoint is not overwritten silently)."""
     ckpt.check_writable(directory)
-    if not resume and ckpt.holds_checkpoint(directory):
-        raw = ckpt.load_raw(directory)
-        written_by_fit = {"epoch", "seed"} <= set(raw)
-        what = (f"(epoch {int(raw['epoch'])}, seed {int(raw['seed'])}) of an earlier run" if written_by_fit
-                else "not written by fit")  # fmt: skip
-        raise ValueError(
-            f"fit: checkpoint_dir {directory} holds a checkpoint {what}: pass resume=True to continue it, or give "
-            "another checkpoint_dir"
-        )
+    if not ckpt.holds_checkpoint(directory):
+        return
+    if resume is True or (resume and _same_folder(resume, directory)):  # the run in it continues
+        return
+    raw = ckpt.load_raw(directory)
+    if not _written_by_fit(raw):
+        raise ValueError(f"fit: checkpoint_dir {directory} holds a checkpoint not written by fit: give another "
+                         "checkpoint_dir")
+    what = f"a checkpoint (epoch {int(raw['epoch'])}, seed {int(raw['seed'])}) of an earlier run"
+    if resume:
+        raise ValueError(f"fit: checkpoint_dir {directory} holds {what}, and resume={resume!r} continues another "
+                         "one: writing here would overwrite it; give an empty checkpoint_dir, or resume=True to "
+                         "continue the run in it")  # fmt: skip
+    raise ValueError(f"fit: checkpoint_dir {directory} holds {what}: pass resume=True to continue it, or give "
+                     "another checkpoint_dir")
+
+
+_FIT_KEYS = ("epoch", "step", "seed", "loader", "history", "partial", "params", "state", "opt_state")
+
+
+def _written_by_fit(raw: dict) -> bool:
+    return set(_FIT_KEYS) <= set(raw)
+
+
+def _same_folder(a, b) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def _check_resumable(directory, seed: int, loader, epochs: int) -> dict:
@@ -475,6 +532,10 @@ def _check_resumable(directory, seed: int, loader, epochs: int) -> dict:
     if directory is None:
         raise ValueError("fit: resume=True needs checkpoint_dir")
     raw = ckpt.load_raw(directory)
+    if not _written_by_fit(raw):
+        missing = [key for key in _FIT_KEYS if key not in raw]
+        raise ValueError(f"fit: the checkpoint in {directory} was not written by fit (it has no {', '.join(missing)}): "
+                         "there is no run to resume in it")  # fmt: skip
     if int(raw["seed"]) != seed:
         raise ValueError(f"fit: the checkpoint in {directory} was made with seed {int(raw['seed'])}, not {seed}")
     if int(raw["epoch"]) > epochs:
