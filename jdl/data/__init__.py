@@ -10,8 +10,9 @@
   `arrays()`, `state_dict()` / `load_state_dict()`.
 - `transforms`: `normalize`, `one_hot`, `random_crop`, `random_flip`,
   `compose` on the host; `random_crop_device`, `random_flip_device` jittable.
-- `prefetch_to_device(iterable, size=2, sharding=None)`: background device
-  transfer, sharded over several devices.
+- `prefetch_to_device(iterable, size=2, sharding=None, chunk=None,
+  stack=False)`: background device transfer, sharded over several devices;
+  `stack=True` hands over chunks of batches for a `lax.scan` of steps.
 - sources.py says where data comes from and goes (`data_dir`, caches,
   `manual_dir`, offline behavior); idx.py how MNIST-style IDX files,
   Debian's Fashion-MNIST included, are verified.
