@@ -412,8 +412,8 @@ def _sigint_after_step(at: int, times: int = 1):
 
     compiled_step, calls = sys.modules["jdl.train.runner"].EpochRunner._compiled_step, []
 
-    def interrupting(self, batch):
-        step = compiled_step(self, batch)
+    def interrupting(self, batch, stacked=False):
+        step = compiled_step(self, batch, stacked)
 
         def run(*args):
             out = step(*args)
@@ -532,11 +532,9 @@ def test_a_second_ctrl_c_right_after_a_scan_epoch_saves_where_training_stands(tm
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_ctrl_c_in_a_prefetched_stream_epoch_stops_the_feeding_thread(tmp_path, monkeypatch):
-    """The stream engine's prefetcher (an accelerator's path, taken here on
-    the CPU) is closed when Ctrl-C stops the epoch: no feeding thread lives on
-    with the TrainingInterrupted, and the loader is back where training
-    stood."""
+def _as_on_an_accelerator(monkeypatch, chunk: int) -> None:
+    """The stream engine's accelerator path taken on the CPU: batches
+    prefetched to the device, ``chunk`` steps per call (0: one)."""
     runner_module = sys.modules["jdl.train.runner"]
     init = runner_module.EpochRunner.__init__
 
@@ -545,6 +543,56 @@ def test_ctrl_c_in_a_prefetched_stream_epoch_stops_the_feeding_thread(tmp_path, 
         self._on_accelerator = True
 
     monkeypatch.setattr(runner_module.EpochRunner, "__init__", on_accelerator)
+    monkeypatch.setattr(train.engine, "STREAM_CHUNK", chunk)
+
+
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_the_stream_engine_in_chunks_of_steps_trains_as_step_by_step(monkeypatch, drop_remainder):
+    """On an accelerator the stream engine runs ``STREAM_CHUNK`` steps per
+    call (a scan over prefetched chunks): the same parameters and history as
+    one call per step, with chunks of 3 of 13 full batches (then 1) and a
+    last, smaller one."""
+    def run(chunk):
+        _as_on_an_accelerator(monkeypatch, chunk)
+        loader = _loader(batch_size=300, drop_remainder=drop_remainder)
+        out = train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), loader, epochs=2, seed=3,
+                        progress=False, mode="stream")  # fmt: skip
+        monkeypatch.undo()
+        return out
+
+    chunked, stepwise = run(3), run(0)
+    _assert_trees_close(chunked.params, stepwise.params, rtol=1e-6, atol=1e-7)
+    for a, b in zip(chunked.history, stepwise.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+        assert a["train_accuracy"] == pytest.approx(b["train_accuracy"], rel=1e-6)
+
+
+def test_ctrl_c_in_a_chunked_stream_epoch_saves_after_the_chunk_and_resumes_exactly(tmp_path, monkeypatch):
+    def fit(**kwargs):
+        return train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), _loader(batch_size=100), epochs=2,
+                         seed=1, progress=False, mode="stream", checkpoint_dir=str(tmp_path), **kwargs)  # fmt: skip
+
+    _as_on_an_accelerator(monkeypatch, 4)
+    uninterrupted = train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), _loader(batch_size=100),
+                              epochs=2, seed=1, progress=False, mode="stream")  # fmt: skip
+    monkeypatch.setattr(sys.modules["jdl.train.runner"].EpochRunner, "_compiled_step", _sigint_after_step(3))
+    with pytest.raises(train.TrainingInterrupted):
+        fit()
+    saved = checkpoint.load_raw(tmp_path)
+    assert (int(saved["epoch"]), int(saved["step"])) == (0, 12)  # three chunks of 4 steps
+    monkeypatch.undo()
+    _as_on_an_accelerator(monkeypatch, 4)
+    resumed = fit(resume=True)
+    _assert_trees_close(resumed.params, uninterrupted.params, rtol=0, atol=0)
+
+
+def test_ctrl_c_in_a_prefetched_stream_epoch_stops_the_feeding_thread(tmp_path, monkeypatch):
+    """The stream engine's prefetcher (an accelerator's path, taken here on
+    the CPU) is closed when Ctrl-C stops the epoch: no feeding thread lives on
+    with the TrainingInterrupted, and the loader is back where training
+    stood."""
+    runner_module = sys.modules["jdl.train.runner"]
+    _as_on_an_accelerator(monkeypatch, 0)
     monkeypatch.setattr(runner_module.EpochRunner, "_compiled_step", _sigint_after_step(5))
     loader = _loader(batch_size=100)
     with pytest.raises(train.TrainingInterrupted):

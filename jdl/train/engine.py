@@ -286,6 +286,38 @@ def stream_step(run: Callable) -> Callable:
     return jax.jit(run, donate_argnums=0)
 
 
+# Steps per call of the stream engine on an accelerator: batches arrive in
+# chunks of this many (``prefetch_to_device(..., stack=True)``) and one
+# compiled ``lax.scan`` runs a chunk's steps, as Keras's
+# ``steps_per_execution`` does (0: one call per step).  A step shorter than
+# the host's cost per step (its dispatch, the feeding thread's share) then
+# no longer waits for the host: batch by batch, a 100 µs step fed by
+# prefetching took 107-128 µs against 99-108 µs with the data resident (H200,
+# stop 15).  Not used on the CPU, where convolutions in a scan are slow
+# (``choose_mode``).  Chosen without a device measurement (stop 23):
+# ``benchmarks/device_check.py --parts feed_stacked`` measures the feed.
+STREAM_CHUNK = 64
+
+
+def stream_chunk(run: Callable, placement: Placement) -> Callable:
+    """``(carry, chunk, base_key, epoch, first_index, first_global_step) ->
+    (carry, metrics)``: the chunk's batches (leaves ``(steps, B, ...)``) as
+    steps ``first_index, first_index + 1, ...`` of ``epoch`` in one
+    ``lax.scan``, the metrics one row per step; carry donated, as
+    ``stream_step``'s."""
+
+    def chunk_fn(carry, chunk, base_key, epoch, first_index, first_global_step):
+        def body(carry, xs):
+            batch, offset = xs
+            return run(carry, placement.constrain_batch(batch), base_key, epoch, first_index + offset,
+                       first_global_step + offset)  # fmt: skip
+
+        steps = jax.tree_util.tree_leaves(chunk)[0].shape[0]
+        return lax.scan(body, carry, (chunk, jnp.arange(steps, dtype=jnp.int32)))
+
+    return jax.jit(chunk_fn, donate_argnums=0)
+
+
 def scan_epoch(run: Callable, placement: Placement, unroll: int = 1) -> Callable:
     """``(carry, images, labels, order, base_key, epoch, first_global_step) ->
     (carry, metrics)``: ``order`` is ``(steps, batch)`` indices; the metrics

@@ -259,7 +259,9 @@ def fit(
     """Train ``model`` on ``train_data`` (a ``jdl.data`` loader) for ``epochs`` epochs.
 
     Each epoch runs either as a Python loop of compiled steps over the
-    loader's batches (``mode='stream'``) or as one compiled ``lax.scan`` over
+    loader's batches (``mode='stream'``; on an accelerator the batches are
+    prefetched to the device and run ``engine.STREAM_CHUNK`` steps per call)
+    or as one compiled ``lax.scan`` over
     the split held on the device (``mode='scan'``); ``'auto'`` picks scan
     unless the loader has a host transform or, on the CPU, the model has
     convolutions.  Both see the same batches and keys.

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdl.data.prefetch import prefetch_to_device
-from jdl.train.engine import Placement, compile_lowered, scan_epoch, scan_unroll, stream_step
+from jdl.train import engine
+from jdl.train.engine import Placement, compile_lowered, scan_epoch, scan_unroll, stream_chunk, stream_step
 from jdl.train.step import Carry, all_finite, first_non_finite
 
 
@@ -104,10 +105,13 @@ class EpochRunner:
             self.compile_s += seconds
             self._lowered = None
 
-    def _compiled_step(self, batch: dict) -> Callable:
-        signature = tuple((k, v.shape) for k, v in batch.items())
+    def _compiled_step(self, batch: dict, stacked: bool = False) -> Callable:
+        """The compiled step for ``batch``'s shapes, or with ``stacked`` the
+        compiled scan over a chunk of batches (``engine.stream_chunk``)."""
+        signature = (stacked, *((k, v.shape) for k, v in batch.items()))
         if signature not in self._steps:
-            lowered = stream_step(self.run).lower(self.carry, batch, self.base_key, 0, 0, 0)
+            program = stream_chunk(self.run, self.placement) if stacked else stream_step(self.run)
+            lowered = program.lower(self.carry, batch, self.base_key, 0, 0, 0)
             self._steps[signature], seconds = timed(compile_lowered, lowered)
             self.compile_s += seconds
         return self._steps[signature]
@@ -135,16 +139,17 @@ class EpochRunner:
         else:
             batches = self._stream(epoch, first_step)
         try:
-            for index, batch in batches:
-                step = self._compiled_step(batch)
+            for index, batch, stacked in batches:
+                step = self._compiled_step(batch, stacked)
                 carry, metrics = step(self.carry, batch, self.base_key, epoch, index,
                                       epoch * self.steps_per_epoch + index)  # fmt: skip
-                self.position = Position(carry, index + 1, (self.position.pending, (metrics, [len(batch["label"])])))
+                count, size = batch["label"].shape[:2] if stacked else (1, len(batch["label"]))
+                self.position = Position(carry, index + count, (self.position.pending, (metrics, [size] * count)))
                 self.at_safe_point()
         finally:  # a Ctrl-C or a failing step: the prefetching thread stops now, not when the traceback goes
             getattr(batches, "close", lambda: None)()
 
-    def _scan_full_steps(self, epoch: int) -> list[tuple[int, dict]]:
+    def _scan_full_steps(self, epoch: int) -> list[tuple[int, dict, bool]]:
         """The epoch's full batches in one compiled scan; returns the partial
         last batch (unless the loader drops it) for the stream step."""
         loader, size, full_steps = self.loader, self.batch_size, self.full_steps
@@ -156,7 +161,7 @@ class EpochRunner:
         rest = order[full_steps * size :]
         if len(rest) == 0 or loader.drop_remainder:
             return []
-        return [(full_steps, {"image": self.images[rest], "label": self.labels[rest]})]
+        return [(full_steps, {"image": self.images[rest], "label": self.labels[rest]}, False)]
 
     def _placed_order(self, epoch: int) -> tuple[np.ndarray, jax.Array]:
         """The loader's order for ``epoch`` and its full steps' indices
@@ -165,20 +170,29 @@ class EpochRunner:
         full = np.asarray(order[: self.full_steps * size].reshape(self.full_steps, size), np.int32)
         return order, self.placement.replicate(full)
 
-    def _stream(self, epoch: int, first_step: int) -> Iterator[tuple[int, dict]]:
-        """The loader's batches from ``first_step``; on an accelerator put on
-        the device ahead by a background thread."""
+    def _stream(self, epoch: int, first_step: int) -> Iterator[tuple[int, dict, bool]]:
+        """``(index, batch, stacked)``: the loader's batches from
+        ``first_step``; on an accelerator put on the device ahead by a
+        background thread, in chunks of ``engine.STREAM_CHUNK`` batches
+        (``stacked``: leaves ``(steps, B, ...)``) when it is positive."""
         loader, placement = self.loader, self.placement
         loader.load_state_dict({"epoch": epoch, "step": first_step, "seed": loader.seed})
         if self._on_accelerator and (placement.num_devices == 1 or loader.drop_remainder):
-            with prefetch_to_device(loader, size=2, sharding=placement.batch) as batches:  # closed with this generator
-                yield from ((first_step + i, batch) for i, batch in enumerate(batches))
+            chunk = engine.STREAM_CHUNK
+            stacked = chunk > 0
+            # closed with this generator
+            with prefetch_to_device(loader, size=2, sharding=placement.batch, chunk=chunk if stacked else None,
+                                    stack=stacked) as items:  # fmt: skip
+                index = first_step
+                for item in items:
+                    yield index, item, stacked
+                    index += item["label"].shape[0] if stacked else 1
             return
         if placement.num_devices == 1:
             batches = iter(loader)  # host arrays straight into the compiled step: one copy, made in its C++ call
         else:
             batches = (placement.shard_batch(batch) for batch in loader)
-        yield from ((first_step + i, batch) for i, batch in enumerate(batches))
+        yield from ((first_step + i, batch, False) for i, batch in enumerate(batches))
 
     def fetch(self) -> tuple[list[dict], int, bool]:
         """One host sync: the pending step metrics, the position among them
