@@ -38,6 +38,9 @@ goals need runs from this one script, saving its lines after each part:
 8. ``feed_stacked``: the 100 µs step fed 64 steps per dispatch from
    ``prefetch_to_device(loader, stack=True)`` against the same scan over a
    resident chunk, beside ``feed``'s per-batch line.
+9. ``stream_chunks``: ``fit``'s stream engine with 64 steps per call
+   (``engine.STREAM_CHUNK``) against one call per step, beside the flax
+   example's loop (mlp and cnn, bfloat16).
 
 On the device machine, from the repository root, with Fashion-MNIST's four
 ``.gz`` files in ``.device-data/fashion-mnist`` (carried; no TensorFlow needed)::
@@ -342,6 +345,19 @@ def unrolled(part: Callable[[], list[dict]], steps: int = 2) -> list[dict]:
         return _suffixed(part(), f"unroll{steps}")
 
 
+def stream_chunks(quick: bool, chunks=(64, 0)) -> list[dict]:
+    """``fit``'s stream engine (the 'loop' way of ``train_epoch``, jdl against
+    the flax example's loop) with ``engine.STREAM_CHUNK`` steps per call, each
+    of ``chunks`` (0: one call per step, as before stop 23); lines renamed
+    ``.../chunk{n}``."""
+    names = ("mlp",) if quick else ("mlp", "cnn")
+    lines = []
+    for chunk in chunks:
+        with mock.patch.object(engine, "STREAM_CHUNK", chunk):
+            lines += _suffixed(train_epoch.run(quick, names, ways=("loop",), dtype="bfloat16"), f"chunk{chunk}")
+    return lines
+
+
 # Settings for the cold start measured in one call (``cold_start.LAB``): the
 # defaults, then the candidates whose epoch ``epoch_settings`` measures too.
 COLD_CANDIDATES = ("default", "xla_defaults", "sequential", "autotune0+matmul", "autotune0+matmul+cublas",
@@ -485,6 +501,7 @@ def main() -> None:
         ("flat_optimizer", lambda: step_variants.run_flat_optimizer(args.quick)),
         ("optimizers", lambda: optim_update.run(args.quick)),
         ("feed_stacked", lambda: feed_stacked(args.quick)),
+        ("stream_chunks", lambda: stream_chunks(args.quick)),
         ("trace_patches_first", lambda: profile_step.trace(args.quick, args.out, jnp.bfloat16,
                                                            ("flax", "jdl", "jdl_patches_first"))),
         ("epoch_patches_first", lambda: epoch_settings(args.quick, ("default", "patches_first"))),
