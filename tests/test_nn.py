@@ -170,6 +170,22 @@ def test_auto_conv_traces_the_method_chosen_for_it():
             pass
 
 
+def test_auto_conv_on_the_cpu_takes_lax_where_the_windows_would_not_fit_in_memory():
+    """A 3x3 layer over (32, 224, 224, 64) float32 as a matrix product holds
+    3.7 GB of windows; 'auto' takes lax.conv there (traced on shapes only)."""
+    layer = nn.Conv(64, 3)
+    params, _ = layer.init(KEY, (1, 8, 8, 64))
+
+    def primitives(shape):
+        x = jax.ShapeDtypeStruct(shape, jnp.float32)
+        return {str(e.primitive) for e in jax.make_jaxpr(lambda x: layer.apply(params, {}, x)[0])(x).jaxpr.eqns}
+
+    assert "conv_general_dilated" in primitives((32, 224, 224, 64))
+    assert "conv_general_dilated" not in primitives((32, 28, 28, 64))  # 58 MB of windows: the product
+    with nn.layers.auto_conv_method_as("matmul"):  # the caller's choice stands
+        assert "conv_general_dilated" not in primitives((32, 224, 224, 64))
+
+
 @pytest.mark.parametrize("patches_first", [False, True], ids=["side_by_side", "patches_first"])
 @pytest.mark.parametrize("kernel, strides, padding", [((3, 3), 1, "SAME"), ((5, 5), 2, "SAME"), ((3,), 2, "VALID"),
                                                       ((2, 2, 2), 1, ((1, 0), (0, 1), (1, 1)))])  # fmt: skip
@@ -577,11 +593,41 @@ def test_an_uncalled_layer_constructor_and_a_stax_batch_size_are_named():
 def test_parameters_of_another_model_are_named_not_a_bare_key_error():
     mlp = nn.serial(nn.Dense(3), nn.Dense(2))
     _, state = mlp.init(KEY, (1, 4))
-    with pytest.raises(ValueError, match=r"Dense: its parameters need 'w'; got \[\] \(parameters from another"):
+    with pytest.raises(ValueError, match=r"Dense: its parameters need 'w', 'b'; got \[\] \(parameters from another"):
         mlp.apply({}, state, jnp.ones((1, 4)))
     cnn_params, _ = models.cnn().init(KEY, (1, 28, 28, 1))
     with pytest.raises(ValueError, match=r"BatchNorm: its parameters need 'scale', 'bias'; got \['b', 'w'\]"):
         nn.BatchNorm().apply(cnn_params["conv_0"], {"mean": 0.0, "var": 1.0}, jnp.ones((2, 32)))
+
+
+def test_layers_applied_to_what_they_cannot_take_name_the_layer_and_what_was_expected():
+    """Found by review: these were bare NumPy/JAX errors or silently empty outputs."""
+    for layer in (nn.Conv(2, 5, padding="VALID", method="matmul"), nn.Conv(2, 5, padding="VALID", method="lax"),
+                  nn.MaxPool(5, padding="VALID"), nn.AvgPool(5, padding="VALID")):  # fmt: skip
+        params, state = layer.init(KEY, (1, 8, 8, 3))
+        with pytest.raises(ValueError, match=r"window \(5, 5\) is larger than the input's spatial shape \(3, 3\)"):
+            layer.apply(params, state, jnp.ones((2, 3, 3, 3)))
+    for make, match in ((lambda: nn.Conv(3, 3.0), r"Conv: kernel_size must be a positive int or a sequence"),
+                        (lambda: nn.MaxPool(2.0), r"MaxPool: window must be a positive int or a sequence"),
+                        (lambda: nn.Conv(3, 3, strides=1.5), r"Conv: strides must be a positive int or 2 positive"),
+                        (lambda: nn.AvgPool(2, strides="2"), r"AvgPool: strides must be a positive int or 2")):
+        with pytest.raises(ValueError, match=match):
+            make()
+    mlp = models.mlp()
+    params, state = mlp.init(KEY, (28, 28, 1))  # no batch axis: the first Dense takes 28 features
+    with pytest.raises(ValueError, match=r"Dense: expected inputs with 28 features .*got shape \(2, 784\) \(a "
+                                         r"model initialized with an input_shape lacking the batch axis"):
+        mlp.apply(params, state, jnp.ones((2, 28, 28, 1)))
+    with pytest.raises(TypeError, match=r"Dense: w_init must be an initializer \(key, shape\) -> array .*it "
+                                        r"returned a function"):
+        nn.Dense(3, w_init=jax.nn.initializers.lecun_normal).init(KEY, (1, 4))  # the factory, not called
+    with pytest.raises(TypeError, match=r"Conv: b_init must be an initializer.* returned shape \(\)"):
+        nn.Conv(3, 3, b_init=lambda key, shape: jnp.zeros(())).init(KEY, (1, 4, 4, 1))
+    no_bias, _ = nn.Dense(3, use_bias=False).init(KEY, (1, 4))
+    with pytest.raises(ValueError, match=r"Dense: its parameters need 'b'; got \['w'\]"):
+        nn.Dense(3).apply(no_bias, {}, jnp.ones((1, 4)))
+    with pytest.raises(ValueError, match=r"Flatten: expected an input with a batch dimension; got shape \(\)"):
+        nn.Flatten().apply({}, {}, jnp.ones(()))
 
 
 def test_models_get_unknown_name_lists_valid_ones():

@@ -1,6 +1,9 @@
 """Weight initializers: ``init(key, shape, dtype=float32) -> array``.
 
-Same calling convention as ``jax.nn.initializers``.  Fans follow the usual
+Each is an initializer itself, called as the functions that
+``jax.nn.initializers``' factories return are: pass ``init.lecun_normal``
+(not ``init.lecun_normal()``), or ``jax.nn.initializers.lecun_normal()``.
+Fans follow the usual
 convention for the kernels jdl uses: a dense kernel ``(in, out)`` and a
 convolution kernel in HWIO layout ``(*window, in, out)`` have
 ``fan_in = receptive_field * in`` and ``fan_out = receptive_field * out``.

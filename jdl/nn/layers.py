@@ -24,14 +24,21 @@ Padding = str | int | Sequence[int] | Sequence[tuple[int, int]]
 
 
 def _tuple(value: int | Sequence[int], n: int, what: str, layer: str) -> tuple[int, ...]:
-    values = (value,) * n if is_int(value) else tuple(value)
+    values = (value,) * n if is_int(value) else tuple(value) if _is_sequence(value) else ()
     if len(values) != n or not all(is_int(v) and v >= 1 for v in values):
         raise ValueError(f"{layer}: {what} must be a positive int or {n} positive ints; got {value!r}")
     return tuple(int(v) for v in values)
 
 
+def _is_sequence(value) -> bool:
+    return isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, str)
+
+
 def _window(value: int | Sequence[int], what: str, layer: str) -> tuple[int, ...]:
     """An int means a square 2-D window; a sequence gives one size per spatial dim."""
+    if not is_int(value) and not (_is_sequence(value) and len(value) >= 1):
+        raise ValueError(f"{layer}: {what} must be a positive int or a sequence of them, one per spatial "
+                         f"dimension; got {value!r}")
     return _tuple(value, 2 if is_int(value) else len(value), what, layer)
 
 
@@ -48,6 +55,20 @@ def _check_features(layer: str, expected: int, x: jax.Array, what: str = "featur
             f"{layer}: expected inputs with {expected} {what} in the last axis (as at init); "
             f"got shape {tuple(x.shape)}"
         )
+
+
+def _initialized(layer: str, what: str, initializer, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``initializer(key, shape)``, checked to be an array of ``shape``: an
+    initializer factory not called (``jax.nn.initializers.lecun_normal``)
+    returns a function, not an array."""
+    value = initializer(key, shape)
+    if not hasattr(value, "shape") or tuple(value.shape) != tuple(shape):
+        got = f"shape {tuple(value.shape)}" if hasattr(value, "shape") else f"a {type(value).__name__}"
+        raise TypeError(
+            f"{layer}: {what} must be an initializer (key, shape) -> array such as jdl.nn.init.lecun_normal or "
+            f"jax.nn.initializers.lecun_normal(); for {shape} it returned {got}"
+        )
+    return value
 
 
 def _check_params(layer: str, params, names: tuple[str, ...]) -> None:
@@ -109,14 +130,19 @@ def Dense(  # noqa: N802 - layer constructors are capitalized, as in stax and fl
                 f"Dense: expected an input of shape (batch, ..., in_features); got shape {tuple(input_shape)}"
             )
         w_key, b_key = jax.random.split(key)
-        params = {"w": w_init(w_key, (input_shape[-1], features))}
+        params = {"w": _initialized("Dense", "w_init", w_init, w_key, (input_shape[-1], features))}
         if use_bias:
-            params["b"] = b_init(b_key, (features,))
+            params["b"] = _initialized("Dense", "b_init", b_init, b_key, (features,))
         return params, {}
 
     def apply(params, state, x, key=None, train=False):
-        _check_params("Dense", params, ("w",))
-        _check_features("Dense", params["w"].shape[0], x)
+        _check_params("Dense", params, ("w", "b") if use_bias else ("w",))
+        if x.ndim < 1 or x.shape[-1] != params["w"].shape[0]:
+            raise ValueError(
+                f"Dense: expected inputs with {params['w'].shape[0]} features in the last axis (as at init); got "
+                f"shape {tuple(x.shape)} (a model initialized with an input_shape lacking the batch axis, "
+                "e.g. (28, 28, 1) for (1, 28, 28, 1), expects other features than it gets)"
+            )
         x, w, b = _cast(dtype, x, params["w"], params.get("b"))
         y = x @ w
         if use_bias:
@@ -223,6 +249,29 @@ def auto_conv_method(in_channels: int) -> str:
     if backend == "gpu" and in_channels <= GPU_MATMUL_MAX_CHANNELS:
         return "matmul"
     return CONV_METHODS.get(backend, "lax")
+
+
+# On the CPU, 'auto' takes 'lax' instead of 'matmul' for a layer whose
+# windows side by side would take more than this many bytes: the matrix
+# product holds every input value once per window offset (a 3x3 layer over
+# (32, 224, 224, 64) float32: 3.7 GB, against 0.4 GB of input).  Every model
+# jdl benchmarks stays under it, training and evaluating (the flax CNN's
+# second layer: 29 MB at batch 128, 226 MB in fit's evaluation windows of
+# 1,000; fmnist_2c2d's 5x5 one: 80 and 627 MB).
+CPU_MATMUL_MAX_PATCH_BYTES = 2**30
+
+
+def _auto_for(shape: Sequence[int], window, strides, padding, dtype) -> str:
+    """``auto_conv_method`` for an input of ``shape``, with 'lax' on the CPU
+    past ``CPU_MATMUL_MAX_PATCH_BYTES`` (outside ``auto_conv_method_as``)."""
+    chosen = auto_conv_method(shape[-1])
+    if chosen != "matmul" or _AUTO_OVERRIDE.get() is not None or jax.default_backend() != "cpu":
+        return chosen
+    spatial = shape[1:-1]
+    pairs = lax.padtype_to_pads(spatial, window, strides, padding) if isinstance(padding, str) else padding
+    out = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in zip(spatial, pairs, window, strides)]
+    patch_bytes = shape[0] * math.prod(out) * math.prod(window) * shape[-1] * jnp.dtype(dtype).itemsize
+    return "matmul" if patch_bytes <= CPU_MATMUL_MAX_PATCH_BYTES else "lax"
 
 
 def _folds_bias(in_channels: int) -> bool:
@@ -341,7 +390,9 @@ def Conv(  # noqa: N802
     H100 with every layer a matrix product: 0.235 against 0.186 s per epoch).
     Epochs on an H200 (``benchmarks/step_variants.py``), all ``'lax'`` /
     ``'auto'``: flax CNN 0.124 / 0.104 s, DeepOBS 3c3d 0.197 / 0.175 s,
-    2c2d 0.179 / 0.182 s.  ``'lax'`` on TPUs.
+    2c2d 0.179 / 0.182 s.  ``'lax'`` on TPUs.  On the CPU a layer whose
+    windows side by side would take more than ``CPU_MATMUL_MAX_PATCH_BYTES``
+    (1 GiB: large images, wide batches) takes ``'lax'``.
 
     ``dtype``: the computation's dtype, as for ``Dense`` (``jnp.bfloat16``:
     mixed precision, float32 parameters).
@@ -363,9 +414,9 @@ def Conv(  # noqa: N802
         _check_rank("Conv", input_shape, n + 2, "(batch, " + ", ".join("HWD"[:n]) + ", channels)")
         _check_window_fits("Conv", input_shape, window, pad)
         w_key, b_key = jax.random.split(key)
-        params = {"w": w_init(w_key, (*window, input_shape[-1], features))}
+        params = {"w": _initialized("Conv", "w_init", w_init, w_key, (*window, input_shape[-1], features))}
         if use_bias:
-            params["b"] = b_init(b_key, (features,))
+            params["b"] = _initialized("Conv", "b_init", b_init, b_key, (features,))
         return params, {}
 
     def apply(params, state, x, key=None, train=False):
@@ -374,9 +425,10 @@ def Conv(  # noqa: N802
                 f"Conv: expected an input of rank {n + 2}, shape (batch, {', '.join('HWD'[:n])}, channels); "
                 f"got shape {tuple(x.shape)}"
             )
-        _check_params("Conv", params, ("w",))
+        _check_params("Conv", params, ("w", "b") if use_bias else ("w",))
         _check_features("Conv", params["w"].shape[-2], x, "channels")
-        chosen = auto_conv_method(x.shape[-1]) if method == "auto" else method
+        _check_window_fits("Conv", x.shape, window, pad)
+        chosen = _auto_for(x.shape, window, stride, pad, x.dtype) if method == "auto" else method
         x, w, b = _cast(dtype, x, params["w"], params.get("b"))
         if x.dtype != w.dtype:  # dtype None: the dtype they promote to, as Dense and flax's Conv
             x, w = (a.astype(jnp.promote_types(x.dtype, w.dtype)) for a in (x, w))
@@ -413,6 +465,7 @@ def _pool(name: str, window, strides, padding, reduce_fn, init_value, average: b
     def apply(params, state, x, key=None, train=False):
         if x.ndim != n + 2:
             raise ValueError(f"{label}: expected an input of rank {n + 2}; got shape {tuple(x.shape)}")
+        _check_window_fits(label, x.shape, window, pad)
         if average and not jnp.issubdtype(x.dtype, jnp.inexact):
             x = x.astype(jnp.float32)  # integer pixels (uint8) would overflow their own dtype's sum
         if tiles and all(d % w == 0 for d, w in zip(x.shape[1:-1], window)):
@@ -476,6 +529,8 @@ def Flatten() -> Layer:  # noqa: N802
         return {}, {}
 
     def apply(params, state, x, key=None, train=False):
+        if x.ndim < 1:
+            raise ValueError(f"Flatten: expected an input with a batch dimension; got shape {tuple(x.shape)}")
         # the size, not -1: an empty batch has no size to infer it from
         return x.reshape(x.shape[0], math.prod(x.shape[1:])), state
 
