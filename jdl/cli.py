@@ -303,7 +303,8 @@ def _in_the_commands_words(error: Exception) -> str:
         return (f"--batch-size {error.batch_size} is larger than the training split, which holds "
                 f"{error.num_examples} examples: use --batch-size <= {error.num_examples}")
     if hasattr(error, "in_words"):  # jdl.data's errors that name the options which would fix them
-        return error.in_words(manual_dir="--manual-dir FOLDER", data_dir="--data-dir FOLDER")
+        return error.in_words(manual_dir="--manual-dir FOLDER", data_dir="--data-dir FOLDER",
+                              manual_dir_option="--manual-dir", data_dir_option="--data-dir")
     return str(error)
 
 

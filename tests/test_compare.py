@@ -175,8 +175,8 @@ def test_cli_errors_use_the_commands_options_and_a_missing_tensorflow_is_one_lin
     assert "or pass --data-dir FOLDER where it is already prepared" in err
     assert "manual_dir" not in err and "data_dir" not in err
     assert cli.main([*argv, "--manual-dir", str(tmp_path / "absent")]) == 2
-    assert capsys.readouterr().err == f"jdl train: error: --manual-dir FOLDER: {tmp_path / 'absent'} is not a folder\n"
-    with pytest.raises(sources.DatasetUnavailableError, match=r"^manual_dir=FOLDER: .*absent is not a folder$"):
+    assert capsys.readouterr().err == f"jdl train: error: --manual-dir {tmp_path / 'absent'} is not a folder\n"
+    with pytest.raises(sources.DatasetUnavailableError, match=r"^manual_dir /.*absent is not a folder$"):
         jdl.data.load("fashion_mnist", split="train", batch_size=8, data_dir=tmp_path / "data",
                       manual_dir=tmp_path / "absent")
 

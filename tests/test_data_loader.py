@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -200,6 +201,11 @@ def test_load_state_dict_validates():
         make_loader(shuffle=False).load_state_dict(make_loader().state_dict())
     with pytest.raises(ValueError, match=r"must be integers; got \{'batch_size': 'ten'\}"):
         loader.load_state_dict({**loader.state_dict(), "batch_size": "ten"})
+
+
+def test_a_position_is_json_for_sizes_and_seeds_given_as_numpy_integers():
+    loader = make_loader(batch_size=np.int32(10), seed=np.int64(4))
+    assert json.loads(json.dumps(loader.state_dict())) == {"epoch": 0, "step": 0, "seed": 4, **LAYOUT}
 
 
 def test_a_failing_transform_does_not_skip_its_batch():

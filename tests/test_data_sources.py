@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -208,6 +209,10 @@ def test_missing_dataset_without_network_fails_fast_and_says_how(tmp_path, monke
     assert "manual_dir=" in message and "data_dir=" in message
     assert "cifar-10-binary.tar.gz" in message and "could not download" in message
     assert not data_dir.exists()  # nothing half-written
+    copy = pickle.loads(pickle.dumps(info.value))  # crosses process boundaries intact, words and all
+    assert type(copy) is jd.DatasetUnavailableError and str(copy) == message
+    in_cli_words = message.replace("manual_dir=FOLDER", "--manual-dir FOLDER")
+    assert copy.in_words(manual_dir="--manual-dir FOLDER") == in_cli_words
 
 
 def test_download_false_refuses_without_trying(tmp_path, monkeypatch):

@@ -387,6 +387,9 @@ def test_layer_sizes_may_be_numpy_integers():
     conv = nn.Conv(features, np.int64(3), strides=np.int64(1), padding=np.int64(1))
     params, _ = conv.init(KEY, (1, 8, 8, 2))
     assert params["w"].shape == (3, 3, 2, 10) and conv.apply(params, {}, _images((1, 8, 8, 2)))[0].shape[1:3] == (8, 8)
+    zero_d = nn.Conv(features, np.array(3), strides=np.array(2))  # 0-d arrays, as sizes read from a file come
+    assert zero_d.init(KEY, (1, 8, 8, 2))[0]["w"].shape == (3, 3, 2, 10)
+    assert nn.MaxPool(np.array(2)).apply({}, {}, _images((1, 8, 8, 2)))[0].shape == (1, 4, 4, 2)
     with pytest.raises(ValueError, match="features must be a positive int"):
         nn.Dense(True)
 

@@ -284,6 +284,19 @@ def test_evaluate_compiles_as_fits_evaluation_does(monkeypatch):
     assert train.evaluate(model, losses.cross_entropy, params, state, fewer, batch_size=100)["accuracy"] == \
         pytest.approx(np.mean(np.argmax(np.asarray(logits, np.float64), -1)[:200] == fewer["label"]))
     assert kinds == [True, True, True]
+    with nn.layers.auto_conv_method_as("lax"):  # a setting the trace reads: a program of its own
+        train.evaluate(model, losses.cross_entropy, params, state, data, batch_size=100)
+    assert kinds == [True, True, True, True]
+
+    class Unhashable:  # a callable loss that cannot key a cache (a dataclass, say): evaluated, not kept
+        __hash__ = None
+
+        def __call__(self, logits, labels):
+            return losses.cross_entropy(logits, labels)
+
+    assert train.evaluate(model, Unhashable(), params, state, data, batch_size=100) == scores
+    assert train.evaluate(model, Unhashable(), params, state, data, batch_size=100) == scores
+    assert kinds == [True] * 6
 
 
 def test_training_programs_compile_with_autotuning_level_1_on_a_gpu(monkeypatch):
@@ -630,6 +643,10 @@ def test_resuming_another_run_into_a_checkpoint_dir_holding_a_third_is_refused(t
     resumed = train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=4,
                         checkpoint_dir=str(second), resume=same_folder, **kwargs)  # fmt: skip
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+    the_file = str(checkpoint.checkpoint_path(second))  # the checkpoint named by its file
+    resumed = train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(), epochs=5,
+                        checkpoint_dir=str(second), resume=the_file, **kwargs)  # fmt: skip
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4, 5]
 
 
 def test_fit_refuses_a_seed_that_is_not_a_whole_number_and_state_without_params():

@@ -81,7 +81,7 @@ class Loader:
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable or None; got {transform!r}")
         self.name, self.split = name, split
-        self.batch_size, self.shuffle, self.drop_remainder = batch_size, bool(shuffle), bool(drop_remainder)
+        self.batch_size, self.shuffle, self.drop_remainder = int(batch_size), bool(shuffle), bool(drop_remainder)
         self.seed = int(seed)
         self.transform = transform
         self.num_examples = len(labels)

@@ -78,28 +78,41 @@ NETWORK_TIMEOUT_S = 3.0
 _CACHE_FORMAT = 1
 
 
-LIBRARY_OPTION_WORDS = {"manual_dir": "manual_dir=FOLDER", "data_dir": "data_dir=FOLDER"}
+# How jdl.data.load's errors name the options that would fix them: an option
+# with its value (``manual_dir``) and the option alone (``manual_dir_option``).
+LIBRARY_OPTION_WORDS = {"manual_dir": "manual_dir=FOLDER", "data_dir": "data_dir=FOLDER",
+                        "manual_dir_option": "manual_dir", "data_dir_option": "data_dir"}
+
+
+def _literal(text) -> str:
+    """``text`` for a ``str.format`` template, braces kept as they are."""
+    return str(text).replace("{", "{{").replace("}", "}}")
 
 
 class _NamesOptions:
     """An error whose message names the options that would fix it.
 
-    ``str(error)`` names them as ``jdl.data.load`` takes them
-    (``manual_dir=FOLDER``); ``error.in_words(manual_dir="--manual-dir FOLDER",
-    data_dir="--data-dir FOLDER")`` gives the same message in a caller's own
-    words (the command line's).
+    Made with ``template=`` (a ``str.format`` template over
+    ``LIBRARY_OPTION_WORDS``' keys): ``str(error)`` names the options as
+    ``jdl.data.load`` takes them (``manual_dir=FOLDER``), and
+    ``error.in_words(manual_dir="--manual-dir FOLDER", ...)`` gives the same
+    message in a caller's own words (the command line's).  Otherwise as the
+    base exception.  The template is kept in the instance's ``__dict__``, so
+    the error pickles with it.
     """
 
-    def __init__(self, message: str | Callable[[dict[str, str]], str]):
-        self._say = message if callable(message) else (lambda words: message)
-        super().__init__(self._say(LIBRARY_OPTION_WORDS))
+    def __init__(self, *args, template: str | None = None, **kwargs):
+        self.template = template
+        super().__init__(*((template.format(**LIBRARY_OPTION_WORDS),) if template is not None else args), **kwargs)
 
     def in_words(self, **words: str) -> str:
         """The message with the options given in ``words`` named that way."""
         unknown = set(words) - set(LIBRARY_OPTION_WORDS)
         if unknown:
             raise TypeError(f"in_words names {sorted(LIBRARY_OPTION_WORDS)}; got {sorted(unknown)}")
-        return self._say({**LIBRARY_OPTION_WORDS, **words})
+        if self.template is None:
+            return str(self)
+        return self.template.format(**{**LIBRARY_OPTION_WORDS, **words})
 
 
 class DatasetUnavailableError(_NamesOptions, FileNotFoundError):
@@ -400,10 +413,11 @@ class _TfdsSource:
         try:
             import_tensorflow()  # GPUs hidden before tfds builds a tf.data pipeline
         except ImportError as error:
-            raise TensorFlowNeededError(lambda words: (
-                f"{self.name} is prepared in {self.dataset_dir} as {fmt} files, which only TensorFlow reads "
-                "(jdl prepares datasets as array_record, which it reads without TensorFlow): install TensorFlow "
-                f"(`pip install tensorflow-cpu`), or prepare it again in a fresh folder, {words['data_dir']}"
+            raise TensorFlowNeededError(template=(
+                f"{_literal(self.name)} is prepared in {_literal(self.dataset_dir)} as {_literal(fmt)} files, which "
+                "only TensorFlow reads (jdl prepares datasets as array_record, which it reads without TensorFlow): "
+                "install TensorFlow (`pip install tensorflow-cpu`), or prepare it again in a fresh folder, "
+                "{data_dir}"
             )) from error
         data = _tfds().as_numpy(self.builder.as_dataset(split=base, batch_size=-1))
         return np.asarray(data["image"], np.uint8), np.asarray(data["label"], np.int32)
@@ -417,7 +431,7 @@ class _TfdsSource:
         """
         manual = local_folder(manual_dir, "manual_dir") if manual_dir else None
         if manual is not None and not manual.is_dir():
-            raise DatasetUnavailableError(lambda words: f"{words['manual_dir']}: {manual} is not a folder")
+            raise DatasetUnavailableError(template="{manual_dir_option} " + _literal(manual) + " is not a folder")
         if manual is None and (self.data_dir / "downloads" / "manual").is_dir():
             manual = self.data_dir / "downloads" / "manual"  # tfds' default manual_dir
         base = _base(self.name)
@@ -425,11 +439,11 @@ class _TfdsSource:
         missing = {} if use_idx else self._missing_source_files(manual)
         if missing:
             if not download:
-                raise DatasetUnavailableError(self._unavailable(
+                raise DatasetUnavailableError(template=self._unavailable(
                     "the source files are not on disk (download=False)", missing))
             hosts = sorted({urllib.parse.urlparse(u).hostname for u in missing.values()} - {None})
             if not _any_reachable(hosts or ["storage.googleapis.com"]):
-                raise DatasetUnavailableError(self._unavailable(
+                raise DatasetUnavailableError(template=self._unavailable(
                     f"tfds could not download it: no answer from {', '.join(hosts)} within "
                     f"{NETWORK_TIMEOUT_S:.0f} s (no network?)", missing))
         created = _missing_parents(self.dataset_dir)
@@ -465,20 +479,19 @@ class _TfdsSource:
                 out[fname] = url
         return out
 
-    def _unavailable(self, reason: str, missing: dict[str, str]) -> Callable[[dict[str, str]], str]:
-        """The message of a DatasetUnavailableError, given the words for its options."""
+    def _unavailable(self, reason: str, missing: dict[str, str]) -> str:
+        """The template of a DatasetUnavailableError's message (``_NamesOptions``)."""
         files = ", ".join(sorted(missing))
         idx_hint = ""
         if _base(self.name) in IDX_DATASETS:
             idx_hint = (" (for mnist and fashion_mnist the four IDX files, .gz or not, also "
                         "recompressed ones; on Debian `apt-get install dataset-fashion-mnist` "
                         "puts Fashion-MNIST in /usr/share/datasets/fashion-mnist)")
-        return lambda words: (
-            f"{self.name} is not prepared in {self.dataset_dir}, and {reason}. Either pass "
-            f"{words['manual_dir']} holding its source files{idx_hint}: {files}; or pass "
-            f"{words['data_dir']} where it is already prepared (FOLDER/{self.builder.info.full_name}/"
-            f"dataset_info.json), or set TFDS_DATA_DIR. 'mnist_sample' ships with jdl and "
-            "needs neither."
+        return (
+            f"{_literal(self.name)} is not prepared in {_literal(self.dataset_dir)}, and {_literal(reason)}. Either "
+            f"pass {{manual_dir}} holding its source files{idx_hint}: {_literal(files)}; or pass {{data_dir}} where "
+            f"it is already prepared (FOLDER/{_literal(self.builder.info.full_name)}/dataset_info.json), or set "
+            "TFDS_DATA_DIR. 'mnist_sample' ships with jdl and needs neither."
         )
 
     def _download_and_prepare(self, manual_dir: Path | None, split_generators=None,

@@ -24,6 +24,7 @@ Padding = str | int | Sequence[int] | Sequence[tuple[int, int]]
 
 
 def _tuple(value: int | Sequence[int], n: int, what: str, layer: str) -> tuple[int, ...]:
+    value = _unwrapped(value)
     values = (value,) * n if is_int(value) else tuple(value) if _is_sequence(value) else ()
     if len(values) != n or not all(is_int(v) and v >= 1 for v in values):
         raise ValueError(f"{layer}: {what} must be a positive int or {n} positive ints; got {value!r}")
@@ -34,8 +35,14 @@ def _is_sequence(value) -> bool:
     return isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, str)
 
 
+def _unwrapped(value):
+    """A 0-d NumPy array as the scalar it holds; anything else as it is."""
+    return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
+
+
 def _window(value: int | Sequence[int], what: str, layer: str) -> tuple[int, ...]:
     """An int means a square 2-D window; a sequence gives one size per spatial dim."""
+    value = _unwrapped(value)
     if not is_int(value) and not (_is_sequence(value) and len(value) >= 1):
         raise ValueError(f"{layer}: {what} must be a positive int or a sequence of them, one per spatial "
                          f"dimension; got {value!r}")
@@ -237,6 +244,11 @@ def auto_conv_method_as(method: str | None) -> Iterator[None]:
         yield
     finally:
         _AUTO_OVERRIDE.reset(token)
+
+
+def auto_conv_override() -> str | None:
+    """The method ``auto_conv_method_as`` set for the current block, or None."""
+    return _AUTO_OVERRIDE.get()
 
 
 def auto_conv_method(in_channels: int) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 
 from jdl._checks import is_int
 from jdl.nn import Layer
+from jdl.nn.layers import auto_conv_override
 from jdl.optim import GradientTransformation
 from jdl.train import checkpoint as ckpt
 from jdl.train.engine import (
@@ -180,18 +181,35 @@ def _evaluation_program(model, loss_fn, params, state, images, labels, batch_siz
     (with fit's options for it) and kept for the next ``evaluate`` with the
     same model, loss, batch size and argument shapes, dtypes and placements
     (the last ``EVALUATION_PROGRAMS_KEPT``)."""
-    leaves, treedef = jax.tree_util.tree_flatten((params, state, images, labels))
-    key = (model, loss_fn, min(batch_size, len(images)), treedef,
-           tuple((jnp.shape(x), jnp.result_type(x), getattr(x, "sharding", None)) for x in leaves))  # fmt: skip
-    if key in _evaluation_programs:
+    key = _evaluation_key(model, loss_fn, min(batch_size, len(images)), (params, state, images, labels))
+    if key is not None and key in _evaluation_programs:
         _evaluation_programs.move_to_end(key)
         return _evaluation_programs[key]
     lowered = _lowered_evaluation(model, loss_fn, Carry(params, state, None, None), images, labels, batch_size)
     program = compile_lowered(lowered, evaluation=True)  # fit's options for its evaluation program
-    _evaluation_programs[key] = program
-    while len(_evaluation_programs) > EVALUATION_PROGRAMS_KEPT:
-        _evaluation_programs.popitem(last=False)
+    if key is not None:
+        _evaluation_programs[key] = program
+        while len(_evaluation_programs) > EVALUATION_PROGRAMS_KEPT:
+            _evaluation_programs.popitem(last=False)
     return program
+
+
+def _evaluation_key(model, loss_fn, size: int, arguments) -> tuple | None:
+    """What fixes the compiled evaluation: the model and loss, the window
+    size, the arguments' structure, shapes, dtypes and placements, and the
+    settings a trace reads (the convolution method chosen for 'auto' convs,
+    JAX's matmul precision, 64-bit mode, PRNG); None when the model or loss
+    cannot be hashed (then nothing is kept)."""
+    leaves, treedef = jax.tree_util.tree_flatten(arguments)
+    settings = (auto_conv_override(), jax.default_backend(), jax.config.jax_default_matmul_precision,
+                jax.config.jax_enable_x64, jax.config.jax_default_prng_impl)  # fmt: skip
+    key = (model, loss_fn, size, treedef, settings,
+           tuple((jnp.shape(x), jnp.result_type(x), getattr(x, "sharding", None)) for x in leaves))  # fmt: skip
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def _cores() -> int:
@@ -260,7 +278,8 @@ def fit(
 
     Each epoch runs either as a Python loop of compiled steps over the
     loader's batches (``mode='stream'``; on an accelerator the batches are
-    prefetched to the device and run ``engine.STREAM_CHUNK`` steps per call)
+    prefetched to the device and, on one device or with ``drop_remainder``,
+    run ``engine.STREAM_CHUNK`` steps per call)
     or as one compiled ``lax.scan`` over
     the split held on the device (``mode='scan'``); ``'auto'`` picks scan
     unless the loader has a host transform or, on the CPU, the model has
@@ -442,8 +461,7 @@ def _start_program(model: Layer, loss_fn: LossFn, optimizer: GradientTransformat
         raise ValueError("fit: state was given without params: pass both (a TrainResult's params and state) "
                          "or neither")
     if params is not None and state is None:
-        _, own_state = jax.eval_shape(lambda key: _init_for_images(model, key, images.shape[1:]),
-                                      jax.ShapeDtypeStruct((2,), jnp.uint32))  # fmt: skip
+        _, own_state = jax.eval_shape(lambda: _init_for_images(model, jax.random.key(0), images.shape[1:]))
         if jax.tree_util.tree_leaves(own_state):
             raise ValueError("fit: params were given without state, and this model keeps state (e.g. BatchNorm's "
                              "running statistics): pass the state that goes with the params (a TrainResult's)")
@@ -524,7 +542,8 @@ def _written_by_fit(raw: dict) -> bool:
 
 
 def _same_folder(a, b) -> bool:
-    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    """Whether ``a`` and ``b`` name the same checkpoint (a folder or its file, spelled either way)."""
+    return ckpt.checkpoint_path(Path(a).expanduser()).resolve() == ckpt.checkpoint_path(Path(b).expanduser()).resolve()
 
 
 def _check_resumable(directory, seed: int, loader, epochs: int) -> dict:
