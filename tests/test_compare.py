@@ -38,6 +38,37 @@ def test_vmapped_group_gives_the_same_curves_as_separate_runs():
             assert ours["test_accuracy"] == pytest.approx(theirs["test_accuracy"], abs=2e-3)
     seeds = {(r["optimizer"], r["seed"]): r["epochs"][-1]["test_loss"] for r in result.runs}
     assert seeds[("adam", 0)] != seeds[("adam", 1)]
+    # one program per batch size, timed as one: each run names the optimizers it shared it with
+    assert {r["optimizer"]: tuple(r["trained_with"]) for r in result.runs} == {
+        "gd": (), "minibatch": ("adam",), "adam": ("minibatch",)}
+    assert {(r["optimizer"], tuple(e["time_s"] for e in r["epochs"])) for r in result.runs if r["seed"] == 0} \
+        == {(r["optimizer"], tuple(e["time_s"] for e in r["epochs"])) for r in result.runs if r["seed"] == 1}
+
+
+def test_full_batch_steps_sum_their_gradient_in_chunks_that_divide_the_split(monkeypatch):
+    """gd over the search's 3,600 examples was one pass over all of them (1,000 does not divide 3,600); it
+    is 4 chunks of 900, and 4 of 1,000 over the whole 4,000."""
+    seen, real = [], jdl.compare.train_cluster
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["batch_size"], kwargs["microbatch"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jdl.compare, "train_cluster", spy)
+    jdl.compare.run("mnist_sample", "mlp", ["gd"], seeds=1, epochs=1, learning_rates=[0.1, 0.5], progress=False)
+    assert seen == [(3600, 900), (4000, 1000)]
+    assert [jdl.compare.full_batch_chunk(n) for n in (1000, 60000, 51000, 73257)] == [None, 1000, 1000, None]
+
+
+def test_a_batch_larger_than_what_trains_is_refused_in_the_comparisons_terms():
+    with pytest.raises(jdl.data.loader.BatchLargerThanSplitError,
+                       match=r"^batch_size 5000 is larger than mnist_sample's training split, which holds 4000 "
+                             r"examples: use batch_size <= 4000$"):  # fmt: skip
+        jdl.compare.run("mnist_sample", "mlp", ["adam"], batch_size=5000, progress=False)
+    with pytest.raises(ValueError, match=r"the batch size, 3700, is larger than the 3600 examples the learning-rate "
+                                         r"search trains on"):
+        jdl.compare.run("mnist_sample", "mlp", ["adam"], batch_size=3700, learning_rates=[1e-3, 1e-2],
+                        progress=False)
 
 
 def test_a_diverged_run_is_reported_and_the_others_finish():

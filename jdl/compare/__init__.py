@@ -31,6 +31,7 @@ from jdl._checks import is_int, is_real, scalar
 from jdl.compare.engine import Group, choose_engine, group_evaluator, init_groups, train_cluster
 from jdl.compare.presets import CLASSIC, FULL_BATCH, PRESETS, Preset, preset
 from jdl.compare.report import Comparison, format_table, plot
+from jdl.data.loader import BatchLargerThanSplitError
 
 __all__ = ["run", "Comparison", "CLASSIC", "PRESETS", "preset", "default_out_dir", "check_out_dir", "format_table",
            "plot"]  # fmt: skip
@@ -110,6 +111,17 @@ def _batch(p: Preset, batch_size: int, n: int) -> int:
     return min(size, n)
 
 
+def full_batch_chunk(n: int) -> int | None:
+    """The chunk a full-batch step over ``n`` examples sums its gradient in:
+    the largest divisor of ``n`` from ``FULL_BATCH_CHUNK / 4`` to
+    ``FULL_BATCH_CHUNK`` (3,600 examples: 900; 60,000: 1,000), or None (one
+    pass over all ``n``) when none divides it (73,257: 3 x 24,419) or ``n``
+    is no larger than a chunk."""
+    if n <= FULL_BATCH_CHUNK:
+        return None
+    return next((size for size in range(FULL_BATCH_CHUNK, FULL_BATCH_CHUNK // 4 - 1, -1) if n % size == 0), None)
+
+
 def _train(model, loss_fn, configs, images, labels, eval_images, eval_labels, permutation, epochs, batch_size,
            use_scan, strategy, bar):  # fmt: skip
     """Train ``configs`` (name -> (preset, lrs, seeds)) clustered by batch size; returns per-run records."""
@@ -130,7 +142,7 @@ def _train(model, loss_fn, configs, images, labels, eval_images, eval_labels, pe
         out = train_cluster(
             model, loss_fn, groups, batch_size=size, images=images, labels=labels, permutation=permutation,
             epochs=epochs, eval_images=eval_images, eval_labels=eval_labels, use_scan=use_scan, strategy=strategy,
-            microbatch=FULL_BATCH_CHUNK if any(p.batch_size == FULL_BATCH for _, p, _, _ in members) else None,
+            microbatch=full_batch_chunk(size) if any(p.batch_size == FULL_BATCH for _, p, _, _ in members) else None,
             on_epoch=(lambda epoch, k=count: bar.update(k)) if bar is not None else None, start=start,
             evaluator=evaluator,
         )  # fmt: skip
@@ -147,7 +159,8 @@ def _train(model, loss_fn, configs, images, labels, eval_images, eval_labels, pe
                         break
                 last = epochs if bad < 0 else bad // out["steps_per_epoch"]  # complete epochs before it
                 record = {"optimizer": group.name, "learning_rate": float(lr), "seed": int(seed), "batch_size": size,
-                          "epochs": [], "diverged": None}  # fmt: skip
+                          "epochs": [], "diverged": None,  # its epochs' time_s are of the program these shared too
+                          "trained_with": [g.name for g in groups if g.name != group.name]}  # fmt: skip
                 for epoch in range(last):
                     h = out["history"][epoch][g_index]
                     record["epochs"].append({
@@ -185,8 +198,9 @@ def run(
     ``optimizers`` are preset names (``jdl.compare.CLASSIC``: gd, sgd,
     minibatch, momentum, adagrad, rmsprop, adadelta, adam), other
     ``jdl.optim`` names, or ``optax.<name>``.  ``gd`` sees the whole training
-    set each step (its gradient summed over chunks of ``FULL_BATCH_CHUNK``
-    examples, so a model's batch statistics and dropout masks are per chunk),
+    set each step (its gradient summed over chunks of up to
+    ``FULL_BATCH_CHUNK`` examples, ``full_batch_chunk``, so a model's batch
+    statistics and dropout masks are per chunk),
     ``sgd`` one example, the rest ``batch_size``.  Without
     ``learning_rates`` each uses its preset's rate; with a grid (one list for
     all, or a dict per optimizer) the DeepOBS protocol picks one per optimizer
@@ -197,7 +211,12 @@ def run(
     rate of the best final validation accuracy is then rerun with every seed
     on the whole training split, in the loader's orders, and reported on test.
     A run whose loss becomes NaN or infinite is marked diverged and the others
-    go on.  ``dtype``: the model's computation
+    go on.  The optimizers of one batch size train in one program, timed
+    together: each run's ``time_s`` is that program's, and its
+    ``trained_with`` names the others in it.  Runs of one seed in a vmapped
+    group share their first layer's product, so their last bits depend on
+    the group (2e-7 apart in a 2- and a 3-rate grid).  The training split is
+    held on the device.  ``dtype``: the model's computation
     dtype (``'bfloat16'``: mixed precision, float32 parameters; see
     ``jdl.nn.Dense``).
     """
@@ -234,8 +253,14 @@ def run(
         raise ValueError(f"validation_fraction must lie in (0, 1); got {validation_fraction!r}")
     models.get(model, dtype=dtype)  # fail fast on an unknown model name or dtype, before loading data
 
-    train = jdl_data.load(dataset, split="train", batch_size=batch_size, shuffle=True, seed=seed_list[0],
-                          data_dir=data_dir, manual_dir=manual_dir)  # fmt: skip
+    try:
+        train = jdl_data.load(dataset, split="train", batch_size=batch_size, shuffle=True, seed=seed_list[0],
+                              data_dir=data_dir, manual_dir=manual_dir)  # fmt: skip
+    except BatchLargerThanSplitError as error:  # its drop_remainder advice is the loader's, not run()'s
+        raise BatchLargerThanSplitError(
+            f"batch_size {error.batch_size} is larger than {dataset}'s training split, which holds "
+            f"{error.num_examples} examples: use batch_size <= {error.num_examples}",
+            error.batch_size, error.num_examples) from None  # fmt: skip
     test = jdl_data.load(dataset, split="test", batch_size=batch_size, shuffle=False, data_dir=data_dir,
                          manual_dir=manual_dir)  # fmt: skip
     train_arrays, test_arrays = train.arrays(), test.arrays()
@@ -262,6 +287,11 @@ def run(
             order = np.random.default_rng(20190222).permutation(len(images))
             n_val = max(1, int(round(validation_fraction * len(images))))
             val, fit_idx = order[:n_val], np.sort(order[n_val:])
+            if batch_size > len(fit_idx):
+                raise ValueError(
+                    f"the batch size, {batch_size}, is larger than the {len(fit_idx)} examples the learning-rate "
+                    f"search trains on (the training split less validation_fraction={validation_fraction} of it): "
+                    f"use a batch size of at most {len(fit_idx)}, or a smaller validation_fraction")  # fmt: skip
 
             def search_permutation(seed: int, epoch: int) -> np.ndarray:
                 return np.random.default_rng([seed, epoch, 1]).permutation(len(fit_idx))

@@ -212,7 +212,8 @@ def choose_strategy(has_conv_layers: bool) -> str:
 def choose_engine(model, images: np.ndarray) -> tuple[bool, str]:
     """``(use_scan, strategy)`` for training ``model`` on ``images``: the
     training engine's rule (no scan for XLA convolutions on the CPU, nor for
-    data too big for the device) and ``choose_strategy`` (which asks whether
+    data too big for the device: the loop engine still holds the split on the
+    device, so a comparison's data must fit there) and ``choose_strategy`` (which asks whether
     the model has convolution layers, however they are computed)."""
     shape = (1, *images.shape[1:])
     params, state = jax.eval_shape(lambda k: model.init(k, shape), jax.random.key(0))
