@@ -580,6 +580,23 @@ def test_the_stream_engine_in_chunks_of_steps_trains_as_step_by_step(monkeypatch
         assert a["train_accuracy"] == pytest.approx(b["train_accuracy"], rel=1e-6)
 
 
+def test_the_stream_engines_chunks_divide_the_epoch_so_one_program_runs_them(monkeypatch):
+    """40 steps with chunks of up to 16: four chunks of 10 (one program), not 16, 16 and 8 (two)."""
+    _as_on_an_accelerator(monkeypatch, 16)
+    runner_module = sys.modules["jdl.train.runner"]
+    compiled_step, lengths = runner_module.EpochRunner._compiled_step, []
+
+    def spy(self, batch, stacked=False):
+        lengths.append(batch["label"].shape[0] if stacked else None)
+        return compiled_step(self, batch, stacked)
+
+    monkeypatch.setattr(runner_module.EpochRunner, "_compiled_step", spy)
+    train.fit(_small_mlp(), losses.cross_entropy, optim.sgd(0.1), _loader(batch_size=100), epochs=1,
+              progress=False, mode="stream")  # fmt: skip
+    assert lengths == [10, 10, 10, 10]
+    assert [runner_module.chunk_dividing(n, 64) for n in (468, 40, 13, 67)] == [52, 40, 64, 64]
+
+
 def test_ctrl_c_in_a_chunked_stream_epoch_saves_after_the_chunk_and_resumes_exactly(tmp_path, monkeypatch):
     def fit(**kwargs):
         return train.fit(_small_mlp(), losses.cross_entropy, optim.adam(1e-3), _loader(batch_size=100), epochs=2,

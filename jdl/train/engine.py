@@ -294,7 +294,10 @@ def stream_step(run: Callable) -> Callable:
 # no longer waits for the host: batch by batch, a 100 µs step fed by
 # prefetching took 107-128 µs against 99-108 µs with the data resident (H200,
 # stop 15).  Not used on the CPU, where convolutions in a scan are slow
-# (``choose_mode``).  Chosen without a device measurement (stop 23):
+# (``choose_mode``).  The chunk is the largest divisor of the epoch's full
+# steps from half of this to this (``runner.chunk_dividing``), so that an
+# epoch compiles one chunk program and, for a last smaller batch, one more.
+# Chosen without a device measurement (stop 23):
 # ``benchmarks/device_check.py --parts feed_stacked`` measures the feed.
 STREAM_CHUNK = 64
 
