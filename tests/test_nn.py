@@ -633,6 +633,15 @@ def test_layers_applied_to_what_they_cannot_take_name_the_layer_and_what_was_exp
         nn.Flatten().apply({}, {}, jnp.ones(()))
 
 
+def test_an_init_error_deep_in_a_model_says_where_and_from_which_input():
+    where = r"\[serial's layer 5, avg_pool_1, given shape \(1, 1, 1, 64\); the serial's input shape \(1, 2, 2, 1\)\]$"
+    with pytest.raises(ValueError, match=r"^AvgPool: window \(2, 2\) is larger .* " + where):
+        models.cnn().init(KEY, (1, 2, 2, 1))
+    inner = r"\[serial's layer 1, conv_0, given shape \(1, 3\); the serial's input shape \(1, 4\)\]$"
+    with pytest.raises(ValueError, match=r"^Conv: expected an input of rank 4.*" + inner):  # the innermost serial's
+        nn.serial(nn.Flatten(), nn.serial(nn.Dense(3), nn.Conv(2, 3))).init(KEY, (1, 4))
+
+
 def test_models_get_unknown_name_lists_valid_ones():
     with pytest.raises(ValueError, match=r"unknown model 'cnnn'.*cifar10_3c3d.*Did you mean 'cnn'"):
         models.get("cnnn")

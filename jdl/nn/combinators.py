@@ -35,6 +35,19 @@ def _checked_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(size) for size in shape)
 
 
+def _in_context(error: ValueError, position: int, name: str, shape: tuple, model_input) -> ValueError:
+    """``error`` from a layer's init, told where in the model it came from:
+    the layer's position and key, its input shape and the serial's (the
+    innermost serial's: an outer one adds nothing).  Shapes met deep in a
+    model (a pool's (1, 1, 1, 64)) are otherwise hard to trace back."""
+    if getattr(error, "jdl_in_context", False):
+        return error
+    located = ValueError(f"{error} [serial's layer {position}, {name}, given shape {tuple(shape)}; the "
+                         f"serial's input shape {tuple(model_input)}]")  # fmt: skip
+    located.jdl_in_context = True
+    return located
+
+
 def serial(*layers: Layer | Callable[[jax.Array], jax.Array]) -> Layer:
     """Compose layers left to right: ``serial(f, g)(x) = g(f(x))``.
 
@@ -50,12 +63,15 @@ def serial(*layers: Layer | Callable[[jax.Array], jax.Array]) -> Layer:
     names = _names(layers)
 
     def init(key: jax.Array, input_shape: Sequence[int]) -> tuple[Params, State]:
-        shape = _checked_shape(input_shape)
+        shape = model_input = _checked_shape(input_shape)
         keys = jax.random.split(key, len(layers))
         params: Params = {}
         state: State = {}
-        for name, layer, layer_key in zip(names, layers, keys):
-            layer_params, layer_state = layer.init(layer_key, shape)
+        for position, (name, layer, layer_key) in enumerate(zip(names, layers, keys)):
+            try:
+                layer_params, layer_state = layer.init(layer_key, shape)
+            except ValueError as error:
+                raise _in_context(error, position, name, shape, model_input) from error
             if layer_params:
                 params[name] = layer_params
             if layer_state:
