@@ -298,7 +298,7 @@ def stream_step(run: Callable) -> Callable:
 # steps from half of this to this (``runner.chunk_dividing``), so that an
 # epoch compiles one chunk program and, for a last smaller batch, one more.
 # Chosen without a device measurement (stop 23):
-# ``benchmarks/device_check.py --parts feed_stacked`` measures the feed.
+# ``benchmarks/device_check.py --parts feed_stacked,stream_chunks`` measures it.
 STREAM_CHUNK = 64
 
 
