@@ -37,6 +37,15 @@ def is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def check_seed(name: str, value) -> int:
+    """A seed of ``np.random.default_rng([seed, ...])``: an integer in
+    [0, 2**32), returned as an int.  A larger one is read as several words,
+    so ``[2**32 + s, e]`` would be ``[s, 1, e]``: another seed's order."""
+    if not is_int(value) or not 0 <= value < 2**32:
+        raise ValueError(f"{name} must be an integer in [0, 2**32); got {value!r}")
+    return int(value)
+
+
 def check_flag(name: str, value, allow_none: bool = False) -> bool | None:
     """A switch (``nesterov``, ``from_logits``, ``shuffle``): True or False
     (Python's, NumPy's, or a 0-d boolean array holding one; or None where

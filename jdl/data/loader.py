@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from jdl._checks import check_flag, is_int, scalar
+from jdl._checks import check_flag, check_seed, is_int, scalar
 from jdl.data import sources
 from jdl.data.transforms import wants_rng
 
@@ -77,7 +77,7 @@ class Loader:
                              f"got shape {labels.shape}")
         _check_flags(shuffle=shuffle, drop_remainder=drop_remainder)
         _check_batching(len(labels), batch_size, drop_remainder, f"{name} {split!r}")
-        _check_seed(seed)
+        check_seed("seed", seed)
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable or None; got {transform!r}")
         self.name, self.split = name, split
@@ -207,7 +207,7 @@ class Loader:
         if epoch < 0 or not 0 <= step <= len(self):
             raise ValueError(f"state epoch={epoch}, step={step} out of range: expected "
                              f"epoch >= 0 and 0 <= step <= {len(self)} batches per epoch")
-        _check_seed(seed)
+        check_seed("seed", seed)
         if step == len(self):  # the end of an epoch is the start of the next
             epoch, step = epoch + 1, 0
         self._epoch, self._step, self.seed = epoch, step, seed
@@ -260,12 +260,6 @@ _LAYOUT = ("batch_size", "num_examples", "shuffle")  # what a state's step count
 
 def _listed(values: dict[str, int]) -> str:
     return ", ".join(f"{key}={value}" for key, value in values.items())
-
-
-def _check_seed(seed: int) -> None:
-    # default_rng([seed, epoch]) reads a seed of 2**32 or more as several words: [2**32 + s, e] is [s, 1, e]
-    if not is_int(seed) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be an integer in [0, 2**32); got {seed!r}")
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -334,7 +328,7 @@ def load(name: str, *, split: str, batch_size: int, shuffle: bool | None = None,
     data is not on disk and cannot be downloaded, saying how to provide it.
     """
     _check_batch_size(batch_size)
-    _check_seed(seed)
+    check_seed("seed", seed)
     _check_flags(allow_none=True, shuffle=shuffle, drop_remainder=drop_remainder)
     _check_flags(download=download)
     if transform is not None and not callable(transform):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdl._checks import is_int
+from jdl._checks import check_seed, is_int
 from jdl.nn import Layer
 from jdl.nn.layers import auto_conv_override
 from jdl.optim import GradientTransformation
@@ -321,9 +321,7 @@ def fit(
     epochs = int(epochs)
     if not is_int(eval_batch_size) or eval_batch_size < 1:
         raise ValueError(f"fit: eval_batch_size must be a positive int; got {eval_batch_size!r}")
-    if not is_int(seed) or not 0 <= seed < 2**32:
-        raise ValueError(f"fit: seed must be an integer in [0, 2**32); got {seed!r}")
-    seed = int(seed)
+    seed = check_seed("fit: seed", seed)
     _check_model(model, "fit")
     _check_data_and_optimizer(train_data, optimizer)
     if stop_when is not None and not callable(stop_when):
