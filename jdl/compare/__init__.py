@@ -32,6 +32,7 @@ from jdl.compare.engine import Group, choose_engine, group_evaluator, init_group
 from jdl.compare.presets import CLASSIC, FULL_BATCH, PRESETS, Preset, preset
 from jdl.compare.report import Comparison, format_table, plot
 from jdl.data.loader import BatchLargerThanSplitError
+from jdl.train.engine import largest_divisor
 
 __all__ = ["run", "Comparison", "CLASSIC", "PRESETS", "preset", "default_out_dir", "check_out_dir", "format_table",
            "plot"]  # fmt: skip
@@ -119,7 +120,7 @@ def full_batch_chunk(n: int) -> int | None:
     is no larger than a chunk."""
     if n <= FULL_BATCH_CHUNK:
         return None
-    return next((size for size in range(FULL_BATCH_CHUNK, FULL_BATCH_CHUNK // 4 - 1, -1) if n % size == 0), None)
+    return largest_divisor(n, FULL_BATCH_CHUNK // 4, FULL_BATCH_CHUNK)
 
 
 def _train(model, loss_fn, configs, images, labels, eval_images, eval_labels, permutation, epochs, batch_size,

@@ -302,6 +302,13 @@ def stream_step(run: Callable) -> Callable:
 STREAM_CHUNK = 64
 
 
+def largest_divisor(n: int, low: int, high: int) -> int | None:
+    """The largest divisor of ``n`` in ``[low, high]``, or None: a chunk
+    size that splits ``n`` steps or examples into equal chunks, so that one
+    compiled program runs them all."""
+    return next((size for size in range(high, max(low, 1) - 1, -1) if n % size == 0), None)
+
+
 def stream_chunk(run: Callable, placement: Placement) -> Callable:
     """``(carry, chunk, base_key, epoch, first_index, first_global_step) ->
     (carry, metrics)``: the chunk's batches (leaves ``(steps, B, ...)``) as

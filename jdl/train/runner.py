@@ -35,7 +35,7 @@ def chunk_dividing(steps: int, chunk: int) -> int:
     """Steps per chunk for ``steps`` full batches: the largest divisor of
     ``steps`` from ``chunk / 2`` to ``chunk`` (468 steps, 64: 52), so that
     no shorter chunk of them needs a program of its own; else ``chunk``."""
-    return next((size for size in range(chunk, chunk // 2, -1) if size > 0 and steps % size == 0), chunk)
+    return engine.largest_divisor(steps, chunk // 2 + 1, chunk) or chunk
 
 
 class Position(NamedTuple):
