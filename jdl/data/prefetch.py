@@ -129,8 +129,9 @@ def _axes(entry) -> tuple:
 
 
 @functools.cache
-def _loader_splitter(count: int, convert: bool):
-    """Jitted: stacked (count, B, ...) images and labels -> `count` batch dicts.
+def _loader_splitter(count: int | None, convert: bool):
+    """Jitted: stacked (count, B, ...) images and labels -> `count` batch
+    dicts, or with `count` None one dict of the stacked arrays (`stack=True`).
 
     With `convert`, uint8 images become float32 through `table` (the 256
     values `np.arange(256) / 255` computed by NumPy), so the values are
@@ -142,24 +143,11 @@ def _loader_splitter(count: int, convert: bool):
     def split(images, labels, table):
         if convert:
             images = table[images.astype("int32")]
+        if count is None:
+            return {"image": images, "label": labels}
         return [{"image": images[i], "label": labels[i]} for i in range(count)]
 
     return split
-
-
-@functools.cache
-def _loader_stacker(convert: bool):
-    """Jitted: stacked (count, B, ...) images and labels -> one dict of them,
-    uint8 images turned into float32 through ``table`` as ``_loader_splitter`` does."""
-    import jax
-
-    @jax.jit
-    def stack(images, labels, table):
-        if convert:
-            images = table[images.astype("int32")]
-        return {"image": images, "label": labels}
-
-    return stack
 
 
 @functools.cache
@@ -315,7 +303,7 @@ class _Feeder:
             y = np.take(labels, order, axis=0).reshape(full, size)
             x, y = jax.device_put(x, self._stacked), jax.device_put(y, self._stacked)
             if self._stack:
-                return self._put([_loader_stacker(table is not None)(x, y, table)])
+                return self._put([_loader_splitter(None, table is not None)(x, y, table)])
             return self._put(_loader_splitter(full, table is not None)(x, y, table)[:count])
 
         def signature(indices):
