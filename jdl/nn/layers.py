@@ -56,11 +56,11 @@ def _check_rank(layer: str, input_shape: Sequence[int], rank: int, layout: str) 
         )
 
 
-def _check_features(layer: str, expected: int, x: jax.Array, what: str = "features") -> None:
-    if x.shape[-1] != expected:
+def _check_features(layer: str, expected: int, x: jax.Array, what: str = "features", hint: str = "") -> None:
+    if x.ndim < 1 or x.shape[-1] != expected:
         raise ValueError(
             f"{layer}: expected inputs with {expected} {what} in the last axis (as at init); "
-            f"got shape {tuple(x.shape)}"
+            f"got shape {tuple(x.shape)}{hint}"
         )
 
 
@@ -144,12 +144,9 @@ def Dense(  # noqa: N802 - layer constructors are capitalized, as in stax and fl
 
     def apply(params, state, x, key=None, train=False):
         _check_params("Dense", params, ("w", "b") if use_bias else ("w",))
-        if x.ndim < 1 or x.shape[-1] != params["w"].shape[0]:
-            raise ValueError(
-                f"Dense: expected inputs with {params['w'].shape[0]} features in the last axis (as at init); got "
-                f"shape {tuple(x.shape)} (a model initialized with an input_shape lacking the batch axis, "
-                "e.g. (28, 28, 1) for (1, 28, 28, 1), expects other features than it gets)"
-            )
+        _check_features("Dense", params["w"].shape[0], x,
+                        hint=" (a model initialized with an input_shape lacking the batch axis, e.g. (28, 28, 1) "
+                             "for (1, 28, 28, 1), expects other features than it gets)")  # fmt: skip
         x, w, b = _cast(dtype, x, params["w"], params.get("b"))
         y = x @ w
         if use_bias:
@@ -273,15 +270,22 @@ def auto_conv_method(in_channels: int) -> str:
 CPU_MATMUL_MAX_PATCH_BYTES = 2**30
 
 
+def _padded_output(spatial: Sequence[int], window, strides, padding) -> tuple[list, list[int]]:
+    """``(pairs, out)``: the ``(low, high)`` padding of each spatial dimension
+    (``'SAME'`` and ``'VALID'`` as ``lax`` pads them) and the output size,
+    ``(size + low + high - k) // stride + 1``."""
+    pairs = lax.padtype_to_pads(spatial, window, strides, padding) if isinstance(padding, str) else padding
+    out = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in zip(spatial, pairs, window, strides)]
+    return pairs, out
+
+
 def _auto_for(shape: Sequence[int], window, strides, padding, dtype) -> str:
     """``auto_conv_method`` for an input of ``shape``, with 'lax' on the CPU
     past ``CPU_MATMUL_MAX_PATCH_BYTES`` (outside ``auto_conv_method_as``)."""
     chosen = auto_conv_method(shape[-1])
     if chosen != "matmul" or _AUTO_OVERRIDE.get() is not None or jax.default_backend() != "cpu":
         return chosen
-    spatial = shape[1:-1]
-    pairs = lax.padtype_to_pads(spatial, window, strides, padding) if isinstance(padding, str) else padding
-    out = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in zip(spatial, pairs, window, strides)]
+    _, out = _padded_output(shape[1:-1], window, strides, padding)
     patch_bytes = shape[0] * math.prod(out) * math.prod(window) * shape[-1] * jnp.dtype(dtype).itemsize
     return "matmul" if patch_bytes <= CPU_MATMUL_MAX_PATCH_BYTES else "lax"
 
@@ -337,10 +341,8 @@ def conv_as_matmul(
     channel that is rows of 9 to 25 values.
     """
     window, channels, features = w.shape[:-2], w.shape[-2], w.shape[-1]
-    spatial = x.shape[1:-1]
-    pairs = lax.padtype_to_pads(spatial, window, strides, padding) if isinstance(padding, str) else padding
+    pairs, out = _padded_output(x.shape[1:-1], window, strides, padding)
     x = jnp.pad(x, [(0, 0), *pairs, (0, 0)])
-    out = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in zip(spatial, pairs, window, strides)]
     slices = []
     for offset in np.ndindex(*window):
         starts = (0, *offset, 0)
