@@ -330,7 +330,9 @@ def feed_stacked(quick: bool) -> list[dict]:
     if loader is None:
         return [{"benchmark": "loader/feed_100us_step_stacked", "skipped": "real Fashion-MNIST not found"}]
     note = "real Fashion-MNIST, uint8"
-    return [loader_bench._feed_stacked(loader, note, quick), loader_bench._feed(loader, note, quick, chunk=64)]
+    calibrated = loader_bench._calibrated_step(100e-6, loader)  # once for both lines: the same step
+    return [loader_bench._feed_stacked(loader, note, quick, calibrated=calibrated),
+            loader_bench._feed(loader, note, quick, calibrated=calibrated, chunk=64)]
 
 
 def _suffixed(lines: list[dict], suffix: str) -> list[dict]:

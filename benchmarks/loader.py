@@ -193,16 +193,23 @@ def _epochs(loader, prefetch: bool = False, **kwargs):
             yield from loader
 
 
-def _run_steps(step, batches, n):
-    out, done = None, 0
+def _seconds_per_step(run, items, n, steps_in=lambda item: 1, carry=None):
+    """Seconds per step of ``carry = run(carry, item)`` over ``items`` until
+    ``n`` steps are done, an item holding ``steps_in(item)`` steps."""
+    done = 0
     start = time.perf_counter()
-    for batch in batches:
-        out = step(batch)
-        done += 1
-        if done == n:
+    for item in items:
+        carry = run(carry, item)
+        done += steps_in(item)
+        if done >= n:
             break
-    jax.block_until_ready(out)
+    jax.block_until_ready(carry)
     return (time.perf_counter() - start) / done
+
+
+def _run_steps(step, batches, n):
+    """Seconds per step of ``step(batch)`` over ``batches`` until ``n`` are done."""
+    return _seconds_per_step(lambda _, batch: step(batch), batches, n)
 
 
 def _long_epochs(loader, note):
@@ -216,9 +223,12 @@ def _long_epochs(loader, note):
     return loader, note + "; the feed test tiles it to 60,000 examples"
 
 
-def _feed(loader, note, quick, **prefetch_kwargs):
+def _feed(loader, note, quick, calibrated=None, **prefetch_kwargs):
+    """The calibrated ~100 µs step fed batch by batch by ``prefetch_to_device``
+    against the step over batches resident on the device; ``calibrated``: a
+    ``_calibrated_step(100e-6, loader)`` made already (it takes seconds)."""
     loader, note = _long_epochs(loader, note)
-    (step, _, k), resident = _calibrated_step(100e-6, loader)
+    (step, _, k), resident = calibrated or _calibrated_step(100e-6, loader)
     steps = 300 if quick else 2000
     resident_s = _time_steps(step, resident, steps)
     direct_s = _run_steps(step, _epochs(loader), steps)  # host NumPy batches, no prefetch
@@ -233,24 +243,17 @@ def _feed(loader, note, quick, **prefetch_kwargs):
 
 def _run_chunks(run_chunk, chunks, n):
     """Seconds per step of ``run_chunk(total, chunk)`` over ``chunks`` until ``n`` steps are done."""
-    total, done = jnp.float32(0), 0
-    start = time.perf_counter()
-    for chunk in chunks:
-        total = run_chunk(total, chunk)
-        done += int(chunk["label"].shape[0])
-        if done >= n:
-            break
-    jax.block_until_ready(total)
-    return (time.perf_counter() - start) / done
+    return _seconds_per_step(run_chunk, chunks, n, lambda chunk: int(chunk["label"].shape[0]), jnp.float32(0))
 
 
-def _feed_stacked(loader, note, quick, chunk=64):
+def _feed_stacked(loader, note, quick, chunk=64, calibrated=None):
     """The calibrated ~100 µs step run ``chunk`` steps per dispatch (``lax.scan``)
     over chunks from ``prefetch_to_device(loader, stack=True)``, against the same
     program over a chunk resident on the device; also against the step
-    dispatched once per resident batch (``_feed``'s reference)."""
+    dispatched once per resident batch (``_feed``'s reference).  ``calibrated``
+    as in ``_feed``."""
     loader, note = _long_epochs(loader, note)
-    (step, _, k), resident = _calibrated_step(100e-6, loader)
+    (step, _, k), resident = calibrated or _calibrated_step(100e-6, loader)
     steps = 6 * chunk if quick else 32 * chunk
 
     @jax.jit

@@ -325,25 +325,22 @@ def scale_by_adam(
 
 def _full_mask(mask: Any, params: Params) -> Any:
     """Broadcast a mask (a tree prefix of booleans, or `params -> tree`) to
-    one bool per leaf; a ValueError for entries that are not True or False
-    ('no' would count as True) or a tree that is no prefix of the parameters'."""
+    one bool per leaf; a ValueError for a tree that is no prefix of the
+    parameters', or for entries that are not True or False ('no' would count
+    as True).  A traced entry (a mask function of jnp booleans under jit)
+    raises JAX's own error."""
     mask_tree = mask(params) if callable(mask) else mask
     try:
-        return jax.tree_util.tree_map(
-            lambda flag, subtree: jax.tree_util.tree_map(lambda _: _validate.check_flag("a mask entry", flag), subtree),
-            mask_tree,
-            params,
+        flags = jax.tree_util.tree_map(
+            lambda flag, subtree: jax.tree_util.tree_map(lambda _: flag, subtree), mask_tree, params
         )
     except (ValueError, TypeError, KeyError) as error:
         structure, expected = jax.tree_util.tree_structure(mask_tree), jax.tree_util.tree_structure(params)
-        if "mask entry" in str(error) or isinstance(error, jax.errors.ConcretizationTypeError):
-            raise  # a bad entry, or a traced one (a mask function of jnp booleans under jit): JAX says so
-        if structure == expected:
-            raise
         raise ValueError(
             "mask must be a tree of True/False matching a prefix of the parameters' tree (or a function of the "
             f"parameters giving one); got {structure} for parameters {expected}"
         ) from error
+    return jax.tree_util.tree_map(lambda flag: _validate.check_flag("a mask entry", flag), flags)
 
 
 def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: Any = None) -> GradientTransformation:
