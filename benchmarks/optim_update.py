@@ -58,6 +58,10 @@ OPTIMIZERS = {
     "adadelta": (lambda: jo.adadelta(1.0), lambda: optax.adadelta(1.0)),
     "adam": (lambda: jo.adam(1e-3), lambda: optax.adam(1e-3)),
     "adamw": (lambda: jo.adamw(1e-3), lambda: optax.adamw(1e-3)),
+    "nadam": (lambda: jo.nadam(1e-3), lambda: optax.nadam(1e-3)),
+    "amsgrad": (lambda: jo.amsgrad(1e-3), lambda: optax.amsgrad(1e-3)),
+    "adamax": (lambda: jo.adamax(2e-3), lambda: optax.adamax(2e-3)),
+    "lion": (lambda: jo.lion(1e-4), lambda: optax.lion(1e-4)),
 }
 
 

@@ -75,10 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", required=True,
                        help="mlp, cnn, mnist_2c2d, fmnist_2c2d, cifar10_3c3d, cifar100_3c3d")  # fmt: skip
     train.add_argument("--optimizer", required=True,
-                       help="gd, sgd, minibatch, momentum, nesterov, adagrad, rmsprop, adadelta, adam, adamw (the "
+                       help="gd, sgd, minibatch, momentum, nesterov, adagrad, rmsprop, adadelta, adam, adamw, nadam, "
+                            "amsgrad, adamax, lion (the "
                             "update rule, fed batches of --batch-size: gd, sgd and minibatch are the same rule here, "
                             "where jdl compare's presets also fix their batch: the whole set, 1, --batch-size), or "
-                            "optax.<name>, e.g. optax.lion")  # fmt: skip
+                            "optax.<name>, e.g. optax.lamb")  # fmt: skip
     train.add_argument("--learning-rate", type=_positive_float,
                        help="default: the optimizer's own (jdl.optim.DEFAULT_LEARNING_RATES; 1e-3 for optax.<name>)")
     train.add_argument("--batch-size", type=_positive_int, default=32,
@@ -96,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="mlp, cnn, mnist_2c2d, fmnist_2c2d, cifar10_3c3d, cifar100_3c3d")  # fmt: skip
     compare.add_argument("--optimizers", default="gd,sgd,minibatch,momentum,adagrad,rmsprop,adadelta,adam",
                          help="comma-separated presets (gd: the whole training set a step, sgd: one example, the "
-                              "others --batch-size), jdl.optim names (adamw, nesterov) or optax.<name>")  # fmt: skip
+                              "others --batch-size), jdl.optim names (adamw, nesterov, nadam, amsgrad, adamax, "
+                              "lion) or optax.<name>")  # fmt: skip
     compare.add_argument("--seeds", type=_positive_int, default=2, help="number of seeds per optimizer")
     compare.add_argument("--epochs", type=_positive_int, default=10, help="passes over the training set")
     compare.add_argument("--batch-size", type=_positive_int, default=128,
@@ -203,7 +205,7 @@ def _train_into(args: argparse.Namespace, out: Path) -> int:
     except ValueError as error:
         if not str(error).startswith("unknown optimizer"):
             raise
-        raise ValueError(f"{error} Or optax.<name>, e.g. optax.lion.") from None
+        raise ValueError(f"{error} Or optax.<name>, e.g. optax.lamb.") from None
     models.get(args.model)  # unknown names fail before any data is read
     common = {"batch_size": args.batch_size, "data_dir": args.data_dir, "manual_dir": args.manual_dir}
     train_data = jdl.data.load(args.dataset, split="train", shuffle=True, seed=args.seed, **common)

@@ -255,7 +255,7 @@ def test_cli_train_and_compare_in_mixed_precision(tmp_path):
         (["compare", "--learning-rates", ","], r"--learning-rates is empty"),
         (["compare", "--optimizers", "optax.apply_updates"], r"'optax.apply_updates' is not an optax optimizer taking"),
         (["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "adamx"],
-         r"unknown optimizer 'adamx'; valid names: gd, .*Or optax.<name>, e.g. optax.lion."),
+         r"unknown optimizer 'adamx'; valid names: gd, .*Or optax.<name>, e.g. optax.lamb."),
         (["compare", "--optimizers", " , "], r"--optimizers names none; give comma-separated names, e.g. sgd,adam"),
         (["train", "--dataset", "mnist_sample", "--model", "mlp", "--optimizer", "adam", "--batch-size", "100000"],
          r"--batch-size 100000 is larger than the training split, which holds 4000 examples: use --batch-size <= 4000"),

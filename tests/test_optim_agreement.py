@@ -112,6 +112,10 @@ PAIRS = {
     "adadelta": (jo.adadelta, optax.adadelta),
     "adam": (jo.adam, optax.adam),
     "adamw": (jo.adamw, optax.adamw),
+    "nadam": (jo.nadam, optax.nadam),
+    "amsgrad": (jo.amsgrad, optax.amsgrad),
+    "adamax": (jo.adamax, optax.adamax),
+    "lion": (jo.lion, optax.lion),
 }
 
 # Hyperparameters are Python numbers here (constants folded into the program).
@@ -133,6 +137,14 @@ FIXED_CASES = [
     ("adam", dict(learning_rate=0.02)),
     ("adam", dict(learning_rate=0.01, b1=0.5, b2=0.99, eps=1e-6, eps_root=1e-8)),
     ("adamw", dict(learning_rate=0.02, weight_decay=0.1)),
+    ("nadam", dict(learning_rate=0.02)),
+    ("nadam", dict(learning_rate=0.01, b1=0.5, b2=0.99, eps=1e-6, eps_root=1e-8)),
+    ("amsgrad", dict(learning_rate=0.02)),
+    ("amsgrad", dict(learning_rate=0.01, bias_correction_mu=False, bias_correction_nu=False)),  # the paper's
+    ("adamax", dict(learning_rate=0.02)),
+    ("adamax", dict(learning_rate=0.05, b1=0.5, b2=0.99, eps=1e-4)),
+    ("lion", dict(learning_rate=0.005)),
+    ("lion", dict(learning_rate=0.01, b1=0.95, b2=0.98, weight_decay=0.1)),
 ]
 
 
@@ -169,6 +181,8 @@ SCHEDULES = {
         ("sgd", "exponential_decay", dict(learning_rate=0.05, momentum=0.9, nesterov=True)),
         ("rmsprop", "piecewise_constant", dict(learning_rate=0.01, centered=True, momentum=0.9)),
         ("adamw", "cosine_decay", dict(learning_rate=0.03, weight_decay=0.05)),
+        ("lion", "warmup_cosine_decay", dict(learning_rate=0.01, weight_decay=0.05)),
+        ("nadam", "exponential_decay", dict(learning_rate=0.05)),
     ],
     ids=str,
 )
@@ -290,6 +304,23 @@ STRATEGIES = {
             "weight_decay": rate(0.0, 0.3),
         }
     ),
+    ("nadam", ()): st.fixed_dictionaries(
+        {"learning_rate": rate(0.005, 0.05), "b1": rate(0.0, 0.95), "b2": rate(0.9, 0.9999), "eps": rate(1e-8, 1e-4)}
+    ),
+    ("amsgrad", ()): st.fixed_dictionaries(
+        {"learning_rate": rate(0.005, 0.05), "b1": rate(0.0, 0.95), "b2": rate(0.9, 0.9999), "eps": rate(1e-8, 1e-4)}
+    ),
+    ("adamax", ()): st.fixed_dictionaries(
+        {"learning_rate": rate(0.005, 0.05), "b1": rate(0.0, 0.95), "b2": rate(0.9, 0.9999), "eps": rate(1e-8, 1e-4)}
+    ),
+    ("lion", ()): st.fixed_dictionaries(
+        {
+            "learning_rate": rate(0.002, 0.02),
+            "b1": rate(0.5, 0.99),
+            "b2": rate(0.9, 0.999),
+            "weight_decay": rate(0.0, 0.1),
+        }
+    ),
 }
 
 
@@ -346,6 +377,28 @@ def numpy_run(name, hp, x, steps):
             b = b2 * b + (1 - b2) * g**2
             step = (a / (1 - b1**t)) / (np.sqrt(b / (1 - b2**t)) + eps)
             x = x - lr * (step + hp.get("weight_decay", 0.0) * x)
+        elif name == "nadam":  # Dozat 2016, Algorithm 2 with a constant b1, without its factor b2 on v (optax)
+            b1, b2, eps = hp.get("b1", 0.9), hp.get("b2", 0.999), hp.get("eps", 1e-8)
+            a = b1 * a + (1 - b1) * g
+            b = b2 * b + (1 - b2) * g**2
+            m_hat = b1 * a / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
+            x = x - lr * m_hat / (np.sqrt(b / (1 - b2**t)) + eps)
+        elif name == "amsgrad":  # Reddi et al. 2018, Algorithm 2, with eps (and optax's bias corrections)
+            b1, b2, eps = hp.get("b1", 0.9), hp.get("b2", 0.999), hp.get("eps", 1e-8)
+            corrected = hp.get("bias_correction_mu", True)
+            a = b1 * a + (1 - b1) * g
+            b = b2 * b + (1 - b2) * g**2
+            c = np.maximum(c, b / (1 - b2**t) if hp.get("bias_correction_nu", True) else b)
+            x = x - lr * (a / (1 - b1**t) if corrected else a) / (np.sqrt(c) + eps)
+        elif name == "adamax":  # Kingma and Ba 2015, Algorithm 2, eps inside the maximum (optax)
+            b1, b2, eps = hp.get("b1", 0.9), hp.get("b2", 0.999), hp.get("eps", 1e-8)
+            a = b1 * a + (1 - b1) * g
+            b = np.maximum(b2 * b, np.abs(g) + eps)
+            x = x - (lr / (1 - b1**t)) * a / b
+        elif name == "lion":  # Chen et al. 2023, Program 1
+            b1, b2 = hp.get("b1", 0.9), hp.get("b2", 0.99)
+            x = x - lr * (np.sign(b1 * a + (1 - b1) * g) + hp.get("weight_decay", 1e-3) * x)
+            a = b2 * a + (1 - b2) * g
     return x
 
 
@@ -360,6 +413,11 @@ def numpy_run(name, hp, x, steps):
         ("adadelta", jo.adadelta, dict()),  # the default learning rate 1 descends
         ("adam", jo.adam, dict(learning_rate=0.02)),
         ("adamw", jo.adamw, dict(learning_rate=0.02, weight_decay=0.1)),
+        ("nadam", jo.nadam, dict(learning_rate=0.02)),
+        ("amsgrad", jo.amsgrad, dict(learning_rate=0.02)),
+        ("amsgrad", jo.amsgrad, dict(learning_rate=0.02, bias_correction_mu=False, bias_correction_nu=False)),
+        ("adamax", jo.adamax, dict(learning_rate=0.02)),
+        ("lion", jo.lion, dict(learning_rate=0.01)),
     ],
     ids=str,
 )

@@ -135,6 +135,10 @@ OPTAX_EQUIVALENTS = {
     "adadelta": lambda lr: optax.adadelta(learning_rate=lr),
     "adam": optax.adam,
     "adamw": optax.adamw,
+    "nadam": optax.nadam,
+    "amsgrad": optax.amsgrad,
+    "adamax": optax.adamax,
+    "lion": optax.lion,
 }
 
 
@@ -293,6 +297,17 @@ INVALID = [
     lambda: jo.adagrad(0.1, eps=-1.0),
     lambda: jo.sgd(0.1, momentum=-0.5),
     lambda: jo.sgd(0.1, nesterov=True),
+    lambda: jo.nadam(0.1, b1=1.0),
+    lambda: jo.nadam(0.1, eps=-1e-8),
+    lambda: jo.amsgrad(0.1, b2=1.5),
+    lambda: jo.amsgrad(0.1, eps_root=-1e-8),
+    lambda: jo.amsgrad(0.1, bias_correction_nu="no"),
+    lambda: jo.adamax(0.1, b1=-0.5),
+    lambda: jo.adamax(0.1, b2=1.0),
+    lambda: jo.adamax(0.1, eps=-1e-8),
+    lambda: jo.lion(0.1, b1=1.5),
+    lambda: jo.lion(0.1, b2=1.0),
+    lambda: jo.lion(0.1, weight_decay=-1e-3),
     lambda: jo.adam(0.1, b1=math.nan),
     lambda: jo.clip_by_global_norm(0.0),
     lambda: jo.exponential_decay(0.1, 0, 0.5),
@@ -311,13 +326,16 @@ INVALID = [
     (lambda: jo.adamw(0.1, b2=0.0, eps=0.0), r"eps must be > 0 when eps_root is 0"),
     (lambda: jo.rmsprop(0.1, decay=1.0, eps=0.0), r"eps must be > 0, got 0.0"),
     (lambda: jo.adadelta(eps=0), r"eps must be > 0, got 0"),
+    (lambda: jo.adamax(0.1, eps=0.0), r"eps must be > 0, got 0.0"),
+    (lambda: jo.amsgrad(0.1, eps=0.0), r"eps must be > 0 when eps_root is 0"),
 ])
 def test_an_eps_of_zero_is_refused_where_a_zero_gradient_would_be_divided_by_zero(build, message):
     """optax takes these and its first update of a coordinate whose gradient
     is 0 (a dead unit's bias) is 0/0: NaN in the parameters (checked here)."""
     with pytest.raises(ValueError, match=message):
         build()
-    for optax_tx in (optax.adam(0.1, eps=0.0), optax.rmsprop(0.1, decay=1.0, eps=0.0), optax.adadelta(1.0, eps=0.0)):
+    for optax_tx in (optax.adam(0.1, eps=0.0), optax.rmsprop(0.1, decay=1.0, eps=0.0), optax.adadelta(1.0, eps=0.0),
+                     optax.adamax(0.1, eps=0.0), optax.amsgrad(0.1, eps=0.0)):
         params = {"b": jnp.zeros(2)}
         updates, _ = optax_tx.update({"b": jnp.zeros(2)}, optax_tx.init(params), params)
         assert np.isnan(updates["b"]).all()
@@ -400,7 +418,8 @@ def test_schedule_values_must_be_numbers_not_schedules(build):
 
 @pytest.mark.parametrize("learning_rate", ["0.1", None, [0.1], True, math.nan, math.inf, np.ones(2), object()])
 def test_a_learning_rate_must_be_a_number_or_a_callable(learning_rate):
-    for build in (jo.gd, jo.adam, jo.rmsprop, jo.adagrad, jo.adadelta, jo.adamw, jo.sgd):
+    for build in (jo.gd, jo.adam, jo.rmsprop, jo.adagrad, jo.adadelta, jo.adamw, jo.sgd, jo.nadam, jo.amsgrad,
+                  jo.adamax, jo.lion):
         with pytest.raises(ValueError, match="learning_rate"):
             build(learning_rate)
 
@@ -411,6 +430,8 @@ def test_boundary_hyperparameters_are_accepted():
     jo.adam(np.float32(0.1), b1=0.0, b2=0.0, eps=1e-12)
     jo.sgd(jnp.float32(0.1), momentum=0.0)
     jo.adagrad(0.1, initial_accumulator_value=0.0)
+    jo.lion(0.1, b1=1.0, b2=0.0)  # b1 = 1: the sign of the momentum alone
+    jo.adamax(0.1, b1=0.0, b2=0.0)
 
 
 VMAPPED = {
@@ -420,6 +441,10 @@ VMAPPED = {
     "adadelta": lambda lr: jo.adadelta(lr),
     "adam": lambda lr: jo.adam(lr),
     "adamw_warmup_cosine": lambda lr: jo.adamw(jo.warmup_cosine_decay(0.0, lr, 5, 30)),
+    "nadam": lambda lr: jo.nadam(lr),
+    "amsgrad": lambda lr: jo.amsgrad(lr),
+    "adamax": lambda lr: jo.adamax(lr),
+    "lion": lambda lr: jo.lion(lr, weight_decay=0.1),
 }
 
 

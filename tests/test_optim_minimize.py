@@ -53,6 +53,13 @@ CASES = {
     "adadelta": (jo.adadelta(rho=0.9, eps=1e-8), jo.adadelta(rho=0.9, eps=1e-8)),
     "adam": (jo.adam(0.02), jo.adam(0.05)),
     "adamw": (jo.adamw(0.02, weight_decay=0.0), jo.adamw(0.05, weight_decay=1e-6)),
+    "nadam": (jo.nadam(0.01), jo.nadam(0.05)),
+    # the largest second moment is kept: Rosenbrock's first gradients (~200) hold steps small for long
+    "amsgrad": (jo.amsgrad(0.2), jo.amsgrad(0.05)),
+    "adamax": (jo.adamax(0.02), jo.adamax(0.05)),
+    # steps of exactly lr: they settle only as the learning rate decays
+    "lion": (jo.lion(jo.cosine_decay(0.02, 5000), weight_decay=0.0),
+             jo.lion(jo.cosine_decay(0.02, 3000), weight_decay=0.0)),
 }
 
 

@@ -3,8 +3,9 @@
 The eight classic presets differ in two things only: the update rule and
 the batch it sees.  ``gd``, ``sgd`` and ``minibatch`` are one rule (plain
 gradient descent) fed the whole training set, one example, or a mini-batch
-per step.  Any other ``jdl.optim`` name (``adamw``, ``nesterov``) and any
-optax optimizer (``optax.lion``) can be named too.
+per step.  Any other ``jdl.optim`` name (``adamw``, ``nesterov``, ``nadam``,
+``amsgrad``, ``adamax``, ``lion``) and any optax optimizer (``optax.lamb``)
+can be named too.
 """
 
 from __future__ import annotations
@@ -94,5 +95,5 @@ def preset(name: str) -> Preset:
     close = difflib.get_close_matches(key, valid, n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     raise ValueError(
-        f"unknown optimizer {name!r}; expected one of {', '.join(valid)}, or optax.<name> (e.g. optax.lion).{hint}"
+        f"unknown optimizer {name!r}; expected one of {', '.join(valid)}, or optax.<name> (e.g. optax.lamb).{hint}"
     )

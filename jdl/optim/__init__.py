@@ -12,7 +12,8 @@ transformations chain with each other in both directions.  Modules:
 - `base`: the interface, `chain`, `apply_updates`;
 - `transforms`: the building blocks (`scale_by_adam`, `trace`, ...);
 - `alias`: the optimizers (`gd`, `sgd`, `momentum`, `adagrad`, `rmsprop`,
-  `adadelta`, `adam`, `adamw`) and `get(name, **hyperparameters)`;
+  `adadelta`, `adam`; `adamw`, `nadam`, `amsgrad`, `adamax`, `lion`) and
+  `get(name, **hyperparameters)`;
 - `schedules`: learning-rate schedules `step -> lr`.
 
 Full-batch, stochastic and mini-batch gradient descent are one update rule
@@ -27,11 +28,15 @@ from jdl.optim.alias import (
     adadelta,
     adagrad,
     adam,
+    adamax,
     adamw,
+    amsgrad,
     gd,
     get,
+    lion,
     minibatch,
     momentum,
+    nadam,
     rmsprop,
     sgd,
 )
@@ -57,6 +62,8 @@ from jdl.optim.schedules import (
 from jdl.optim.transforms import (
     ScaleByAdaDeltaState,
     ScaleByAdamState,
+    ScaleByAmsgradState,
+    ScaleByLionState,
     ScaleByRmsState,
     ScaleByRssState,
     ScaleByRStdDevState,
@@ -68,7 +75,10 @@ from jdl.optim.transforms import (
     scale,
     scale_by_adadelta,
     scale_by_adam,
+    scale_by_adamax,
+    scale_by_amsgrad,
     scale_by_learning_rate,
+    scale_by_lion,
     scale_by_rms,
     scale_by_rss,
     scale_by_schedule,
@@ -85,6 +95,8 @@ __all__ = [
     "ScalarOrSchedule",
     "ScaleByAdaDeltaState",
     "ScaleByAdamState",
+    "ScaleByAmsgradState",
+    "ScaleByLionState",
     "ScaleByRStdDevState",
     "ScaleByRmsState",
     "ScaleByRssState",
@@ -96,8 +108,10 @@ __all__ = [
     "adadelta",
     "adagrad",
     "adam",
+    "adamax",
     "adamw",
     "add_decayed_weights",
+    "amsgrad",
     "apply_updates",
     "chain",
     "clip_by_global_norm",
@@ -107,14 +121,19 @@ __all__ = [
     "gd",
     "get",
     "identity",
+    "lion",
     "minibatch",
     "momentum",
+    "nadam",
     "piecewise_constant",
     "rmsprop",
     "scale",
     "scale_by_adadelta",
     "scale_by_adam",
+    "scale_by_adamax",
+    "scale_by_amsgrad",
     "scale_by_learning_rate",
+    "scale_by_lion",
     "scale_by_rms",
     "scale_by_rss",
     "scale_by_schedule",

@@ -182,6 +182,8 @@ def adam(
     b2: Float = 0.999,
     eps: Float = 1e-8,
     eps_root: Float = 0.0,
+    *,
+    nesterov: bool = False,
 ) -> GradientTransformation:
     """Adam: momentum divided by a moving RMS, both corrected for their zero start.
 
@@ -189,11 +191,11 @@ def adam(
         v_t = b2 * v_{t-1} + (1 - b2) * g_t^2
         params <- params - lr * (m_t / (1 - b1^t)) / (sqrt(v_t / (1 - b2^t) + eps_root) + eps)
 
-    Kingma and Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015
-    (Algorithm 1).
+    `nesterov=True` is `nadam`.  Kingma and Ba, "Adam: A Method for
+    Stochastic Optimization", ICLR 2015 (Algorithm 1).
     """
     return chain(
-        transforms.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root),
+        transforms.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov),
         transforms.scale_by_learning_rate(learning_rate),
     )
 
@@ -227,6 +229,97 @@ def adamw(
     )
 
 
+def nadam(
+    learning_rate: ScalarOrSchedule,
+    b1: Float = 0.9,
+    b2: Float = 0.999,
+    eps: Float = 1e-8,
+    eps_root: Float = 0.0,
+) -> GradientTransformation:
+    """NAdam: Adam whose momentum looks one step ahead (Nesterov).
+
+        m_t, v_t as in `adam`
+        m^_t = b1 * m_t / (1 - b1^(t+1)) + (1 - b1) * g_t / (1 - b1^t)
+        params <- params - lr * m^_t / (sqrt(v_t / (1 - b2^t) + eps_root) + eps)
+
+    optax's `nadam` (without Dozat's extra factor `b2` on `v_t`, as other
+    implementations).  Dozat, "Incorporating Nesterov Momentum into Adam",
+    ICLR 2016 workshop.
+    """
+    return adam(learning_rate, b1, b2, eps, eps_root, nesterov=True)
+
+
+def amsgrad(
+    learning_rate: ScalarOrSchedule,
+    b1: Float = 0.9,
+    b2: Float = 0.999,
+    eps: Float = 1e-8,
+    eps_root: Float = 0.0,
+    *,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+) -> GradientTransformation:
+    """AMSGrad: Adam divided by the largest (bias-corrected) second moment so far.
+
+        m_t, v_t as in `adam`;  w_t = max(w_{t-1}, v_t / (1 - b2^t)),  w_0 = 0
+        params <- params - lr * (m_t / (1 - b1^t)) / (sqrt(w_t + eps_root) + eps)
+
+    The bias corrections are optax's default; the paper has neither
+    (`bias_correction_mu=False, bias_correction_nu=False`; keyword-only here,
+    as optax's sixth argument is `mu_dtype`).  Reddi, Kale and Kumar, "On the
+    Convergence of Adam and Beyond", ICLR 2018.
+    """
+    return chain(
+        transforms.scale_by_amsgrad(
+            b1=b1, b2=b2, eps=eps, eps_root=eps_root,
+            bias_correction_mu=bias_correction_mu, bias_correction_nu=bias_correction_nu,
+        ),
+        transforms.scale_by_learning_rate(learning_rate),
+    )  # fmt: skip
+
+
+def adamax(
+    learning_rate: ScalarOrSchedule, b1: Float = 0.9, b2: Float = 0.999, eps: Float = 1e-8
+) -> GradientTransformation:
+    """AdaMax: Adam with the infinity norm in place of the RMS.
+
+        m_t = b1 * m_{t-1} + (1 - b1) * g_t
+        v_t = max(|g_t| + eps, b2 * v_{t-1}),    v_0 = 0
+        params <- params - lr * (m_t / (1 - b1^t)) / v_t
+
+    Kingma and Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015
+    (Section 7.1, Algorithm 2; its default learning rate is 0.002).
+    """
+    return chain(transforms.scale_by_adamax(b1=b1, b2=b2, eps=eps), transforms.scale_by_learning_rate(learning_rate))
+
+
+def lion(
+    learning_rate: ScalarOrSchedule,
+    b1: Float = 0.9,
+    b2: Float = 0.99,
+    *,
+    weight_decay: ScalarOrSchedule = 1e-3,
+    mask: Any = None,
+) -> GradientTransformation:
+    """Lion: signed steps of one size, with decoupled weight decay.
+
+        u_t = sign(b1 * m_{t-1} + (1 - b1) * g_t)
+        m_t = b2 * m_{t-1} + (1 - b2) * g_t
+        params <- params - lr * (u_t + weight_decay * params)
+
+    Every coordinate moves by `lr` (plus the decay), so Lion's learning rate
+    is typically 3-10 times smaller than AdamW's and its weight decay as
+    many times larger.  `weight_decay` and `mask` (as in `adamw`) are
+    keyword-only: optax's fourth argument is `mu_dtype`.  Chen et al.,
+    "Symbolic Discovery of Optimization Algorithms", NeurIPS 2023.
+    """
+    return chain(
+        transforms.scale_by_lion(b1=b1, b2=b2),
+        transforms.add_decayed_weights(weight_decay, mask),
+        transforms.scale_by_learning_rate(learning_rate),
+    )
+
+
 OPTIMIZERS: MappingProxyType[str, Callable[..., GradientTransformation]] = MappingProxyType(
     {
         "gd": gd,
@@ -239,6 +332,10 @@ OPTIMIZERS: MappingProxyType[str, Callable[..., GradientTransformation]] = Mappi
         "adadelta": adadelta,
         "adam": adam,
         "adamw": adamw,
+        "nadam": nadam,
+        "amsgrad": amsgrad,
+        "adamax": adamax,
+        "lion": lion,
     }
 )
 """The optimizers `get` knows, by name."""
@@ -255,6 +352,10 @@ DEFAULT_LEARNING_RATES: MappingProxyType[str, float] = MappingProxyType(
         "adadelta": 1.0,
         "adam": 0.001,
         "adamw": 0.001,
+        "nadam": 0.001,
+        "amsgrad": 0.001,
+        "adamax": 0.002,
+        "lion": 0.0001,
     }
 )
 """The learning rate `get` uses when none is given: common starting points."""
@@ -273,7 +374,7 @@ def get(name: str, learning_rate: Any = None, **hyperparameters: Any) -> Gradien
 
     Names (case-insensitive): gd, sgd, minibatch, momentum, nesterov
     (momentum with `nesterov=True`), adagrad, rmsprop, adadelta, adam,
-    adamw.  Without `learning_rate` (or with None), `DEFAULT_LEARNING_RATES[name]`
+    adamw, nadam, amsgrad, adamax, lion.  Without `learning_rate` (or with None), `DEFAULT_LEARNING_RATES[name]`
     is used.  An unknown name or hyperparameter raises `ValueError` listing
     the valid ones.
     """
@@ -299,11 +400,15 @@ __all__ = [
     "adadelta",
     "adagrad",
     "adam",
+    "adamax",
     "adamw",
+    "amsgrad",
     "gd",
     "get",
+    "lion",
     "minibatch",
     "momentum",
+    "nadam",
     "rmsprop",
     "sgd",
 ]

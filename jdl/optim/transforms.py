@@ -82,6 +82,22 @@ class ScaleByAdamState(NamedTuple):
     nu: Updates
 
 
+class ScaleByAmsgradState(NamedTuple):
+    """AMSGrad's step count, moments, and the running maximum of the second."""
+
+    count: jax.Array
+    mu: Updates
+    nu: Updates
+    nu_max: Updates
+
+
+class ScaleByLionState(NamedTuple):
+    """Lion's step count and momentum."""
+
+    count: jax.Array
+    mu: Updates
+
+
 class WeightDecayScheduleState(NamedTuple):
     """The step count a weight-decay schedule is evaluated at."""
 
@@ -280,11 +296,18 @@ def scale_by_adadelta(rho: jax.typing.ArrayLike = 0.9, eps: jax.typing.ArrayLike
     return GradientTransformation(init_fn, update_fn)
 
 
+def _init_adam_state(params: Params) -> ScaleByAdamState:
+    """Adam's and AdaMax's first state: count 0, both moments 0."""
+    return ScaleByAdamState(count=zero_count(), mu=tree_zeros_like(params), nu=tree_zeros_like(params))
+
+
 def scale_by_adam(
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
     eps_root: jax.typing.ArrayLike = 0.0,
+    *,
+    nesterov: bool = False,
 ) -> GradientTransformation:
     """Adam's scaling by bias-corrected moment estimates.
 
@@ -292,17 +315,74 @@ def scale_by_adam(
         v_t = b2 * v_{t-1} + (1 - b2) * g_t^2
         u_t = (m_t / (1 - b1^t)) / (sqrt(v_t / (1 - b2^t) + eps_root) + eps)
 
-    Kingma and Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015
-    (Algorithm 1).
+    With `nesterov` (NAdam), `m_t / (1 - b1^t)` becomes
+    `b1 * m_t / (1 - b1^(t+1)) + (1 - b1) * g_t / (1 - b1^t)`: the momentum
+    looks one step ahead, as optax's `nesterov=True` (without Dozat's extra
+    factor `b2` on `v_t`).  Kingma and Ba, "Adam: A Method for Stochastic
+    Optimization", ICLR 2015 (Algorithm 1); Dozat, "Incorporating Nesterov
+    Momentum into Adam", ICLR 2016 workshop.
     """
     _validate.check_beta("b1", b1)
     _validate.check_beta("b2", b2)
     _validate.check_range("eps_root", eps_root, 0.0)
     _validate.check_denominator_eps(eps, eps_root, "eps_root")
+    nesterov = _validate.check_flag("nesterov", nesterov)
+
+    def update_fn(updates, state, params=None):
+        del params
+        count = safe_increment(state.count)
+        correction1 = 1 - b1**count
+        correction2 = 1 - b2**count
+        next_correction1 = 1 - b1 ** safe_increment(count)
+
+        def leaf(g, m, v):
+            m = (1 - b1) * g + b1 * m
+            v = (1 - b2) * (g**2) + b2 * v
+            if nesterov:
+                m_hat = b1 * (m / next_correction1.astype(m.dtype)) + (1 - b1) * (g / correction1.astype(g.dtype))
+            else:
+                m_hat = m / correction1.astype(m.dtype)
+            v_hat = v / correction2.astype(v.dtype)
+            return m_hat / (jnp.sqrt(v_hat + eps_root) + eps), m, v
+
+        updates, mu, nu = tree_map_multi(leaf, 3, updates, state.mu, state.nu)
+        return updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+    return GradientTransformation(_init_adam_state, update_fn)
+
+
+def scale_by_amsgrad(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    *,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+) -> GradientTransformation:
+    """AMSGrad: Adam divided by the largest second moment seen so far.
+
+        m_t = b1 * m_{t-1} + (1 - b1) * g_t,      m^_t = m_t / (1 - b1^t)
+        v_t = b2 * v_{t-1} + (1 - b2) * g_t^2,    v^_t = v_t / (1 - b2^t)
+        w_t = max(w_{t-1}, v^_t),                 w_0 = 0
+        u_t = m^_t / (sqrt(w_t + eps_root) + eps)
+
+    so a coordinate's step never grows because its gradients shrank.  The
+    paper corrects neither moment (`bias_correction_mu=False`,
+    `bias_correction_nu=False`); optax corrects both by default, and so does
+    this.  Reddi, Kale and Kumar, "On the Convergence of Adam and Beyond",
+    ICLR 2018.
+    """
+    _validate.check_beta("b1", b1)
+    _validate.check_beta("b2", b2)
+    _validate.check_range("eps_root", eps_root, 0.0)
+    _validate.check_denominator_eps(eps, eps_root, "eps_root")
+    correct_mu = _validate.check_flag("bias_correction_mu", bias_correction_mu)
+    correct_nu = _validate.check_flag("bias_correction_nu", bias_correction_nu)
 
     def init_fn(params):
-        mu, nu = tree_zeros_like(params), tree_zeros_like(params)
-        return ScaleByAdamState(count=zero_count(), mu=mu, nu=nu)
+        zeros = lambda: tree_zeros_like(params)
+        return ScaleByAmsgradState(count=zero_count(), mu=zeros(), nu=zeros(), nu_max=zeros())
 
     def update_fn(updates, state, params=None):
         del params
@@ -310,15 +390,80 @@ def scale_by_adam(
         correction1 = 1 - b1**count
         correction2 = 1 - b2**count
 
-        def leaf(g, m, v):
+        def leaf(g, m, v, v_max):
             m = (1 - b1) * g + b1 * m
             v = (1 - b2) * (g**2) + b2 * v
-            m_hat = m / correction1.astype(m.dtype)
-            v_hat = v / correction2.astype(v.dtype)
-            return m_hat / (jnp.sqrt(v_hat + eps_root) + eps), m, v
+            m_hat = m / correction1.astype(m.dtype) if correct_mu else m
+            v_max = jnp.maximum(v_max, v / correction2.astype(v.dtype) if correct_nu else v)
+            return m_hat / (jnp.sqrt(v_max + eps_root) + eps), m, v, v_max
+
+        updates, mu, nu, nu_max = tree_map_multi(leaf, 4, updates, state.mu, state.nu, state.nu_max)
+        return updates, ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_adamax(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+) -> GradientTransformation:
+    """AdaMax: Adam with the infinity norm of the gradients in place of the RMS.
+
+        m_t = b1 * m_{t-1} + (1 - b1) * g_t
+        v_t = max(|g_t| + eps, b2 * v_{t-1}),    v_0 = 0
+        u_t = (m_t / (1 - b1^t)) / v_t
+
+    `v_t` needs no bias correction.  `eps` inside the maximum (optax's place
+    for it) keeps a coordinate that has seen only zero gradients at 0 / eps
+    = 0, so it must be > 0.  Kingma and Ba, "Adam: A Method for Stochastic
+    Optimization", ICLR 2015 (Section 7.1, Algorithm 2).
+    """
+    _validate.check_beta("b1", b1)
+    _validate.check_beta("b2", b2)
+    _validate.check_denominator_eps(eps)
+
+    def update_fn(updates, state, params=None):
+        del params
+        count = safe_increment(state.count)
+        correction1 = 1 - b1**count
+
+        def leaf(g, m, v):
+            m = (1 - b1) * g + b1 * m
+            v = jnp.maximum(jnp.abs(g) + eps, b2 * v)
+            return (m / correction1.astype(m.dtype)) / v, m, v
 
         updates, mu, nu = tree_map_multi(leaf, 3, updates, state.mu, state.nu)
         return updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+    return GradientTransformation(_init_adam_state, update_fn)
+
+
+def scale_by_lion(b1: jax.typing.ArrayLike = 0.9, b2: jax.typing.ArrayLike = 0.99) -> GradientTransformation:
+    """Lion: the sign of an interpolation between momentum and gradient.
+
+        u_t = sign(b1 * m_{t-1} + (1 - b1) * g_t)
+        m_t = b2 * m_{t-1} + (1 - b2) * g_t
+
+    Every coordinate moves by exactly the learning rate (0 where the
+    interpolation is 0), so Lion's learning rate is typically 3-10 times
+    smaller than AdamW's.  Chen et al., "Symbolic Discovery of Optimization
+    Algorithms", NeurIPS 2023 (Program 1).
+    """
+    _validate.check_range("b1", b1, 0.0, 1.0)
+    _validate.check_beta("b2", b2)
+
+    def init_fn(params):
+        return ScaleByLionState(count=zero_count(), mu=tree_zeros_like(params))
+
+    def update_fn(updates, state, params=None):
+        del params
+
+        def leaf(g, m):
+            return jnp.sign((1.0 - b1) * g + b1 * m), (1 - b2) * g + b2 * m
+
+        updates, mu = tree_map_multi(leaf, 2, updates, state.mu)
+        return updates, ScaleByLionState(count=safe_increment(state.count), mu=mu)
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -413,6 +558,8 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> GradientTransformatio
 __all__ = [
     "ScaleByAdaDeltaState",
     "ScaleByAdamState",
+    "ScaleByAmsgradState",
+    "ScaleByLionState",
     "ScaleByRStdDevState",
     "ScaleByRmsState",
     "ScaleByRssState",
@@ -425,7 +572,10 @@ __all__ = [
     "scale",
     "scale_by_adadelta",
     "scale_by_adam",
+    "scale_by_adamax",
+    "scale_by_amsgrad",
     "scale_by_learning_rate",
+    "scale_by_lion",
     "scale_by_rms",
     "scale_by_rss",
     "scale_by_schedule",

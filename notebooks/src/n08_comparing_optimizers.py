@@ -182,7 +182,7 @@ CELLS = [
 
     1. Take an optimizer whose best rate was at the edge of its grid and search a wider one, e.g.
        `learning_rates={"adam": [1e-3, 3e-3, 1e-2, 3e-2], ...}`. Does its tuned accuracy, or its rank, change?
-    2. Add `"nesterov"` and `"optax.lion"` to the optimizers compared.
+    2. Add `"nesterov"`, `"lion"` and `"optax.lamb"` to the optimizers compared.
     3. Rerun with `seeds=5`. Which differences in the table are larger than the spread over seeds?
     """),
 ]
