@@ -35,7 +35,10 @@ CELLS = [
 
     In jdl each is a `GradientTransformation(init, update)`, the same interface as optax, built from small
     pieces (`trace`, `scale_by_rss`, `scale_by_rms`, `scale_by_adadelta`, `scale_by_adam`,
-    `scale_by_learning_rate`).
+    `scale_by_learning_rate`). Later refinements are built the same way: `adamw` (weight decay kept out of
+    the moments), `nadam` (Adam with Nesterov's look-ahead), `amsgrad` (dividing by the largest second
+    moment so far), `adamax` (the infinity norm instead of the RMS) and `lion` (the sign of a momentum: every
+    coordinate moves by the learning rate); `optim.get(name)` builds any of them by name.
 
     Sources: Ruder, "An overview of gradient descent optimization algorithms" (arXiv:1609.04747, 2016);
     Goodfellow et al., *Deep Learning* (2016), §8.3 and §8.5; Polyak, "Some methods of speeding up the
@@ -302,5 +305,8 @@ CELLS = [
        why does a per-coordinate step size help now and not before?
     3. Write Adam's update from the table in `jax.numpy` (state $m, v, t$) and check 10 steps against
        `optim.adam(1e-3)` on the MLP's parameters.
+    4. Add `"lion": (lambda lr: optim.lion(lr, weight_decay=0.0), 16)` to `OPTIMIZERS` and rerun the grid.
+       Every step of Lion moves each coordinate by exactly the learning rate: where does that help, and
+       where does it keep Lion from settling at the minimum?
     """),
 ]
