@@ -383,7 +383,8 @@ def numpy_run(name, hp, x, steps):
             b = b2 * b + (1 - b2) * g**2
             m_hat = b1 * a / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
             x = x - lr * m_hat / (np.sqrt(b / (1 - b2**t)) + eps)
-        elif name == "amsgrad":  # Reddi et al. 2018, Algorithm 2, with eps (and optax's bias corrections)
+        elif name == "amsgrad":  # Reddi et al. 2018, Algorithm 2 with a constant lr and b1, with eps (and optax's
+            # bias corrections unless turned off)
             b1, b2, eps = hp.get("b1", 0.9), hp.get("b2", 0.999), hp.get("eps", 1e-8)
             corrected = hp.get("bias_correction_mu", True)
             a = b1 * a + (1 - b1) * g
@@ -417,7 +418,8 @@ def numpy_run(name, hp, x, steps):
         ("amsgrad", jo.amsgrad, dict(learning_rate=0.02)),
         ("amsgrad", jo.amsgrad, dict(learning_rate=0.02, bias_correction_mu=False, bias_correction_nu=False)),
         ("adamax", jo.adamax, dict(learning_rate=0.02)),
-        ("lion", jo.lion, dict(learning_rate=0.01)),
+        # lr 0.05 and b2 0.5: signs flip within 20 steps, so a wrong or missing momentum changes the result
+        ("lion", jo.lion, dict(learning_rate=0.05, b1=0.9, b2=0.5)),
     ],
     ids=str,
 )

@@ -303,10 +303,10 @@ INVALID = [
     lambda: jo.amsgrad(0.1, eps_root=-1e-8),
     lambda: jo.amsgrad(0.1, bias_correction_nu="no"),
     lambda: jo.adamax(0.1, b1=-0.5),
-    lambda: jo.adamax(0.1, b2=1.0),
+    lambda: jo.adamax(0.1, b2=1.5),
     lambda: jo.adamax(0.1, eps=-1e-8),
     lambda: jo.lion(0.1, b1=1.5),
-    lambda: jo.lion(0.1, b2=1.0),
+    lambda: jo.lion(0.1, b2=-0.1),
     lambda: jo.lion(0.1, weight_decay=-1e-3),
     lambda: jo.adam(0.1, b1=math.nan),
     lambda: jo.clip_by_global_norm(0.0),
@@ -431,7 +431,9 @@ def test_boundary_hyperparameters_are_accepted():
     jo.sgd(jnp.float32(0.1), momentum=0.0)
     jo.adagrad(0.1, initial_accumulator_value=0.0)
     jo.lion(0.1, b1=1.0, b2=0.0)  # b1 = 1: the sign of the momentum alone
+    jo.lion(0.1, b1=0.0, b2=1.0)  # nothing is divided by 1 - b^t: sign descent
     jo.adamax(0.1, b1=0.0, b2=0.0)
+    jo.adamax(0.1, b2=1.0)  # a running maximum that never decays
 
 
 VMAPPED = {

@@ -333,7 +333,7 @@ def scale_by_adam(
         count = safe_increment(state.count)
         correction1 = 1 - b1**count
         correction2 = 1 - b2**count
-        next_correction1 = 1 - b1 ** safe_increment(count)
+        next_correction1 = 1 - b1 ** safe_increment(count) if nesterov else None
 
         def leaf(g, m, v):
             m = (1 - b1) * g + b1 * m
@@ -414,13 +414,16 @@ def scale_by_adamax(
         v_t = max(|g_t| + eps, b2 * v_{t-1}),    v_0 = 0
         u_t = (m_t / (1 - b1^t)) / v_t
 
-    `v_t` needs no bias correction.  `eps` inside the maximum (optax's place
-    for it) keeps a coordinate that has seen only zero gradients at 0 / eps
-    = 0, so it must be > 0.  Kingma and Ba, "Adam: A Method for Stochastic
-    Optimization", ICLR 2015 (Section 7.1, Algorithm 2).
+    `v_t` needs no bias correction, so `b2 = 1` (a running maximum that
+    never decays) is allowed.  `eps` inside the maximum (optax's place for
+    it) keeps a coordinate that has seen only zero gradients at 0 / eps = 0,
+    so it must be > 0 (and representable in the parameters' dtype: float16
+    rounds the default 1e-8 to 0, and 0 / 0 is NaN, as in optax).  Kingma
+    and Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015 (Section
+    7.1, Algorithm 2).
     """
     _validate.check_beta("b1", b1)
-    _validate.check_beta("b2", b2)
+    _validate.check_range("b2", b2, 0.0, 1.0)
     _validate.check_denominator_eps(eps)
 
     def update_fn(updates, state, params=None):
@@ -447,11 +450,13 @@ def scale_by_lion(b1: jax.typing.ArrayLike = 0.9, b2: jax.typing.ArrayLike = 0.9
 
     Every coordinate moves by exactly the learning rate (0 where the
     interpolation is 0), so Lion's learning rate is typically 3-10 times
-    smaller than AdamW's.  Chen et al., "Symbolic Discovery of Optimization
-    Algorithms", NeurIPS 2023 (Program 1).
+    smaller than AdamW's.  Nothing is divided by `1 - b1^t` or `1 - b2^t`,
+    so both may be 1 (`b1 = 1`: the sign of the momentum alone; `b2 = 1`: a
+    momentum that stays 0, sign descent).  Chen et al., "Symbolic Discovery
+    of Optimization Algorithms", NeurIPS 2023 (Program 1).
     """
     _validate.check_range("b1", b1, 0.0, 1.0)
-    _validate.check_beta("b2", b2)
+    _validate.check_range("b2", b2, 0.0, 1.0)
 
     def init_fn(params):
         return ScaleByLionState(count=zero_count(), mu=tree_zeros_like(params))

@@ -152,7 +152,10 @@ CELLS = [
     for problem, (f, start, minimum, steps, _, (xlim, ylim)) in PROBLEMS.items():
         xs, ys = np.meshgrid(np.linspace(*xlim, 200), np.linspace(*ylim, 200))
         zs = np.asarray(jax.vmap(f)(jnp.stack([xs.ravel(), ys.ravel()], 1))).reshape(xs.shape)
-        fig, axes = plt.subplots(2, 4, figsize=(13, 6.3), sharex=True, sharey=True, dpi=80)
+        columns = -(-len(OPTIMIZERS) // 2)  # two rows, however many optimizers
+        fig, axes = plt.subplots(2, columns, figsize=(3.25 * columns, 6.3), sharex=True, sharey=True, dpi=80)
+        for ax in axes.flat[len(OPTIMIZERS):]:
+            ax.axis("off")
         for ax, name in zip(axes.flat, OPTIMIZERS):
             lr, path, final = best[problem, name]
             ax.contour(xs, ys, zs, levels=np.logspace(-1.5, np.log10(zs.max()), 14), cmap="viridis", linewidths=0.7)
