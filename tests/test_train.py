@@ -970,7 +970,9 @@ def test_resuming_without_a_checkpoint_or_beyond_its_epochs_says_so(tmp_path):
 def test_a_batch_not_divisible_by_the_devices_trains_on_one_with_a_warning(monkeypatch):
     from jdl.train.engine import Placement
 
-    monkeypatch.setattr(jax, "local_devices", lambda: [jax.devices()[0]] * 8)
+    one = jax.devices()[0]
+    monkeypatch.setattr(jax, "devices", lambda: [one] * 8)
+    monkeypatch.setattr(jax, "local_devices", lambda: [one] * 8)
     with pytest.warns(UserWarning, match=r"batch_size 100 is not divisible by the 8 local devices: training on one"):
         placement = Placement(100, "auto")
     assert placement.num_devices == 1
@@ -1010,6 +1012,78 @@ def test_eight_cpu_devices_train_to_the_same_parameters_as_one():
     for mode in ("stream", "scan"):
         for name in one[mode]:
             np.testing.assert_allclose(eight[mode][name], one[mode][name], rtol=1e-4, atol=1e-5)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(tmp_path):
+    """Two hosts simulated on the CPU: two processes joined by
+    ``jax.distributed.initialize`` (gloo collectives), two devices each, one
+    mesh over the four.  Each process trains with the same loader and places
+    its own devices' part of every batch; both end with the parameters of one
+    process on one device (stream and scan engines), the first process alone
+    writes the checkpoint, and processes holding different data are refused."""
+    script = textwrap.dedent("""
+        import json, sys
+        import jax, numpy as np
+        process, port, folder = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+        if port != "none":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+            jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=process)
+        import jdl.data
+        from jdl import losses, models, optim, train
+        out = {"devices": len(jax.devices()), "local": len(jax.local_devices())}
+        for mode in ("stream", "scan"):
+            loader = jdl.data.load("mnist_sample", split="train", batch_size=64, shuffle=True, seed=0)
+            test = jdl.data.load("mnist_sample", split="test", batch_size=100)
+            result = train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
+                               mode=mode, eval_data=test, progress=False, checkpoint_dir=f"{folder}/{mode}")
+            out[mode] = {k: np.asarray(v).tolist() for k, v in result.params["dense_1"].items()}
+            out[mode]["test_loss"] = result.history[-1]["test_loss"]
+            out[mode + "_devices"] = len(result.params["dense_1"]["w"].sharding.device_set)  # trained on
+        if port != "none":
+            loader = jdl.data.load("mnist_sample", split="train", batch_size=64, shuffle=True, seed=process)
+            try:
+                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
+                          progress=False)
+            except ValueError as error:
+                out["refused"] = str(error)
+        print(json.dumps(out))
+    """)
+    port = _free_port()
+
+    def launch(process, port, devices, folder):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+        return subprocess.Popen([sys.executable, "-c", script, str(process), str(port), str(folder)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    def result(popen):
+        stdout, stderr = popen.communicate(timeout=300)
+        assert popen.returncode == 0, stderr[-3000:]
+        return json.loads(stdout.strip().splitlines()[-1])
+
+    joined = [launch(process, port, 2, tmp_path / "two") for process in (0, 1)]
+    first, second = (result(popen) for popen in joined)
+    alone = result(launch(0, "none", 1, tmp_path / "one"))
+    assert (first["devices"], first["local"], alone["devices"]) == (4, 2, 1)
+    for mode in ("stream", "scan"):
+        # one computation over the four devices (not each process training alone on its two)
+        assert first[mode + "_devices"] == second[mode + "_devices"] == 4
+        assert first[mode] == second[mode]  # every process holding its result
+        for name in alone[mode]:
+            np.testing.assert_allclose(first[mode][name], alone[mode][name], rtol=1e-4, atol=1e-5)
+        saved = checkpoint.load_raw(tmp_path / "two" / mode)["params"]["dense_1"]["w"]
+        np.testing.assert_array_equal(np.asarray(saved), np.asarray(first[mode]["w"], np.float32))
+        assert [p.name for p in (tmp_path / "two" / mode).iterdir()] == ["checkpoint.msgpack"]
+    for out in (first, second):
+        assert "each must hold the same training and evaluation data" in out["refused"]
+        assert "[[0, 64, 4000, 1, 1," in out["refused"] and "[1, 64, 4000, 1, 1," in out["refused"]
 
 
 def test_auto_mode_scans_jdl_convolutions_on_the_cpu_but_not_xla_ones():

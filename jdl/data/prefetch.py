@@ -45,8 +45,9 @@ whole split on the device (`Loader.arrays()` + `Loader.permutation(epoch)`,
 With several devices the batch axis is split across them
 (`NamedSharding(Mesh(devices, ('data',)), P('data'))`): each device holds
 B / n examples and a jitted step runs data-parallel. The batch size must then
-be a multiple of the device count (use drop_remainder=True). This is for one
-process; multi-host input pipelines are not handled.
+be a multiple of the device count (use drop_remainder=True). A sharding over
+several hosts' devices (``jax.distributed``) works when every process
+iterates the same loader: each places its own devices' part of every batch.
 
 The loader's position (`state_dict()`) runs ahead of the consumer by the
 batches in flight, at most `(size + 2) * chunk` (the chunk being handed
@@ -99,6 +100,31 @@ def data_sharding(devices=None):
 
     devices = list(devices) if devices is not None else jax.local_devices()
     return NamedSharding(Mesh(np.array(devices), ("data",)), PartitionSpec("data"))
+
+
+def put(tree, sharding):
+    """``jax.device_put(tree, sharding)``, also where the sharding spans
+    several processes' devices (several hosts, ``jax.distributed``): there
+    each process places its own devices' parts of its host copy, which must
+    hold the same values in every process (``device_put`` would check that
+    with a gather of every array across processes; ``fit`` checks its data
+    once instead).  Key arrays go as their key data."""
+    import jax
+
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+    return jax.tree_util.tree_map(lambda leaf: _put_parts(leaf, sharding), tree)
+
+
+def _put_parts(leaf, sharding):
+    """One array on a sharding over several processes' devices, from this process's copy."""
+    import jax
+
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        data = _put_parts(jax.random.key_data(leaf), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def _resolve(sharding):
@@ -214,9 +240,9 @@ class _Feeder:
     def _send(self, batches: list) -> bool:
         jax = self._jax
         if len(batches) == 1 and not self._stack:
-            placed = [jax.device_put(batches[0], self._sharding)]
+            placed = [put(batches[0], self._sharding)]
         else:
-            stacked = jax.device_put(jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches), self._stacked)
+            stacked = put(jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches), self._stacked)
             placed = [stacked] if self._stack else _splitter(len(batches))(stacked)
         return self._put(list(placed))
 
@@ -278,7 +304,6 @@ class _Feeder:
     def _run_loader(self, loader) -> None:
         from jdl.data.loader import _to_float  # the Loader's conversion of images to float32
 
-        jax = self._jax
         images, labels = loader.stored()
         table = None
         if images.dtype == np.uint8:
@@ -288,7 +313,7 @@ class _Feeder:
                 from jax.sharding import NamedSharding, PartitionSpec
 
                 replicated = NamedSharding(replicated.mesh, PartitionSpec())
-            table = jax.device_put(table_host, replicated)
+            table = put(table_host, replicated)
 
         def send(pending, target) -> bool:
             count, size = len(pending), len(pending[0])
@@ -301,7 +326,7 @@ class _Feeder:
             if table is None:  # uint8 images are converted on the device, through the table
                 x = _to_float(x)
             y = np.take(labels, order, axis=0).reshape(full, size)
-            x, y = jax.device_put(x, self._stacked), jax.device_put(y, self._stacked)
+            x, y = put(x, self._stacked), put(y, self._stacked)
             if self._stack:
                 return self._put([_loader_splitter(None, table is not None)(x, y, table)])
             return self._put(_loader_splitter(full, table is not None)(x, y, table)[:count])

@@ -34,6 +34,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jdl.data.prefetch import put
 from jdl.train.step import Carry, all_finite, step_key
 
 # A device transform gets its own key, folded from the step's key.
@@ -92,14 +93,16 @@ def choose_mode(mode: str, *, has_conv: bool, has_host_transform: bool, data_byt
 
 
 class Placement:
-    """Where arrays live: one device, or a data-parallel mesh over all local
-    devices (batch sharded along its first axis, everything else replicated)."""
+    """Where arrays live: one device, or a data-parallel mesh over all devices
+    (batch sharded along its first axis, everything else replicated): the
+    local ones, or with several processes (``jax.distributed``) every
+    process's, each process placing its own devices' parts (``prefetch.put``)."""
 
     def __init__(self, batch_size: int, data_parallel: bool | str = "auto"):
-        devices = jax.local_devices()
+        devices = jax.devices()  # in one process, its local devices
         use_mesh = len(devices) > 1 and data_parallel is not False
         if use_mesh and batch_size % len(devices):
-            if data_parallel is True:
+            if data_parallel is True or jax.process_count() > 1:  # several processes: each alone would diverge
                 raise ValueError(
                     f"data-parallel training over {len(devices)} devices needs a batch size divisible by "
                     f"{len(devices)}; got batch_size={batch_size}"
@@ -117,15 +120,15 @@ class Placement:
             self.replicated = NamedSharding(mesh, PartitionSpec())
             self.batch = NamedSharding(mesh, PartitionSpec("data"))
         else:
-            self.replicated = self.batch = jax.sharding.SingleDeviceSharding(devices[0])
+            self.replicated = self.batch = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def replicate(self, tree: Any) -> Any:
-        return jax.device_put(tree, self.replicated)
+        return put(tree, self.replicated)
 
     def shard_batch(self, batch: dict) -> dict:
         size = len(next(iter(batch.values())))
         sharding = self.batch if size % self.num_devices == 0 else self.replicated
-        return jax.device_put(batch, sharding)
+        return put(batch, sharding)
 
     def constrain_batch(self, batch: dict) -> dict:
         if self.num_devices == 1:

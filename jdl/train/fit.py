@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -311,8 +312,13 @@ def fit(
     good parameters.  With several local devices, batches are sharded over
     them (data parallel, parameters replicated; with ``data_parallel='auto'``
     a batch size that is not a multiple of the device count trains on one
-    device, with a warning; ``True`` makes that an error); for several hosts call
-    ``jax.distributed.initialize()`` first and give each host its shard.
+    device, with a warning; ``True`` makes that an error).  For several hosts,
+    call ``jax.distributed.initialize()`` in every process and run the same
+    script with the same loader in each: the mesh spans every process's
+    devices, each process places its own devices' part of each batch (a
+    ValueError before training unless the processes hold the same data and
+    loader; a batch size not divisible by the device count is an error there),
+    and the first process writes the checkpoints and shows the progress bar.
     ``stop_when(record)`` is asked after each epoch's record (e.g.
     ``lambda r: r['test_accuracy'] >= 0.92``) and ends training early when true.
     """
@@ -357,6 +363,7 @@ def fit(
                                          eval_batch_size)  # fmt: skip
         eval_images, eval_labels = placement.replicate(eval_arrays)  # host arrays: no program
         lowered_eval = _lowered_evaluation(model, loss_fn, carry_shapes, eval_images, eval_labels, eval_batch_size)
+    _check_same_data_everywhere(loader, eval_arrays if eval_data is not None else ())
     runner = EpochRunner(run, loader, placement, mode, carry_shapes, key_shape)  # the scan epoch lowered
     compile_began = time.perf_counter()
     start_program, eval_fn = _compile_side_by_side(lowered_start, "cpu" if host else None, lowered_eval, runner)
@@ -373,12 +380,14 @@ def fit(
     def save(epoch: int, step: int, carry: Carry, partial: dict):
         if checkpoint_dir is None:
             return None
+        if jax.process_index() != 0:  # several processes hold the same carry: the first writes it
+            return ckpt.checkpoint_path(checkpoint_dir)
         return ckpt.save(checkpoint_dir, _payload(carry, epoch, step, seed, loader, history, partial))
 
     def result(carry: Carry) -> TrainResult:
         return TrainResult(carry.params, carry.state, carry.opt_state, history)
 
-    bar = _progress(range(start.epoch, epochs), progress, epochs, start.epoch)
+    bar = _progress(range(start.epoch, epochs), progress and jax.process_index() == 0, epochs, start.epoch)
     epoch = start.epoch
     interrupts = DeferredInterrupts()
     runner.at_safe_point = interrupts.check  # after each step of the stream engine
@@ -597,6 +606,28 @@ def _check_restored(directory, like: dict, restored: dict) -> None:
             if expected.get(path) != found.get(path):
                 raise ValueError(f"fit: the checkpoint in {directory} does not fit this model and optimizer: "
                                  f"{path} is {found.get(path, 'missing')} there, {expected.get(path, 'absent')} here")
+
+
+def _check_same_data_everywhere(loader, eval_arrays: tuple) -> None:
+    """With several processes (``jax.distributed``): a ValueError unless every
+    process holds the same training and evaluation data and loader (seed,
+    batch size, ...).  Each process places only its own devices' part of
+    every batch, so different data would train on a mixture, silently.  One
+    gather of a few numbers: the loader's identity and a CRC-32 of each array."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    arrays = (*loader.stored(), *eval_arrays)
+    fingerprint = [*_loader_identity(loader).values(), *(zlib.crc32(np.ascontiguousarray(a).data) for a in arrays)]
+    gathered = np.asarray(multihost_utils.process_allgather(np.asarray(fingerprint, np.uint32)))  # all < 2**32
+    if not (gathered == gathered[0]).all():
+        raise ValueError(
+            f"fit: with {jax.process_count()} processes, each must hold the same training and evaluation data and "
+            "the same loader (seed, batch size, shuffling): each places its own devices' part of every batch. "
+            f"Process {jax.process_index()} holds {fingerprint}, the processes' (seed, batch_size, num_examples, "
+            f"shuffle, drop_remainder, CRC-32 of each array) are {gathered.tolist()}"
+        )
 
 
 def _loader_identity(loader) -> dict[str, int]:

@@ -134,7 +134,7 @@ class EpochRunner:
         program)."""
         if self.mode == "scan" and first_step == 0:
             return self.carry
-        return jax.device_put(self.carry, may_alias=False)
+        return jax.device_put(self.carry, self.placement.replicated, may_alias=False)  # also across processes
 
     def train_epoch(self, epoch: int, first_step: int = 0) -> None:
         """Run ``epoch`` from ``first_step``; the metrics stay on the device in ``pending``."""
