@@ -234,6 +234,9 @@ def run(
     if not is_int(epochs) or epochs < 1:
         raise ValueError(f"epochs must be a positive int; got {epochs!r}")
     epochs = int(epochs)
+    if jax.process_count() > 1:  # it places everything on this process's first device
+        raise ValueError(f"compare.run trains on one process's devices; this is one of {jax.process_count()} "
+                         "processes (jax.distributed): run the comparison in a single process")  # fmt: skip
     if isinstance(optimizers, str):
         raise ValueError(f"optimizers must be a list of names, e.g. [{optimizers!r}]; got the string {optimizers!r}")
     if not optimizers:

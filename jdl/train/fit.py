@@ -318,7 +318,10 @@ def fit(
     devices, each process places its own devices' part of each batch (a
     ValueError before training unless the processes hold the same data and
     loader; a batch size not divisible by the device count is an error there),
-    and the first process writes the checkpoints and shows the progress bar.
+    and the first process writes the checkpoints and shows the progress bar
+    (put ``checkpoint_dir`` on a filesystem every host sees, for ``resume``).
+    Ctrl-C stops cleanly only when it reaches every process; the accelerator
+    stream engine across processes is tested only in chunks (its default).
     ``stop_when(record)`` is asked after each epoch's record (e.g.
     ``lambda r: r['test_accuracy'] >= 0.92``) and ends training early when true.
     """
@@ -363,7 +366,8 @@ def fit(
                                          eval_batch_size)  # fmt: skip
         eval_images, eval_labels = placement.replicate(eval_arrays)  # host arrays: no program
         lowered_eval = _lowered_evaluation(model, loss_fn, carry_shapes, eval_images, eval_labels, eval_batch_size)
-    _check_same_data_everywhere(loader, eval_arrays if eval_data is not None else ())
+    _check_same_data_everywhere(loader, eval_arrays if eval_data is not None else (),
+                                (seed, epochs, ("auto", "stream", "scan").index(mode), bool(resume)))
     runner = EpochRunner(run, loader, placement, mode, carry_shapes, key_shape)  # the scan epoch lowered
     compile_began = time.perf_counter()
     start_program, eval_fn = _compile_side_by_side(lowered_start, "cpu" if host else None, lowered_eval, runner)
@@ -608,25 +612,31 @@ def _check_restored(directory, like: dict, restored: dict) -> None:
                                  f"{path} is {found.get(path, 'missing')} there, {expected.get(path, 'absent')} here")
 
 
-def _check_same_data_everywhere(loader, eval_arrays: tuple) -> None:
+def _check_same_data_everywhere(loader, eval_arrays: tuple, arguments: tuple) -> None:
     """With several processes (``jax.distributed``): a ValueError unless every
     process holds the same training and evaluation data and loader (seed,
-    batch size, ...).  Each process places only its own devices' part of
-    every batch, so different data would train on a mixture, silently.  One
-    gather of a few numbers: the loader's identity and a CRC-32 of each array."""
+    batch size, ...) and passed the same ``arguments`` (fit's seed, epochs,
+    mode, resume: a process that stopped sooner would leave the others
+    waiting).  Each process places only its own devices' part of every
+    batch, so different data would train on a mixture, silently.  One gather
+    of a few numbers: the loader's identity, a CRC-32 of each array, the
+    arguments."""
     if jax.process_count() == 1:
         return
     from jax.experimental import multihost_utils
 
     arrays = (*loader.stored(), *eval_arrays)
-    fingerprint = [*_loader_identity(loader).values(), *(zlib.crc32(np.ascontiguousarray(a).data) for a in arrays)]
+    fingerprint = [*_loader_identity(loader).values(), *(zlib.crc32(np.ascontiguousarray(a).data) for a in arrays),
+                   *(int(a) for a in arguments)]
     gathered = np.asarray(multihost_utils.process_allgather(np.asarray(fingerprint, np.uint32)))  # all < 2**32
     if not (gathered == gathered[0]).all():
         raise ValueError(
-            f"fit: with {jax.process_count()} processes, each must hold the same training and evaluation data and "
-            "the same loader (seed, batch size, shuffling): each places its own devices' part of every batch. "
+            f"fit: with {jax.process_count()} processes, each must hold the same training and evaluation data, "
+            "the same loader (seed, batch size, shuffling) and the same fit arguments: each places its own "
+            "devices' part of every batch. "
             f"Process {jax.process_index()} holds {fingerprint}, the processes' (seed, batch_size, num_examples, "
-            f"shuffle, drop_remainder, CRC-32 of each array) are {gathered.tolist()}"
+            f"shuffle, drop_remainder, CRC-32 of each array, fit's seed, epochs, mode, resume) are "
+            f"{gathered.tolist()}"
         )
 
 

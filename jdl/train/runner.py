@@ -115,7 +115,8 @@ class EpochRunner:
     def _compiled_step(self, batch: dict, stacked: bool = False) -> Callable:
         """The compiled step for ``batch``'s shapes, or with ``stacked`` the
         compiled scan over a chunk of batches (``engine.stream_chunk``)."""
-        signature = (stacked, *((k, v.shape) for k, v in batch.items()))
+        # the sharding too: a resumed epoch's last batch comes sharded, the scan epoch's replicated
+        signature = (stacked, *((k, v.shape, getattr(v, "sharding", None)) for k, v in batch.items()))
         if signature not in self._steps:
             program = stream_chunk(self.run, self.placement) if stacked else stream_step(self.run)
             lowered = program.lower(self.carry, batch, self.base_key, 0, 0, 0)
