@@ -296,6 +296,14 @@ def scale_by_adadelta(rho: jax.typing.ArrayLike = 0.9, eps: jax.typing.ArrayLike
     return GradientTransformation(init_fn, update_fn)
 
 
+def _check_adam_hyperparameters(b1, b2, eps, eps_root) -> None:
+    """Adam's and AMSGrad's: betas in [0, 1), eps_root >= 0, and eps > 0 unless eps_root is."""
+    _validate.check_beta("b1", b1)
+    _validate.check_beta("b2", b2)
+    _validate.check_range("eps_root", eps_root, 0.0)
+    _validate.check_denominator_eps(eps, eps_root, "eps_root")
+
+
 def _init_adam_state(params: Params) -> ScaleByAdamState:
     """Adam's and AdaMax's first state: count 0, both moments 0."""
     return ScaleByAdamState(count=zero_count(), mu=tree_zeros_like(params), nu=tree_zeros_like(params))
@@ -322,10 +330,7 @@ def scale_by_adam(
     Optimization", ICLR 2015 (Algorithm 1); Dozat, "Incorporating Nesterov
     Momentum into Adam", ICLR 2016 workshop.
     """
-    _validate.check_beta("b1", b1)
-    _validate.check_beta("b2", b2)
-    _validate.check_range("eps_root", eps_root, 0.0)
-    _validate.check_denominator_eps(eps, eps_root, "eps_root")
+    _check_adam_hyperparameters(b1, b2, eps, eps_root)
     nesterov = _validate.check_flag("nesterov", nesterov)
 
     def update_fn(updates, state, params=None):
@@ -373,10 +378,7 @@ def scale_by_amsgrad(
     this.  Reddi, Kale and Kumar, "On the Convergence of Adam and Beyond",
     ICLR 2018.
     """
-    _validate.check_beta("b1", b1)
-    _validate.check_beta("b2", b2)
-    _validate.check_range("eps_root", eps_root, 0.0)
-    _validate.check_denominator_eps(eps, eps_root, "eps_root")
+    _check_adam_hyperparameters(b1, b2, eps, eps_root)
     correct_mu = _validate.check_flag("bias_correction_mu", bias_correction_mu)
     correct_nu = _validate.check_flag("bias_correction_nu", bias_correction_nu)
 
