@@ -1022,6 +1022,32 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _launch(script: str, args: tuple, devices: int) -> subprocess.Popen:
+    """``python -c script *args`` on ``devices`` CPU devices."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _results(processes: list, timeout: float = 150) -> list:
+    """The JSON line each process printed last; every process is killed when
+    one fails or hangs (a process left waiting in a collective would not end)."""
+    try:
+        out = []
+        for process in processes:
+            try:
+                stdout, stderr = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                pytest.fail(f"a process did not finish in {timeout} s:\n" + process.communicate()[1][-3000:])
+            assert process.returncode == 0, stderr[-3000:]
+            out.append(json.loads(stdout.strip().splitlines()[-1]))
+        return out
+    finally:
+        for process in processes:
+            process.kill()
+
+
 def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(tmp_path):
     """Two hosts simulated on the CPU: two processes joined by
     ``jax.distributed.initialize`` (gloo collectives), two devices each, one
@@ -1057,20 +1083,8 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
         print(json.dumps(out))
     """)
     port = _free_port()
-
-    def launch(process, port, devices, folder):
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-        return subprocess.Popen([sys.executable, "-c", script, str(process), str(port), str(folder)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-
-    def result(popen):
-        stdout, stderr = popen.communicate(timeout=300)
-        assert popen.returncode == 0, stderr[-3000:]
-        return json.loads(stdout.strip().splitlines()[-1])
-
-    joined = [launch(process, port, 2, tmp_path / "two") for process in (0, 1)]
-    first, second = (result(popen) for popen in joined)
-    alone = result(launch(0, "none", 1, tmp_path / "one"))
+    first, second = _results([_launch(script, (process, port, tmp_path / "two"), 2) for process in (0, 1)])
+    (alone,) = _results([_launch(script, (0, "none", tmp_path / "one"), 1)])
     assert (first["devices"], first["local"], alone["devices"]) == (4, 2, 1)
     for mode in ("stream", "scan"):
         # one computation over the four devices (not each process training alone on its two)
@@ -1084,6 +1098,60 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
     for out in (first, second):
         assert "each must hold the same training and evaluation data" in out["refused"]
         assert "[[0, 64, 4000, 1, 1," in out["refused"] and "[1, 64, 4000, 1, 1," in out["refused"]
+
+
+def test_the_prefetching_thread_starts_no_program_over_several_processes():
+    """Several hosts, the stream engine's accelerator path (taken on the CPU,
+    one device a process): its feeding thread places, converts and splits
+    each device's part on that device alone, so ``jax.thread_guard``, which
+    refuses a program over several processes started from another thread
+    (those must start in the same order in every process, jax's concurrency
+    docs), lets it train; in chunks of steps and one step a call, to the one
+    device's parameters; and ``prefetch_to_device`` over any iterable."""
+    script = textwrap.dedent("""
+        import json, sys
+        import jax, numpy as np
+        process, port = int(sys.argv[1]), sys.argv[2]
+        if port != "none":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+            jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=process)
+        import jdl.data
+        from jdl import losses, models, optim, train
+        from jdl.data.prefetch import data_sharding, prefetch_to_device
+        runner = sys.modules["jdl.train.runner"]
+        init = runner.EpochRunner.__init__
+
+        def on_accelerator(self, *args, **kwargs):  # as on a GPU: batches prefetched by a thread
+            init(self, *args, **kwargs)
+            self._on_accelerator = True
+
+        runner.EpochRunner.__init__ = on_accelerator
+        out = {}
+        for chunk in (8, 0):  # 250 steps: 50 chunks of 5; one step a call
+            train.engine.STREAM_CHUNK = chunk
+            loader = jdl.data.load("mnist_sample", split="train", batch_size=16, shuffle=True, seed=0,
+                                   drop_remainder=True)
+            with jax.thread_guard(True):
+                result = train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader,
+                                   epochs=1, mode="stream", progress=False)
+            out[str(chunk)] = np.asarray(result.params["dense_1"]["w"]).tolist()
+        host = [{"x": np.arange(i, i + 24, dtype=np.float32).reshape(8, 3)} for i in range(10)]
+        with jax.thread_guard(True):
+            placed = list(prefetch_to_device(iter(host), sharding=data_sharding(jax.devices()), chunk=4))
+        out["placed"] = [len(batch["x"].sharding.device_set) for batch in placed]
+        out["values"] = all(np.array_equal(shard.data, batch["x"][shard.index])
+                            for placed_batch, batch in zip(placed, host)
+                            for shard in placed_batch["x"].addressable_shards)
+        print(json.dumps(out))
+    """)
+    port = _free_port()
+    first, second = _results([_launch(script, (process, port), 1) for process in (0, 1)])
+    (alone,) = _results([_launch(script, (0, "none"), 1)])
+    for out in (first, second):
+        assert out["placed"] == [2] * 10 and out["values"]
+        for chunk in ("8", "0"):
+            np.testing.assert_allclose(out[chunk], alone[chunk], rtol=1e-4, atol=1e-5)
+    assert first["8"] == second["8"] and first["0"] == second["0"]
 
 
 def test_auto_mode_scans_jdl_convolutions_on_the_cpu_but_not_xla_ones():

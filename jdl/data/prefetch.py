@@ -47,7 +47,11 @@ With several devices the batch axis is split across them
 B / n examples and a jitted step runs data-parallel. The batch size must then
 be a multiple of the device count (use drop_remainder=True). A sharding over
 several hosts' devices (``jax.distributed``) works when every process
-iterates the same loader: each places its own devices' part of every batch.
+iterates the same loader: each places its own devices' part of every batch,
+and the feeding thread converts and splits each device's part on that device
+alone (a program over several processes' devices must start in the same
+order in every process; launched from this thread beside the training
+steps it would not, and the processes waited on each other).
 
 The loader's position (`state_dict()`) runs ahead of the consumer by the
 batches in flight, at most `(size + 2) * chunk` (the chunk being handed
@@ -125,6 +129,37 @@ def _put_parts(leaf, sharding):
         return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
     host = np.asarray(leaf)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _apply_by_device(fn, args: tuple, in_sharding, out_sharding, extra: Callable = lambda device: ()):
+    """``fn(*args)`` on ``out_sharding`` without a program that spans
+    processes: each of this process's devices runs ``fn`` on its own part of
+    the host ``args`` (pytrees of arrays, split by ``in_sharding``) and on
+    ``*extra(device)``, and the parts make the global arrays.
+
+    For ``fn`` that maps each device's slice of the inputs to that device's
+    slice of the outputs (indexing stacked batches, a lookup per element).
+    With several processes every process must launch the programs that span
+    them in one order (jax's multi-process docs); the feeding thread's
+    programs, launched beside the training steps, would interleave
+    differently in each process, and the processes waited on each other.
+    Programs on one device take no part in that order."""
+    import jax
+
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    leaves = [np.asarray(leaf) for leaf in leaves]
+    indices = [in_sharding.addressable_devices_indices_map(leaf.shape) for leaf in leaves]
+    devices, outputs = list(indices[0]), []
+    for device in devices:
+        local = jax.tree_util.tree_unflatten(treedef, [jax.device_put(leaf[index[device]], device)
+                                                       for leaf, index in zip(leaves, indices)])
+        outputs.append(fn(*local, *extra(device)))
+    shapes = jax.eval_shape(fn, *jax.tree_util.tree_unflatten(treedef, leaves), *extra(devices[0]))
+    shape_leaves, out_treedef = jax.tree_util.tree_flatten(shapes)
+    parts = [jax.tree_util.tree_leaves(out) for out in outputs]
+    return jax.tree_util.tree_unflatten(out_treedef, [
+        jax.make_array_from_single_device_arrays(shape.shape, out_sharding, [part[i] for part in parts])
+        for i, shape in enumerate(shape_leaves)])
 
 
 def _resolve(sharding):
@@ -225,6 +260,8 @@ class _Feeder:
         self._jax, self._loader, self._source, self._chunk = jax, loader, source, chunk
         self._sharding, self._stacked, self._num_shards = sharding, stacked, num_shards
         self._queue, self._stop, self._stack = out, stop, stack
+        # over several processes' devices: no program from this thread may span them (_apply_by_device)
+        self._by_device = stacked is not None and not stacked.is_fully_addressable
 
     def _check(self, tree) -> None:
         if self._num_shards == 1:
@@ -240,11 +277,14 @@ class _Feeder:
     def _send(self, batches: list) -> bool:
         jax = self._jax
         if len(batches) == 1 and not self._stack:
-            placed = [put(batches[0], self._sharding)]
-        else:
-            stacked = put(jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches), self._stacked)
-            placed = [stacked] if self._stack else _splitter(len(batches))(stacked)
-        return self._put(list(placed))
+            return self._put([put(batches[0], self._sharding)])
+        host = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches)
+        if self._stack:
+            return self._put([put(host, self._stacked)])
+        split = _splitter(len(batches))
+        if self._by_device:
+            return self._put(_apply_by_device(split, (host,), self._stacked, self._sharding))
+        return self._put(split(put(host, self._stacked)))
 
     def _put(self, item) -> bool:
         while not self._stop.is_set():
@@ -308,12 +348,16 @@ class _Feeder:
         table = None
         if images.dtype == np.uint8:
             table_host = _to_float(np.arange(256, dtype=np.uint8))
-            replicated = self._stacked
-            if hasattr(replicated, "mesh"):
-                from jax.sharding import NamedSharding, PartitionSpec
+            if self._by_device:
+                table = {device: self._jax.device_put(table_host, device)
+                         for device in self._stacked.addressable_devices}  # fmt: skip
+            else:
+                replicated = self._stacked
+                if hasattr(replicated, "mesh"):
+                    from jax.sharding import NamedSharding, PartitionSpec
 
-                replicated = NamedSharding(replicated.mesh, PartitionSpec())
-            table = put(table_host, replicated)
+                    replicated = NamedSharding(replicated.mesh, PartitionSpec())
+                table = put(table_host, replicated)
 
         def send(pending, target) -> bool:
             count, size = len(pending), len(pending[0])
@@ -326,10 +370,14 @@ class _Feeder:
             if table is None:  # uint8 images are converted on the device, through the table
                 x = _to_float(x)
             y = np.take(labels, order, axis=0).reshape(full, size)
-            x, y = put(x, self._stacked), put(y, self._stacked)
-            if self._stack:
-                return self._put([_loader_splitter(None, table is not None)(x, y, table)])
-            return self._put(_loader_splitter(full, table is not None)(x, y, table)[:count])
+            split = _loader_splitter(None if self._stack else full, table is not None)
+            if self._by_device:
+                out_sharding = self._stacked if self._stack else self._sharding
+                placed = _apply_by_device(split, (x, y), self._stacked, out_sharding,
+                                          lambda device: (table[device] if table else None,))  # fmt: skip
+            else:
+                placed = split(put(x, self._stacked), put(y, self._stacked), table)
+            return self._put([placed] if self._stack else placed[:count])
 
         def signature(indices):
             self._check({"label": indices})

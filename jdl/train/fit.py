@@ -320,8 +320,11 @@ def fit(
     loader; a batch size not divisible by the device count is an error there),
     and the first process writes the checkpoints and shows the progress bar
     (put ``checkpoint_dir`` on a filesystem every host sees, for ``resume``).
-    Ctrl-C stops cleanly only when it reaches every process; the accelerator
-    stream engine across processes is tested only in chunks (its default).
+    Ctrl-C stops cleanly only when it reaches every process.  The accelerator
+    stream engine's prefetching thread starts no program over several
+    processes (``jax.thread_guard(True)`` lets ``fit`` run); on the CPU it is
+    tested with one device a process (with two, XLA's CPU collectives hung
+    with several steps in flight, as a plain jitted loop's do).
     ``stop_when(record)`` is asked after each epoch's record (e.g.
     ``lambda r: r['test_accuracy'] >= 0.92``) and ends training early when true.
     """
