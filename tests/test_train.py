@@ -983,6 +983,9 @@ def test_a_batch_not_divisible_by_the_devices_trains_on_one_with_a_warning(monke
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert Placement(100, False).num_devices == 1
+    for wrong in (0, 1, "yes", None):
+        with pytest.raises(ValueError, match=rf"data_parallel must be True, False or 'auto'; got {wrong!r}"):
+            Placement(96, wrong)
 
 
 def test_eight_cpu_devices_train_to_the_same_parameters_as_one():
@@ -1054,7 +1057,8 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
     mesh over the four.  Each process trains with the same loader and places
     its own devices' part of every batch; both end with the parameters of one
     process on one device (stream and scan engines), the first process alone
-    writes the checkpoint, and processes holding different data are refused."""
+    writes the checkpoint, and processes holding different data, or asked to
+    train separately (``data_parallel=False``), are refused."""
     script = textwrap.dedent("""
         import json, sys
         import jax, numpy as np
@@ -1080,6 +1084,11 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
                           progress=False)
             except ValueError as error:
                 out["refused"] = str(error)
+            try:
+                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
+                          progress=False, data_parallel=False)
+            except ValueError as error:
+                out["separate"] = str(error)
         print(json.dumps(out))
     """)
     port = _free_port()
@@ -1096,6 +1105,8 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
         np.testing.assert_array_equal(np.asarray(saved), np.asarray(first[mode]["w"], np.float32))
         assert [p.name for p in (tmp_path / "two" / mode).iterdir()] == ["checkpoint.msgpack"]
     for out in (first, second):
+        assert "data_parallel=False with 2 processes (jax.distributed) would train 2 separate copies" in (
+            out["separate"])
         assert "each must hold the same training and evaluation data" in out["refused"]
         assert "[[0, 64, 4000, 1, 1," in out["refused"] and "[1, 64, 4000, 1, 1," in out["refused"]
 

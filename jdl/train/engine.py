@@ -99,10 +99,19 @@ class Placement:
     process's, each process placing its own devices' parts (``prefetch.put``)."""
 
     def __init__(self, batch_size: int, data_parallel: bool | str = "auto"):
+        if not (isinstance(data_parallel, bool) or (isinstance(data_parallel, str) and data_parallel == "auto")):
+            raise ValueError(f"data_parallel must be True, False or 'auto'; got {data_parallel!r}")
+        processes = jax.process_count()
+        if data_parallel is False and processes > 1:
+            raise ValueError(
+                f"data_parallel=False with {processes} processes (jax.distributed) would train {processes} "
+                "separate copies, of which the first process alone writes checkpoints: use data_parallel=True "
+                "or 'auto' to train one model over every process's devices, or run one process"
+            )
         devices = jax.devices()  # in one process, its local devices
         use_mesh = len(devices) > 1 and data_parallel is not False
         if use_mesh and batch_size % len(devices):
-            if data_parallel is True or jax.process_count() > 1:  # several processes: each alone would diverge
+            if data_parallel is True or processes > 1:  # several processes: each alone would diverge
                 raise ValueError(
                     f"data-parallel training over {len(devices)} devices needs a batch size divisible by "
                     f"{len(devices)}; got batch_size={batch_size}"

@@ -317,8 +317,9 @@ def fit(
     script with the same loader in each: the mesh spans every process's
     devices, each process places its own devices' part of each batch (a
     ValueError before training unless the processes hold the same data and
-    loader; a batch size not divisible by the device count is an error there),
-    and the first process writes the checkpoints and shows the progress bar
+    loader; a batch size not divisible by the device count, or
+    ``data_parallel=False``, is an error there), and the first process
+    writes the checkpoints and shows the progress bar
     (put ``checkpoint_dir`` on a filesystem every host sees, for ``resume``).
     Ctrl-C stops cleanly only when it reaches every process.  The accelerator
     stream engine's prefetching thread starts no program over several
