@@ -115,12 +115,13 @@ def _batch(p: Preset, batch_size: int, n: int) -> int:
 def full_batch_chunk(n: int) -> int | None:
     """The chunk a full-batch step over ``n`` examples sums its gradient in:
     the largest divisor of ``n`` from ``FULL_BATCH_CHUNK / 4`` to
-    ``FULL_BATCH_CHUNK`` (3,600 examples: 900; 60,000: 1,000), or None (one
-    pass over all ``n``) when none divides it (73,257: 3 x 24,419) or ``n``
-    is no larger than a chunk."""
+    ``FULL_BATCH_CHUNK`` (3,600 examples: 900; 60,000: 1,000), so every chunk
+    runs one compiled program; where none divides it (73,257: 3 x 24,419),
+    ``FULL_BATCH_CHUNK`` and a smaller last chunk (73 of 1,000 and one of
+    257); None (one pass over all ``n``) when ``n`` is no larger than a chunk."""
     if n <= FULL_BATCH_CHUNK:
         return None
-    return largest_divisor(n, FULL_BATCH_CHUNK // 4, FULL_BATCH_CHUNK)
+    return largest_divisor(n, FULL_BATCH_CHUNK // 4, FULL_BATCH_CHUNK) or FULL_BATCH_CHUNK
 
 
 def _train(model, loss_fn, configs, images, labels, eval_images, eval_labels, permutation, epochs, batch_size,

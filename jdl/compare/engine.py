@@ -290,27 +290,42 @@ class ChunkedSteps(NamedTuple):
     """A full-batch step of every group as a host loop of compiled calls:
     ``start(carries) -> totals``; ``accumulate(totals, carries, images,
     labels, chunk_orders, base_keys, epoch, index, chunk) -> totals`` adds one
-    chunk (``chunk_orders[g]`` is ``(runs, chunk size)`` indices);
-    ``apply(carries, totals, lrs, global_step) -> (carries, losses)`` takes
-    the step with the mean gradient, as ``train_step(microbatch=...)`` does in
-    one program."""
+    chunk (``chunk_orders[g]`` is ``(runs, chunk size)`` indices), and
+    ``accumulate_last`` the last, smaller chunk, weighted by its size (None
+    when the chunks divide the batch); ``apply(carries, totals, lrs,
+    global_step) -> (carries, losses)`` takes the step with the mean
+    gradient, as ``train_step(microbatch=...)`` does in one program."""
 
     start: Callable
     accumulate: Callable
     apply: Callable
+    accumulate_last: Callable | None = None
 
 
-def chunked_steps(model, loss_fn, makes: list[Callable], chunks: int, strategy: str) -> ChunkedSteps:
-    """``ChunkedSteps`` for batches of ``chunks`` chunks, with the keys
+def chunked_steps(model, loss_fn, makes: list[Callable], chunks: int, strategy: str,
+                  last: float = 0.0) -> ChunkedSteps:  # fmt: skip
+    """``ChunkedSteps`` for batches of ``chunks`` chunks and, with ``last``,
+    a smaller last one (``last``: its size over a chunk's), with the keys
     ``train_step``'s accumulation uses (``chunk_key(step key, chunk)``)."""
     add = add_chunk(model, loss_fn)
 
-    def one_add(totals, params, chunk, base_key, epoch, index, number):
-        return add(totals, params, chunk, chunk_key(step_key(base_key, epoch, index), number))
+    def accumulating(weight: float | None) -> Callable:
+        def one_add(totals, params, chunk, base_key, epoch, index, number):
+            return add(totals, params, chunk, chunk_key(step_key(base_key, epoch, index), number), weight)
 
-    add_run = _per_run(one_add, strategy, batched=4)
+        add_run = _per_run(one_add, strategy, batched=4)
+
+        def accumulate(totals, carries, images, labels, chunk_orders, base_keys, epoch, index, number):
+            return tuple(
+                add_run(t, c.params, {"image": images[idx], "label": labels[idx]}, keys, epoch, index, number)
+                for t, c, idx, keys in zip(totals, carries, chunk_orders, base_keys)
+            )
+
+        return jax.jit(accumulate, donate_argnums=0)
+
+    count = chunks + last if last else chunks
     updates = [_per_run(lambda carry, lr, totals, global_step, make=make: update_step(make(lr), guard=False)(
-        carry, mean_of_totals(totals, chunks), global_step), strategy, batched=3) for make in makes]  # fmt: skip
+        carry, mean_of_totals(totals, count), global_step), strategy, batched=3) for make in makes]  # fmt: skip
 
     def start(carries):
         return tuple(
@@ -320,17 +335,12 @@ def chunked_steps(model, loss_fn, makes: list[Callable], chunks: int, strategy: 
             for c in carries
         )  # fmt: skip
 
-    def accumulate(totals, carries, images, labels, chunk_orders, base_keys, epoch, index, number):
-        return tuple(
-            add_run(t, c.params, {"image": images[idx], "label": labels[idx]}, keys, epoch, index, number)
-            for t, c, idx, keys in zip(totals, carries, chunk_orders, base_keys)
-        )
-
     def apply(carries, totals, lrs, global_step):
         stepped = [update(c, lr, t, global_step) for update, c, lr, t in zip(updates, carries, lrs, totals)]
         return tuple(c for c, _ in stepped), tuple(m["loss"][None] for _, m in stepped)
 
-    return ChunkedSteps(jax.jit(start), jax.jit(accumulate, donate_argnums=0), jax.jit(apply, donate_argnums=0))
+    return ChunkedSteps(jax.jit(start), accumulating(None), jax.jit(apply, donate_argnums=0),
+                        accumulating(last) if last else None)  # fmt: skip
 
 
 def group_evaluator(model, loss_fn, batch_size: int, strategy: str = "vmap") -> Callable:
@@ -363,11 +373,16 @@ def evaluate_groups(evaluator, carries, images, labels, batch_size: int) -> list
 
 def _chunked_step(fns: ChunkedSteps, carries, lrs, images, labels, orders, base_keys, epoch: int, index: int,
                   global_step: int, size: int):  # fmt: skip
-    """One full-batch step of every group, a chunk of ``size`` examples per call."""
+    """One full-batch step of every group, a chunk of ``size`` examples per
+    call (the last one smaller where ``size`` does not divide the batch)."""
     totals = fns.start(carries)
-    for number in range(orders[0].shape[-1] // size):
+    count = orders[0].shape[-1] // size
+    for number in range(count):
         chunk_orders = tuple(np.ascontiguousarray(o[index, :, number * size : (number + 1) * size]) for o in orders)
         totals = fns.accumulate(totals, carries, images, labels, chunk_orders, base_keys, epoch, index, number)
+    if fns.accumulate_last is not None:
+        chunk_orders = tuple(np.ascontiguousarray(o[index, :, count * size :]) for o in orders)
+        totals = fns.accumulate_last(totals, carries, images, labels, chunk_orders, base_keys, epoch, index, count)
     return fns.apply(carries, totals, lrs, global_step)
 
 
@@ -419,17 +434,20 @@ def train_cluster(
     # Runs of one seed see the same batches (``cluster_epoch``'s ``shared``); taking turns, nothing to share.
     shared = tuple(strategy == "vmap" and len(g.seeds) > 1 and bool(np.all(g.seeds == g.seeds[0])) for g in groups)
     began = time.perf_counter()
-    chunks = batch_size // microbatch if microbatch and batch_size > microbatch and batch_size % microbatch == 0 else 0
+    chunks, rest = divmod(batch_size, microbatch) if microbatch and batch_size > microbatch else (0, 0)
     host_chunks = chunks and strategy == "unroll" and not use_scan
     if host_chunks:
-        steps_fns = chunked_steps(model, loss_fn, makes, chunks, strategy)
+        steps_fns = chunked_steps(model, loss_fn, makes, chunks, strategy, rest / microbatch)
         totals = jax.eval_shape(steps_fns.start, carries)
-        chunk_shapes = tuple(jax.ShapeDtypeStruct((len(g.seeds), microbatch), jnp.int32) for g in groups)
+
+        def compiled_for(fn, size):  # chunks of ``size`` examples
+            shapes = tuple(jax.ShapeDtypeStruct((len(g.seeds), size), jnp.int32) for g in groups)
+            return fn.lower(totals, carries, device_images, device_labels, shapes, base_keys, 0, 0, 0).compile()
+
         compiled = ChunkedSteps(
-            steps_fns.start.lower(carries).compile(),
-            steps_fns.accumulate.lower(totals, carries, device_images, device_labels, chunk_shapes, base_keys,
-                                       0, 0, 0).compile(),
+            steps_fns.start.lower(carries).compile(), compiled_for(steps_fns.accumulate, microbatch),
             steps_fns.apply.lower(carries, totals, lrs, 0).compile(),
+            compiled_for(steps_fns.accumulate_last, rest) if rest else None,
         )  # fmt: skip
     elif use_scan:
         fn = cluster_epoch(model, loss_fn, makes, use_scan, microbatch, strategy, shared)

@@ -106,12 +106,17 @@ def objective(model: Layer, loss_fn: LossFn) -> Callable:
 
 
 def add_chunk(model: Layer, loss_fn: LossFn) -> Callable:
-    """``add(totals, params, chunk, key) -> totals`` with one more chunk's
-    loss, accuracy and gradient (for gradients accumulated over chunks)."""
+    """``add(totals, params, chunk, key, weight=None) -> totals`` with one
+    more chunk's loss, accuracy and gradient (for gradients accumulated over
+    chunks); a ``weight`` (a smaller last chunk's size over a full chunk's)
+    scales its three means."""
     value_and_grad = jax.value_and_grad(objective(model, loss_fn), has_aux=True)
 
-    def add(totals: Totals, params, chunk: Batch, key: jax.Array) -> Totals:
+    def add(totals: Totals, params, chunk: Batch, key: jax.Array, weight: float | None = None) -> Totals:
         (loss, (acc, new_state)), grads = value_and_grad(params, totals.state, chunk, key)
+        if weight is not None:
+            loss, acc = loss * weight, acc * weight
+            grads = jax.tree_util.tree_map(lambda g: g * weight, grads)
         return Totals(new_state, totals.loss + loss, totals.accuracy + acc,
                       jax.tree_util.tree_map(jnp.add, totals.grads, grads))  # fmt: skip
 
@@ -124,21 +129,29 @@ def chunk_key(key: jax.Array, chunk: int | jax.Array) -> jax.Array:
 
 
 def _accumulated(add: Callable, microbatch: int) -> Callable:
-    """``(loss, (accuracy, state)), grads`` averaged over equal chunks of
+    """``(loss, (accuracy, state)), grads`` averaged over chunks of
     ``microbatch`` examples, computed one chunk at a time in a ``lax.scan``
-    (for full-batch gradient descent on a large training set)."""
+    (for full-batch gradient descent on a large training set).  A batch that
+    ``microbatch`` does not divide ends with a smaller chunk of ``rest``
+    examples, weighted ``rest / microbatch``, so the mean is over examples:
+    ``(sum_i microbatch * mean_i + rest * mean_last) / size``."""
 
     def run(params, state, batch, key):
         size = batch["label"].shape[0]
-        count = size // microbatch
-        chunks = jax.tree_util.tree_map(lambda a: a.reshape(count, microbatch, *a.shape[1:]), batch)
+        count, rest = divmod(size, microbatch)
+        head = batch if rest == 0 else jax.tree_util.tree_map(lambda a: a[: count * microbatch], batch)
+        chunks = jax.tree_util.tree_map(lambda a: a.reshape(count, microbatch, *a.shape[1:]), head)
 
         def body(totals, xs):
             chunk, index = xs
             return add(totals, params, chunk, chunk_key(key, index)), None
 
         totals, _ = lax.scan(body, empty_totals(params, state), (chunks, jnp.arange(count)))
-        return mean_of_totals(totals, count)
+        if rest == 0:
+            return mean_of_totals(totals, count)
+        last = jax.tree_util.tree_map(lambda a: a[count * microbatch :], batch)
+        totals = add(totals, params, last, chunk_key(key, count), rest / microbatch)
+        return mean_of_totals(totals, count + rest / microbatch)
 
     return run
 
@@ -169,10 +182,11 @@ def train_step(
     caller finds the first non-finite loss among the per-step losses
     (``first_non_finite``).  ``fit`` uses that fast step and, if an epoch went
     bad, replays it with the guarded one.
-    With ``microbatch``, a batch larger than that (and a multiple of it) has
-    its gradient accumulated over chunks of ``microbatch`` examples, which
-    keeps full-batch gradient descent within memory; the update is the same
-    (up to rounding) for models without batch statistics.
+    With ``microbatch``, a batch larger than that has its gradient
+    accumulated over chunks of ``microbatch`` examples (the last one smaller
+    where ``microbatch`` does not divide the batch), which keeps full-batch
+    gradient descent within memory; the update is the same (up to rounding)
+    for models without batch statistics.
     """
     value_and_grad = jax.value_and_grad(objective(model, loss_fn), has_aux=True)
     update = update_step(optimizer, guard=guard)
@@ -180,7 +194,7 @@ def train_step(
     def step(carry: Carry, batch: Batch, key: jax.Array, global_step: jax.Array) -> tuple[Carry, dict]:
         gradient = value_and_grad
         size = batch["label"].shape[0]
-        if microbatch is not None and size > microbatch and size % microbatch == 0:
+        if microbatch is not None and size > microbatch:
             gradient = _accumulated(add_chunk(model, loss_fn), microbatch)
         return update(carry, gradient(carry.params, carry.state, batch, key), global_step)
 
