@@ -46,7 +46,7 @@ def test_vmapped_group_gives_the_same_curves_as_separate_runs():
         == {(r["optimizer"], tuple(e["time_s"] for e in r["epochs"])) for r in result.runs if r["seed"] == 1}
 
 
-def test_full_batch_steps_sum_their_gradient_in_chunks_that_divide_the_split(monkeypatch):
+def test_full_batch_steps_sum_their_gradient_in_chunks_of_at_most_a_thousand(monkeypatch):
     """gd over the search's 3,600 examples was one pass over all of them (1,000 does not divide 3,600); it
     is 4 chunks of 900, and 4 of 1,000 over the whole 4,000."""
     seen, real = [], jdl.compare.train_cluster
@@ -58,7 +58,9 @@ def test_full_batch_steps_sum_their_gradient_in_chunks_that_divide_the_split(mon
     monkeypatch.setattr(jdl.compare, "train_cluster", spy)
     jdl.compare.run("mnist_sample", "mlp", ["gd"], seeds=1, epochs=1, learning_rates=[0.1, 0.5], progress=False)
     assert seen == [(3600, 900), (4000, 1000)]
-    assert [jdl.compare.full_batch_chunk(n) for n in (1000, 60000, 51000, 73257)] == [None, 1000, 1000, 1000]
+    # no divisor from 250 to 1,000: chunks of about one size (73,257 = 73 x 990 + 987; 1,009 = 505 + 504)
+    sizes = [jdl.compare.full_batch_chunk(n) for n in (1000, 60000, 51000, 73257, 1009)]
+    assert sizes == [None, 1000, 1000, 990, 505]
 
 
 def test_a_batch_larger_than_what_trains_is_refused_in_the_comparisons_terms():
@@ -642,9 +644,11 @@ def test_full_batch_steps_of_a_cnn_match_optax_on_the_whole_batch(strategy, micr
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
-def test_full_batch_chunks_thread_batch_norm_state_the_same_in_a_host_loop_as_in_a_scan():
+@pytest.mark.parametrize("microbatch", [32, 40])
+def test_full_batch_chunks_thread_batch_norm_state_the_same_in_a_host_loop_as_in_a_scan(microbatch):
     """With model state (BatchNorm statistics) threaded through the chunks, the
-    CPU's host loop of chunk calls ends where the in-program scan does."""
+    CPU's host loop of chunk calls ends where the in-program scan does; also
+    through a last, smaller chunk (96 = 2 x 40 + 16)."""
     import jax
 
     from jdl import nn
@@ -659,7 +663,7 @@ def test_full_batch_chunks_thread_batch_norm_state_the_same_in_a_host_loop_as_in
     for strategy in ("unroll", "vmap"):
         out = train_cluster(model, losses.cross_entropy, [group], batch_size=96, images=images, labels=labels,
                             permutation=lambda seed, epoch: np.random.default_rng([seed, epoch]).permutation(96),
-                            epochs=2, eval_images=images, eval_labels=labels, use_scan=False, microbatch=32,
+                            epochs=2, eval_images=images, eval_labels=labels, use_scan=False, microbatch=microbatch,
                             strategy=strategy)
         ends.append(out["carries"][0])
     assert jax.tree_util.tree_leaves(ends[0].state)  # the statistics are there and were threaded

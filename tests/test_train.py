@@ -983,8 +983,8 @@ def test_a_batch_not_divisible_by_the_devices_trains_on_one_with_a_warning(monke
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert Placement(100, False).num_devices == 1
-    for wrong in (0, 1, "yes", None):
-        with pytest.raises(ValueError, match=rf"data_parallel must be True, False or 'auto'; got {wrong!r}"):
+    for wrong, error in ((0, TypeError), (1, TypeError), (None, TypeError), ("yes", ValueError)):
+        with pytest.raises(error, match=rf"fit: data_parallel must be True, False or 'auto'; got {wrong!r}"):
             Placement(96, wrong)
 
 
@@ -1026,29 +1026,49 @@ def _free_port() -> int:
 
 
 def _launch(script: str, args: tuple, devices: int) -> subprocess.Popen:
-    """``python -c script *args`` on ``devices`` CPU devices."""
+    """``python -c script *args`` on ``devices`` CPU devices, its output into
+    temporary files (a pipe nobody reads while another process is awaited
+    could fill and stop it)."""
+    import tempfile
+
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    process = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], env=env, stdout=out, stderr=err,
+                               text=True)  # fmt: skip
+    process.out, process.err = out, err
+    return process
 
 
 def _results(processes: list, timeout: float = 150) -> list:
-    """The JSON line each process printed last; every process is killed when
-    one fails or hangs (a process left waiting in a collective would not end)."""
+    """The JSON line each process printed last.  The first process to fail
+    is reported (the others, left waiting in a collective, would only time
+    out), and every process is killed when one fails or hangs."""
+    import time
+
+    def output(process, name):
+        stream = getattr(process, name)
+        stream.seek(0)
+        return stream.read()
+
+    deadline = time.monotonic() + timeout
     try:
-        out = []
-        for process in processes:
-            try:
-                stdout, stderr = process.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                pytest.fail(f"a process did not finish in {timeout} s:\n" + process.communicate()[1][-3000:])
-            assert process.returncode == 0, stderr[-3000:]
-            out.append(json.loads(stdout.strip().splitlines()[-1]))
-        return out
+        while any(process.poll() is None for process in processes):
+            failed = [process for process in processes if process.poll() not in (None, 0)]
+            if failed:
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"the processes did not finish in {timeout} s:\n"
+                            + "\n".join(output(process, "err")[-2000:] for process in processes))  # fmt: skip
+            time.sleep(0.05)
+        failed = [process for process in processes if process.poll() not in (None, 0)]
+        assert not failed, f"a process failed:\n{output(failed[0], 'err')[-3000:]}"
+        return [json.loads(output(process, "out").strip().splitlines()[-1]) for process in processes]
     finally:
         for process in processes:
             process.kill()
+            process.wait()
+            process.out.close()
+            process.err.close()
 
 
 def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(tmp_path):
@@ -1105,7 +1125,7 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
         np.testing.assert_array_equal(np.asarray(saved), np.asarray(first[mode]["w"], np.float32))
         assert [p.name for p in (tmp_path / "two" / mode).iterdir()] == ["checkpoint.msgpack"]
     for out in (first, second):
-        assert "data_parallel=False with 2 processes (jax.distributed) would train 2 separate copies" in (
+        assert "fit: data_parallel=False with 2 processes (jax.distributed) would train 2 separate copies" in (
             out["separate"])
         assert "each must hold the same training and evaluation data" in out["refused"]
         assert "[[0, 64, 4000, 1, 1," in out["refused"] and "[1, 64, 4000, 1, 1," in out["refused"]

@@ -117,11 +117,18 @@ def full_batch_chunk(n: int) -> int | None:
     the largest divisor of ``n`` from ``FULL_BATCH_CHUNK / 4`` to
     ``FULL_BATCH_CHUNK`` (3,600 examples: 900; 60,000: 1,000), so every chunk
     runs one compiled program; where none divides it (73,257: 3 x 24,419),
-    ``FULL_BATCH_CHUNK`` and a smaller last chunk (73 of 1,000 and one of
-    257); None (one pass over all ``n``) when ``n`` is no larger than a chunk."""
+    the fewest chunks of at most ``FULL_BATCH_CHUNK`` made about equal (73
+    of 990 and a last one of 987, where chunks of 1,000 would leave 257, and
+    1,009 examples 505 and 504, not 1,000 and 9: a model's batch statistics
+    come from chunks of like size); None (one pass over all ``n``) when ``n``
+    is no larger than a chunk."""
     if n <= FULL_BATCH_CHUNK:
         return None
-    return largest_divisor(n, FULL_BATCH_CHUNK // 4, FULL_BATCH_CHUNK) or FULL_BATCH_CHUNK
+    divisor = largest_divisor(n, FULL_BATCH_CHUNK // 4, FULL_BATCH_CHUNK)
+    if divisor is not None:
+        return divisor
+    chunks = -(-n // FULL_BATCH_CHUNK)
+    return -(-n // chunks)
 
 
 def _train(model, loss_fn, configs, images, labels, eval_images, eval_labels, permutation, epochs, batch_size,

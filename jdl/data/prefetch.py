@@ -19,7 +19,8 @@ without a host transform it gathers them straight from the stored uint8
 images (a quarter of the bytes), transfers images and labels once per chunk,
 and on the device turns them into float32 through a 256-entry table computed
 by NumPy, so the values are bit for bit the host batches', and splits the
-chunk into batches with one jitted call. From any other iterable it stacks
+chunk into batches with one jitted call (one per local device across
+several processes, see below). From any other iterable it stacks
 the host batches and does the same without the conversion. The consumer
 still receives one batch at a time, in order. On the CPU backend (where a
 "transfer" is nearly free) `chunk` defaults to 1. Batches whose shape
@@ -51,7 +52,9 @@ iterates the same loader: each places its own devices' part of every batch,
 and the feeding thread converts and splits each device's part on that device
 alone (a program over several processes' devices must start in the same
 order in every process; launched from this thread beside the training
-steps it would not, and the processes waited on each other).
+steps it would not, and the processes waited on each other).  That costs a
+compilation per local device and chunk size, in the feeding thread, and a
+call per local device and chunk.
 
 The loader's position (`state_dict()`) runs ahead of the consumer by the
 batches in flight, at most `(size + 2) * chunk` (the chunk being handed
@@ -154,12 +157,23 @@ def _apply_by_device(fn, args: tuple, in_sharding, out_sharding, extra: Callable
         local = jax.tree_util.tree_unflatten(treedef, [jax.device_put(leaf[index[device]], device)
                                                        for leaf, index in zip(leaves, indices)])
         outputs.append(fn(*local, *extra(device)))
-    shapes = jax.eval_shape(fn, *jax.tree_util.tree_unflatten(treedef, leaves), *extra(devices[0]))
-    shape_leaves, out_treedef = jax.tree_util.tree_flatten(shapes)
+    given, given_treedef = jax.tree_util.tree_flatten((*jax.tree_util.tree_unflatten(treedef, leaves),
+                                                       *extra(devices[0])))
+    shape_leaves, out_treedef = _output_shapes(fn, given_treedef, tuple((x.shape, x.dtype) for x in given))
     parts = [jax.tree_util.tree_leaves(out) for out in outputs]
     return jax.tree_util.tree_unflatten(out_treedef, [
         jax.make_array_from_single_device_arrays(shape.shape, out_sharding, [part[i] for part in parts])
         for i, shape in enumerate(shape_leaves)])
+
+
+@functools.lru_cache(maxsize=64)
+def _output_shapes(fn, treedef, shapes: tuple) -> tuple:
+    """``fn``'s output leaves as ShapeDtypeStructs and their treedef, for
+    arguments of ``shapes`` (``(shape, dtype)`` leaves of ``treedef``)."""
+    import jax
+
+    args = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in shapes])
+    return jax.tree_util.tree_flatten(jax.eval_shape(fn, *args))
 
 
 def _resolve(sharding):

@@ -99,12 +99,14 @@ class Placement:
     process's, each process placing its own devices' parts (``prefetch.put``)."""
 
     def __init__(self, batch_size: int, data_parallel: bool | str = "auto"):
-        if not (isinstance(data_parallel, bool) or (isinstance(data_parallel, str) and data_parallel == "auto")):
-            raise ValueError(f"data_parallel must be True, False or 'auto'; got {data_parallel!r}")
+        if not isinstance(data_parallel, (bool, str)):
+            raise TypeError(f"fit: data_parallel must be True, False or 'auto'; got {data_parallel!r}")
+        if isinstance(data_parallel, str) and data_parallel != "auto":
+            raise ValueError(f"fit: data_parallel must be True, False or 'auto'; got {data_parallel!r}")
         processes = jax.process_count()
-        if data_parallel is False and processes > 1:
+        if data_parallel is False and processes > 1:  # (a process passing another value waits in fit's check)
             raise ValueError(
-                f"data_parallel=False with {processes} processes (jax.distributed) would train {processes} "
+                f"fit: data_parallel=False with {processes} processes (jax.distributed) would train {processes} "
                 "separate copies, of which the first process alone writes checkpoints: use data_parallel=True "
                 "or 'auto' to train one model over every process's devices, or run one process"
             )
