@@ -1071,6 +1071,57 @@ def _results(processes: list, timeout: float = 150) -> list:
             process.err.close()
 
 
+def test_a_scan_run_resumed_mid_epoch_on_two_devices_ends_as_the_uninterrupted_one(tmp_path):
+    """Two devices, a split of 41 batches of 96 and a last one of 64: a run
+    stopped by Ctrl-C after step 5 and resumed with ``mode='scan'`` streams
+    the rest of its first epoch (batches sharded over the devices, the last
+    one too) and scans the next (its last batch gathered from the resident,
+    replicated split); the step compiled for the sharded 64 was once reused
+    for the replicated one, and the call failed on their shardings."""
+    script = textwrap.dedent("""
+        import json, os, signal, sys
+        import jax, numpy as np
+        import jdl.data
+        from jdl import losses, models, optim, train
+        runner, folder = sys.modules["jdl.train.runner"], sys.argv[1]
+        compiled_step, calls = runner.EpochRunner._compiled_step, []
+
+        def interrupting(self, batch, stacked=False):  # Ctrl-C after the fifth step
+            step = compiled_step(self, batch, stacked)
+
+            def run(*args):
+                out = step(*args)
+                calls.append(1)
+                if len(calls) == 5:
+                    os.kill(os.getpid(), signal.SIGINT)
+                return out
+
+            return run
+
+        def fit(mode, **kwargs):
+            loader = jdl.data.load("mnist_sample", split="train", batch_size=96, shuffle=True, seed=0,
+                                   drop_remainder=False)
+            return train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=2,
+                             mode=mode, progress=False, **kwargs)
+
+        whole = fit("scan")
+        runner.EpochRunner._compiled_step = interrupting
+        try:
+            fit("stream", checkpoint_dir=folder)
+        except train.TrainingInterrupted:
+            pass
+        runner.EpochRunner._compiled_step = compiled_step
+        stopped = train.checkpoint.load_raw(folder)
+        resumed = fit("scan", checkpoint_dir=folder, resume=True)
+        print(json.dumps({"devices": len(jax.devices()), "stopped": [int(stopped["epoch"]), int(stopped["step"])],
+                          "whole": np.asarray(whole.params["dense_1"]["w"]).tolist(),
+                          "resumed": np.asarray(resumed.params["dense_1"]["w"]).tolist()}))
+    """)
+    (out,) = _results([_launch(script, (tmp_path,), 2)])
+    assert out["devices"] == 2 and out["stopped"] == [0, 5]
+    np.testing.assert_allclose(out["resumed"], out["whole"], rtol=1e-5, atol=1e-6)
+
+
 def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(tmp_path):
     """Two hosts simulated on the CPU: two processes joined by
     ``jax.distributed.initialize`` (gloo collectives), two devices each, one
