@@ -285,3 +285,67 @@ def test_batches_are_sharded_over_several_devices():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, env=env)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+def test_the_feeding_path_for_several_processes_places_what_the_one_process_path_does():
+    """Across processes the feeding thread runs one program over its own
+    process's devices and builds the global arrays from their parts
+    (``_apply_locally``).  Forced in one process of 4 CPU devices, it hands
+    out the batches of the usual path: the same values, dtypes and
+    shardings, over a 1-D mesh, a reversed one and a 2 x 2 one; uint8 and
+    float32 Loaders (a ramp of padded chunks and a last, smaller batch) and a
+    plain iterable; batch by batch and stacked.  A sharding that splits two
+    axes is refused (as the feeder starts)."""
+    code = textwrap.dedent("""
+        import jax, numpy as np
+        import jdl.data as jd
+        from jdl.data import prefetch
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        init = prefetch._Feeder.__init__
+
+        def forced(self, *args, **kwargs):  # as with a sharding over several processes
+            init(self, *args, **kwargs)
+            self._by_device = True
+
+        def batches(force, make, **kwargs):
+            prefetch._Feeder.__init__ = forced if force else init
+            try:
+                return [jax.tree_util.tree_leaves(b) for b in prefetch.prefetch_to_device(make(), **kwargs)]
+            finally:
+                prefetch._Feeder.__init__ = init
+
+        devices = jax.devices()
+        meshes = [Mesh(np.array(devices), ("data",)), Mesh(np.array(devices[::-1]), ("data",)),
+                  Mesh(np.array(devices).reshape(2, 2), ("data", "other"))]
+        rng = np.random.default_rng(0)
+        floats = rng.normal(size=(200, 4, 4, 1)).astype(np.float32), rng.integers(0, 10, 200).astype(np.int32)
+        sources = [
+            lambda: jd.load("mnist_sample", split="test", batch_size=48, shuffle=True, seed=1, drop_remainder=False),
+            lambda: jd.Loader(*floats, batch_size=8, seed=2, drop_remainder=False),
+            lambda: iter([{"x": np.arange(i, i + 24, dtype=np.float32).reshape(8, 3)} for i in range(11)]),
+        ]
+        checked = 0
+        for mesh in meshes:
+            sharding = NamedSharding(mesh, P("data"))
+            for make in sources:
+                for stack in (False, True):
+                    usual = batches(False, make, sharding=sharding, chunk=16, stack=stack)
+                    local = batches(True, make, sharding=sharding, chunk=16, stack=stack)
+                    assert len(usual) == len(local) > 0
+                    for a, b in zip(usual, local):
+                        for x, y in zip(a, b, strict=True):
+                            assert x.sharding == y.sharding and x.dtype == y.dtype, (x.sharding, y.sharding)
+                            assert np.array_equal(np.asarray(x), np.asarray(y))
+                            checked += 1
+        two_axes = NamedSharding(Mesh(np.array(devices).reshape(2, 2), ("a", "b")), P(None, "a", "b"))
+        try:  # what the feeder asks of a sharding over several processes as it starts
+            prefetch._split_axis(two_axes)
+        except ValueError as error:
+            assert "splits batches along one axis" in str(error), error
+        else:
+            raise AssertionError("a sharding over two axes was not refused")
+        print("ok", checked)
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

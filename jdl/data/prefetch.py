@@ -19,8 +19,7 @@ without a host transform it gathers them straight from the stored uint8
 images (a quarter of the bytes), transfers images and labels once per chunk,
 and on the device turns them into float32 through a 256-entry table computed
 by NumPy, so the values are bit for bit the host batches', and splits the
-chunk into batches with one jitted call (one per local device across
-several processes, see below). From any other iterable it stacks
+chunk into batches with one jitted call. From any other iterable it stacks
 the host batches and does the same without the conversion. The consumer
 still receives one batch at a time, in order. On the CPU backend (where a
 "transfer" is nearly free) `chunk` defaults to 1. Batches whose shape
@@ -52,9 +51,8 @@ iterates the same loader: each places its own devices' part of every batch,
 and the feeding thread converts and splits each device's part on that device
 alone (a program over several processes' devices must start in the same
 order in every process; launched from this thread beside the training
-steps it would not, and the processes waited on each other).  That costs a
-compilation per local device and chunk size, in the feeding thread, and a
-call per local device and chunk.
+steps it would not, and the processes waited on each other).  It does so in
+one program over a mesh of this process's own devices.
 
 The loader's position (`state_dict()`) runs ahead of the consumer by the
 batches in flight, at most `(size + 2) * chunk` (the chunk being handed
@@ -134,36 +132,84 @@ def _put_parts(leaf, sharding):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def _apply_by_device(fn, args: tuple, in_sharding, out_sharding, extra: Callable = lambda device: ()):
-    """``fn(*args)`` on ``out_sharding`` without a program that spans
-    processes: each of this process's devices runs ``fn`` on its own part of
-    the host ``args`` (pytrees of arrays, split by ``in_sharding``) and on
-    ``*extra(device)``, and the parts make the global arrays.
+def _apply_locally(fn, args: tuple, in_sharding, out_sharding, *local_args):
+    """``fn(*args, *local_args)`` on ``out_sharding`` without a program that
+    spans processes: one program over a mesh of this process's own devices
+    (``_local_mesh``), each device running ``fn`` on its own part of the host
+    ``args`` (pytrees of arrays, split by ``in_sharding`` along one axis)
+    and on the whole of ``local_args`` (placed by ``_local_replicated``);
+    the devices' parts of the outputs make the global arrays.
 
-    For ``fn`` that maps each device's slice of the inputs to that device's
-    slice of the outputs (indexing stacked batches, a lookup per element).
-    With several processes every process must launch the programs that span
-    them in one order (jax's multi-process docs); the feeding thread's
-    programs, launched beside the training steps, would interleave
-    differently in each process, and the processes waited on each other.
-    Programs on one device take no part in that order."""
+    For ``fn`` that maps each device's part of the inputs to that device's
+    part of the outputs (indexing stacked batches, a lookup per element).
+    With several processes every process must start the programs that span
+    them in one order (jax's concurrency docs); the feeding thread's,
+    started beside the training steps, would interleave differently in each
+    process, and the processes waited on each other.  A program on this
+    process's devices alone takes no part in that order."""
     import jax
+    from jax.sharding import NamedSharding
 
     leaves, treedef = jax.tree_util.tree_flatten(args)
     leaves = [np.asarray(leaf) for leaf in leaves]
-    indices = [in_sharding.addressable_devices_indices_map(leaf.shape) for leaf in leaves]
-    devices, outputs = list(indices[0]), []
-    for device in devices:
-        local = jax.tree_util.tree_unflatten(treedef, [jax.device_put(leaf[index[device]], device)
-                                                       for leaf, index in zip(leaves, indices)])
-        outputs.append(fn(*local, *extra(device)))
-    given, given_treedef = jax.tree_util.tree_flatten((*jax.tree_util.tree_unflatten(treedef, leaves),
-                                                       *extra(devices[0])))
-    shape_leaves, out_treedef = _output_shapes(fn, given_treedef, tuple((x.shape, x.dtype) for x in given))
-    parts = [jax.tree_util.tree_leaves(out) for out in outputs]
+    mesh = _local_mesh(in_sharding)
+    in_axis, out_axis = _split_axis(in_sharding), _split_axis(out_sharding)
+    parts = []  # each device's part, one after another along the split axis: the local mesh splits them again
+    for leaf in leaves:
+        index = in_sharding.addressable_devices_indices_map(leaf.shape)
+        parts.append(np.concatenate([leaf[index[device]] for device in mesh.devices.flat], axis=in_axis))
+    placed = jax.tree_util.tree_unflatten(treedef, jax.device_put(parts, NamedSharding(mesh, _split_spec(in_axis))))
+    program = _local_program(fn, mesh, len(args), len(local_args), in_axis, out_axis)
+    outputs = jax.tree_util.tree_leaves(program(*placed, *local_args))
+    given, given_treedef = jax.tree_util.tree_flatten((*jax.tree_util.tree_unflatten(treedef, leaves), *local_args))
+    shapes, out_treedef = _output_shapes(fn, given_treedef, tuple((x.shape, x.dtype) for x in given))
     return jax.tree_util.tree_unflatten(out_treedef, [
-        jax.make_array_from_single_device_arrays(shape.shape, out_sharding, [part[i] for part in parts])
-        for i, shape in enumerate(shape_leaves)])
+        jax.make_array_from_single_device_arrays(shape.shape, out_sharding, [s.data for s in out.addressable_shards])
+        for out, shape in zip(outputs, shapes, strict=True)])  # fmt: skip
+
+
+def _split_axis(sharding) -> int:
+    """The one axis ``sharding`` splits (0 when it splits none: each device's
+    part is then the whole, and the local mesh stacks the copies)."""
+    axes = [axis for axis, entry in enumerate(sharding.spec) if entry is not None]
+    if len(axes) > 1:
+        raise ValueError("prefetch_to_device over several processes' devices splits batches along one axis; "
+                         f"got a sharding that splits axes {axes}: {sharding.spec}")  # fmt: skip
+    return axes[0] if axes else 0
+
+
+def _split_spec(axis: int):
+    from jax.sharding import PartitionSpec
+
+    return PartitionSpec(*([None] * axis), "local")
+
+
+@functools.lru_cache(maxsize=16)
+def _local_mesh(sharding):
+    """A one-axis (``'local'``) mesh of ``sharding``'s devices in this process."""
+    from jax.sharding import Mesh
+
+    return Mesh(np.array(sorted(sharding.addressable_devices, key=lambda device: device.id)), ("local",))
+
+
+def _local_replicated(tree, sharding):
+    """``tree`` whole on every device of ``_local_mesh(sharding)``."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return jax.device_put(tree, NamedSharding(_local_mesh(sharding), PartitionSpec()))
+
+
+@functools.lru_cache(maxsize=64)
+def _local_program(fn, mesh, num_args: int, num_local: int, in_axis: int, out_axis: int):
+    """``fn`` jitted over ``mesh`` with ``shard_map``: its first ``num_args``
+    arguments split along ``in_axis``, the next ``num_local`` whole, its
+    outputs split along ``out_axis``."""
+    import jax
+    from jax.sharding import PartitionSpec
+
+    in_specs = (_split_spec(in_axis),) * num_args + (PartitionSpec(),) * num_local
+    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=_split_spec(out_axis)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -274,8 +320,10 @@ class _Feeder:
         self._jax, self._loader, self._source, self._chunk = jax, loader, source, chunk
         self._sharding, self._stacked, self._num_shards = sharding, stacked, num_shards
         self._queue, self._stop, self._stack = out, stop, stack
-        # over several processes' devices: no program from this thread may span them (_apply_by_device)
+        # over several processes' devices: no program from this thread may span them (_apply_locally)
         self._by_device = stacked is not None and not stacked.is_fully_addressable
+        if self._by_device:  # a sharding this cannot split: refused before any batch is taken
+            _split_axis(stacked), _split_axis(sharding)
 
     def _check(self, tree) -> None:
         if self._num_shards == 1:
@@ -297,7 +345,7 @@ class _Feeder:
             return self._put([put(host, self._stacked)])
         split = _splitter(len(batches))
         if self._by_device:
-            return self._put(_apply_by_device(split, (host,), self._stacked, self._sharding))
+            return self._put(_apply_locally(split, (host,), self._stacked, self._sharding))
         return self._put(split(put(host, self._stacked)))
 
     def _put(self, item) -> bool:
@@ -363,8 +411,7 @@ class _Feeder:
         if images.dtype == np.uint8:
             table_host = _to_float(np.arange(256, dtype=np.uint8))
             if self._by_device:
-                table = {device: self._jax.device_put(table_host, device)
-                         for device in self._stacked.addressable_devices}  # fmt: skip
+                table = _local_replicated(table_host, self._stacked)
             else:
                 replicated = self._stacked
                 if hasattr(replicated, "mesh"):
@@ -387,8 +434,7 @@ class _Feeder:
             split = _loader_splitter(None if self._stack else full, table is not None)
             if self._by_device:
                 out_sharding = self._stacked if self._stack else self._sharding
-                placed = _apply_by_device(split, (x, y), self._stacked, out_sharding,
-                                          lambda device: (table[device] if table else None,))  # fmt: skip
+                placed = _apply_locally(split, (x, y), self._stacked, out_sharding, table)
             else:
                 placed = split(put(x, self._stacked), put(y, self._stacked), table)
             return self._put([placed] if self._stack else placed[:count])
