@@ -1155,11 +1155,17 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
                           progress=False)
             except ValueError as error:
                 out["refused"] = str(error)
+            loader = jdl.data.load("mnist_sample", split="train", batch_size=64, shuffle=True, seed=0)
             try:
                 train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
                           progress=False, data_parallel=False)
             except ValueError as error:
                 out["separate"] = str(error)
+            try:  # processes that disagree all raise (the first alone would leave the other waiting)
+                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
+                          progress=False, data_parallel=False if process == 0 else "auto")
+            except ValueError as error:
+                out["disagree"] = str(error)
         print(json.dumps(out))
     """)
     port = _free_port()
@@ -1179,6 +1185,7 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
         assert "fit: data_parallel=False with 2 processes (jax.distributed) would train 2 separate copies" in (
             out["separate"])
         assert "each must hold the same training and evaluation data" in out["refused"]
+        assert "the same fit arguments" in out["disagree"] and "resume, data_parallel)" in out["disagree"]
         assert "[[0, 64, 4000, 1, 1," in out["refused"] and "[1, 64, 4000, 1, 1," in out["refused"]
 
 

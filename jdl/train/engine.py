@@ -92,6 +92,19 @@ def choose_mode(mode: str, *, has_conv: bool, has_host_transform: bool, data_byt
     return "scan" if data_bytes < limit // 4 else "stream"
 
 
+def check_one_model_over_processes(data_parallel: bool | str) -> None:
+    """A ValueError for ``data_parallel=False`` with several processes: each
+    would train its own copy (``fit`` asks after its cross-process check, so
+    that every process raises, also where they disagree)."""
+    processes = jax.process_count()
+    if data_parallel is False and processes > 1:
+        raise ValueError(
+            f"fit: data_parallel=False with {processes} processes (jax.distributed) would train {processes} "
+            "separate copies, of which the first process alone writes checkpoints: use data_parallel=True "
+            "or 'auto' to train one model over every process's devices, or run one process"
+        )
+
+
 class Placement:
     """Where arrays live: one device, or a data-parallel mesh over all devices
     (batch sharded along its first axis, everything else replicated): the
@@ -104,12 +117,6 @@ class Placement:
         if isinstance(data_parallel, str) and data_parallel != "auto":
             raise ValueError(f"fit: data_parallel must be True, False or 'auto'; got {data_parallel!r}")
         processes = jax.process_count()
-        if data_parallel is False and processes > 1:  # (a process passing another value waits in fit's check)
-            raise ValueError(
-                f"fit: data_parallel=False with {processes} processes (jax.distributed) would train {processes} "
-                "separate copies, of which the first process alone writes checkpoints: use data_parallel=True "
-                "or 'auto' to train one model over every process's devices, or run one process"
-            )
         devices = jax.devices()  # in one process, its local devices
         use_mesh = len(devices) > 1 and data_parallel is not False
         if use_mesh and batch_size % len(devices):

@@ -24,6 +24,7 @@ from jdl.optim import GradientTransformation
 from jdl.train import checkpoint as ckpt
 from jdl.train.engine import (
     Placement,
+    check_one_model_over_processes,
     choose_mode,
     compile_lowered,
     compile_once,
@@ -371,7 +372,9 @@ def fit(
         eval_images, eval_labels = placement.replicate(eval_arrays)  # host arrays: no program
         lowered_eval = _lowered_evaluation(model, loss_fn, carry_shapes, eval_images, eval_labels, eval_batch_size)
     _check_same_data_everywhere(loader, eval_arrays if eval_data is not None else (),
-                                (seed, epochs, ("auto", "stream", "scan").index(mode), bool(resume)))
+                                (seed, epochs, ("auto", "stream", "scan").index(mode), bool(resume),
+                                 (False, True, "auto").index(data_parallel)))  # fmt: skip
+    check_one_model_over_processes(data_parallel)
     runner = EpochRunner(run, loader, placement, mode, carry_shapes, key_shape)  # the scan epoch lowered
     compile_began = time.perf_counter()
     start_program, eval_fn = _compile_side_by_side(lowered_start, "cpu" if host else None, lowered_eval, runner)
@@ -639,8 +642,8 @@ def _check_same_data_everywhere(loader, eval_arrays: tuple, arguments: tuple) ->
             "the same loader (seed, batch size, shuffling) and the same fit arguments: each places its own "
             "devices' part of every batch. "
             f"Process {jax.process_index()} holds {fingerprint}, the processes' (seed, batch_size, num_examples, "
-            f"shuffle, drop_remainder, CRC-32 of each array, fit's seed, epochs, mode, resume) are "
-            f"{gathered.tolist()}"
+            "shuffle, drop_remainder, CRC-32 of each array, fit's seed, epochs, mode, resume, data_parallel) "
+            f"are {gathered.tolist()}"
         )
 
 
