@@ -321,7 +321,8 @@ def fit(
     loader; a batch size not divisible by the device count, or
     ``data_parallel=False``, is an error there), and the first process
     writes the checkpoints and shows the progress bar
-    (put ``checkpoint_dir`` on a filesystem every host sees, for ``resume``).
+    (put ``checkpoint_dir`` on a filesystem every host sees, for ``resume``;
+    a checkpoint folder that one process refuses stops every process).
     Ctrl-C stops cleanly only when it reaches every process.  The accelerator
     stream engine's prefetching thread starts no program over several
     processes (``jax.thread_guard(True)`` lets ``fit`` run); on the CPU it is
@@ -340,12 +341,16 @@ def fit(
     _check_data_and_optimizer(train_data, optimizer)
     if stop_when is not None and not callable(stop_when):
         raise TypeError(f"fit: stop_when must be a function of an epoch's record, or None; got {stop_when!r}")
-    if checkpoint_dir is not None:
-        _check_checkpoint_dir(checkpoint_dir, resume)
     loader = train_data
     resume_from = (checkpoint_dir if resume is True else resume) if resume else None
-    # the checkpoint's raw contents, checked against the seed, loader and epochs before anything compiles
-    raw_checkpoint = _check_resumable(resume_from, seed, loader, epochs) if resume else None
+
+    def check_checkpoints() -> dict | None:
+        """The checkpoint's raw contents, checked against the seed, loader and epochs before anything compiles."""
+        if checkpoint_dir is not None:
+            _check_checkpoint_dir(checkpoint_dir, resume)
+        return _check_resumable(resume_from, seed, loader, epochs) if resume else None
+
+    raw_checkpoint = _checked_everywhere(check_checkpoints)  # each process reads its own filesystem
     placement = Placement(loader.batch_size, data_parallel)
     start_program, start_args, shapes, image_shape = _start_program(model, loss_fn, optimizer, loader, seed,
                                                                     params, state)  # fmt: skip
@@ -617,6 +622,28 @@ def _check_restored(directory, like: dict, restored: dict) -> None:
             if expected.get(path) != found.get(path):
                 raise ValueError(f"fit: the checkpoint in {directory} does not fit this model and optimizer: "
                                  f"{path} is {found.get(path, 'missing')} there, {expected.get(path, 'absent')} here")
+
+
+def _checked_everywhere(check: Callable[[], Any]) -> Any:
+    """``check()``, whose errors may differ between processes (a filesystem
+    each host sees its own way): with several processes an error in any of
+    them raises in every one, after one gather, instead of leaving the
+    others waiting in fit's later collectives."""
+    if jax.process_count() == 1:
+        return check()
+    from jax.experimental import multihost_utils
+
+    try:
+        result, error = check(), None
+    except Exception as caught:  # raised below, once every process knows
+        result, error = None, caught
+    failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
+    if error is not None:
+        raise error
+    if failed.any():
+        raise RuntimeError(f"fit: process {', '.join(map(str, np.flatnonzero(failed)))} of {jax.process_count()} "
+                           "stopped before training (its output says why), so this one stops too")  # fmt: skip
+    return result
 
 
 def _check_same_data_everywhere(loader, eval_arrays: tuple, arguments: tuple) -> None:
