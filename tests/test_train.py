@@ -1203,6 +1203,57 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
         second["own_folder"])
 
 
+def test_ctrl_c_reaching_one_of_two_processes_stops_both_at_the_epochs_end(tmp_path):
+    """Two processes of two CPU devices: a Ctrl-C that reaches only the second,
+    after its fifth step, stops both at the end of the first epoch (they agree
+    there), with one checkpoint at the start of the second epoch; before,
+    the second stopped at once and the first waited in the next step's
+    collective for good."""
+    script = textwrap.dedent("""
+        import json, os, signal, sys
+        import jax, numpy as np
+        process, port, folder = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=process)
+        import jdl.data
+        from jdl import losses, models, optim, train
+        runner = sys.modules["jdl.train.runner"]
+        compiled_step, calls = runner.EpochRunner._compiled_step, []
+
+        def interrupting(self, batch, stacked=False):  # Ctrl-C after the fifth step, in the second process only
+            step = compiled_step(self, batch, stacked)
+
+            def run(*args):
+                out = step(*args)
+                calls.append(1)
+                if len(calls) == 5 and process == 1:
+                    os.kill(os.getpid(), signal.SIGINT)
+                return out
+
+            return run
+
+        runner.EpochRunner._compiled_step = interrupting
+        loader = jdl.data.load("mnist_sample", split="train", batch_size=64, shuffle=True, seed=0)
+        try:
+            train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=3,
+                      mode="stream", progress=False, checkpoint_dir=folder)
+            out = {"stopped": False}
+        except train.TrainingInterrupted as error:
+            out = {"stopped": True, "steps": len(calls), "checkpoint": str(error.checkpoint),
+                   "w": np.asarray(error.result.params["dense_1"]["w"]).tolist()}
+        print(json.dumps(out))
+    """)
+    port = _free_port()
+    first, second = _results([_launch(script, (process, port, tmp_path), 2) for process in (0, 1)])
+    steps = len(jdl.data.load("mnist_sample", split="train", batch_size=64))
+    assert first["stopped"] and second["stopped"]
+    assert first["steps"] == second["steps"] == steps  # the whole first epoch, in both
+    assert first["w"] == second["w"]
+    saved = checkpoint.load_raw(tmp_path)
+    assert (int(saved["epoch"]), int(saved["step"])) == (1, 0)
+    np.testing.assert_array_equal(np.asarray(saved["params"]["dense_1"]["w"]), np.asarray(first["w"], np.float32))
+
+
 def test_the_prefetching_thread_starts_no_program_over_several_processes():
     """Several hosts, the stream engine's accelerator path (taken on the CPU,
     one device a process): its feeding thread places, converts and splits

@@ -323,11 +323,13 @@ def fit(
     writes the checkpoints and shows the progress bar
     (put ``checkpoint_dir`` on a filesystem every host sees, for ``resume``;
     a checkpoint folder that one process refuses stops every process).
-    Ctrl-C stops cleanly only when it reaches every process.  The accelerator
-    stream engine's prefetching thread starts no program over several
-    processes (``jax.thread_guard(True)`` lets ``fit`` run); on the CPU it is
-    tested with one device a process (with two, XLA's CPU collectives hung
-    with several steps in flight, as a plain jitted loop's do).
+    A Ctrl-C reaching any of the processes stops all of them at the end of
+    the epoch, where they agree (one gather an epoch), with one checkpoint.
+    The accelerator stream engine's prefetching thread starts no program
+    over several processes (``jax.thread_guard(True)`` lets ``fit`` run);
+    on the CPU it is tested with one device a process (with two, XLA's CPU
+    collectives hung with several steps in flight, as a plain jitted loop's
+    do).
     ``stop_when(record)`` is asked after each epoch's record (e.g.
     ``lambda r: r['test_accuracy'] >= 0.92``) and ends training early when true.
     """
@@ -406,7 +408,9 @@ def fit(
     bar = _progress(range(start.epoch, epochs), progress and jax.process_index() == 0, epochs, start.epoch)
     epoch = start.epoch
     interrupts = DeferredInterrupts()
-    runner.at_safe_point = interrupts.check  # after each step of the stream engine
+    # Several processes must stop at one point: there a Ctrl-C waits for the epoch's end, where they agree.
+    within_epoch = interrupts.check if jax.process_count() == 1 else (lambda: None)
+    runner.at_safe_point = within_epoch  # after each step of the stream engine
     try:
         with interrupts:
             for epoch in bar:
@@ -416,7 +420,7 @@ def fit(
                 compile_before, epoch_start = runner.compile_s, time.perf_counter()
                 start_carry = runner.starting_carry(first_step)  # for a replay if the epoch goes bad
                 runner.train_epoch(epoch, first_step)
-                interrupts.check()
+                within_epoch()
                 fetched, bad, finite = runner.fetch()  # one host sync per epoch
                 # one store each, no call between them: a second Ctrl-C finds both before or both after
                 partial, runner.position = (_append(partial, fetched, runner.pending),
@@ -439,7 +443,7 @@ def fit(
                 partial, runner.position = _no_steps(), runner.position._replace(done=0)
                 save(epoch + 1, 0, runner.carry, partial)
                 _show(bar, record)
-                interrupts.check()
+                interrupts.check_everywhere()
                 if stop_when is not None and stop_when(record):
                     break
     except KeyboardInterrupt as interrupt:

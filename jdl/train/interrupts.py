@@ -41,6 +41,23 @@ class DeferredInterrupts:
             self.pending = False
             raise KeyboardInterrupt
 
+    def check_everywhere(self) -> None:
+        """``check()`` agreed across processes (``jax.distributed``): every
+        process raises when any of them holds a Ctrl-C, after one gather of
+        the flags, so that a Ctrl-C reaching one process stops all of them
+        at the same point instead of leaving the others waiting in the next
+        step's collectives.  With one process, ``check()``."""
+        import jax
+
+        if jax.process_count() == 1:
+            return self.check()
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        if np.asarray(multihost_utils.process_allgather(np.int32(self.pending))).any():
+            self.pending = False
+            raise KeyboardInterrupt
+
     def __exit__(self, *exc_info) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
