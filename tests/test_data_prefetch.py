@@ -305,7 +305,7 @@ def test_the_feeding_path_for_several_processes_places_what_the_one_process_path
 
         def forced(self, *args, **kwargs):  # as with a sharding over several processes
             init(self, *args, **kwargs)
-            self._by_device = True
+            self._across_processes = True
 
         def batches(force, make, **kwargs):
             prefetch._Feeder.__init__ = forced if force else init

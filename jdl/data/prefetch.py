@@ -161,7 +161,7 @@ def _apply_locally(fn, args: tuple, in_sharding, out_sharding, *local_args):
     placed = jax.tree_util.tree_unflatten(treedef, jax.device_put(parts, NamedSharding(mesh, _split_spec(in_axis))))
     program = _local_program(fn, mesh, len(args), len(local_args), in_axis, out_axis)
     outputs = jax.tree_util.tree_leaves(program(*placed, *local_args))
-    given, given_treedef = jax.tree_util.tree_flatten((*jax.tree_util.tree_unflatten(treedef, leaves), *local_args))
+    given, given_treedef = jax.tree_util.tree_flatten((*args, *local_args))
     shapes, out_treedef = _output_shapes(fn, given_treedef, tuple((x.shape, x.dtype) for x in given))
     return jax.tree_util.tree_unflatten(out_treedef, [
         jax.make_array_from_single_device_arrays(shape.shape, out_sharding, [s.data for s in out.addressable_shards])
@@ -325,8 +325,8 @@ class _Feeder:
         self._sharding, self._stacked, self._num_shards = sharding, stacked, num_shards
         self._queue, self._stop, self._stack = out, stop, stack
         # over several processes' devices: no program from this thread may span them (_apply_locally)
-        self._by_device = stacked is not None and not stacked.is_fully_addressable
-        if self._by_device:  # a sharding this cannot split: refused before any batch is taken
+        self._across_processes = stacked is not None and not stacked.is_fully_addressable
+        if self._across_processes:  # a sharding this cannot split: refused before any batch is taken
             _split_axis(stacked), _split_axis(sharding)
 
     def _check(self, tree) -> None:
@@ -348,7 +348,7 @@ class _Feeder:
         if self._stack:
             return self._put([put(host, self._stacked)])
         split = _splitter(len(batches))
-        if self._by_device:
+        if self._across_processes:
             return self._put(_apply_locally(split, (host,), self._stacked, self._sharding))
         return self._put(split(put(host, self._stacked)))
 
@@ -414,7 +414,7 @@ class _Feeder:
         table = None
         if images.dtype == np.uint8:
             table_host = _to_float(np.arange(256, dtype=np.uint8))
-            if self._by_device:
+            if self._across_processes:
                 table = _local_replicated(table_host, self._stacked)
             else:
                 replicated = self._stacked
@@ -436,7 +436,7 @@ class _Feeder:
                 x = _to_float(x)
             y = np.take(labels, order, axis=0).reshape(full, size)
             split = _loader_splitter(None if self._stack else full, table is not None)
-            if self._by_device:
+            if self._across_processes:
                 out_sharding = self._stacked if self._stack else self._sharding
                 placed = _apply_locally(split, (x, y), self._stacked, out_sharding, table)
             else:

@@ -92,6 +92,16 @@ def choose_mode(mode: str, *, has_conv: bool, has_host_transform: bool, data_byt
     return "scan" if data_bytes < limit // 4 else "stream"
 
 
+def process_flags(flag: bool) -> np.ndarray:
+    """Every process's ``flag`` (``jax.distributed``), in process order, from
+    one gather; ``[flag]`` with one process."""
+    if jax.process_count() == 1:
+        return np.array([flag])
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(np.int32(flag))).astype(bool)
+
+
 def check_one_model_over_processes(data_parallel: bool | str) -> None:
     """A ValueError for ``data_parallel=False`` with several processes: each
     would train its own copy (``fit`` asks after its cross-process check, so
@@ -116,11 +126,10 @@ class Placement:
             raise TypeError(f"fit: data_parallel must be True, False or 'auto'; got {data_parallel!r}")
         if isinstance(data_parallel, str) and data_parallel != "auto":
             raise ValueError(f"fit: data_parallel must be True, False or 'auto'; got {data_parallel!r}")
-        processes = jax.process_count()
         devices = jax.devices()  # in one process, its local devices
         use_mesh = len(devices) > 1 and data_parallel is not False
         if use_mesh and batch_size % len(devices):
-            if data_parallel is True or processes > 1:  # several processes: each alone would diverge
+            if data_parallel is True or jax.process_count() > 1:  # several processes: each alone would diverge
                 raise ValueError(
                     f"data-parallel training over {len(devices)} devices needs a batch size divisible by "
                     f"{len(devices)}; got batch_size={batch_size}"

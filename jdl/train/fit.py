@@ -30,6 +30,7 @@ from jdl.train.engine import (
     compile_once,
     evaluate_arrays,
     lower_once,
+    process_flags,
     run_once,
     run_once_placement,
     uses_convolution,
@@ -633,15 +634,11 @@ def _checked_everywhere(check: Callable[[], Any]) -> Any:
     each host sees its own way): with several processes an error in any of
     them raises in every one, after one gather, instead of leaving the
     others waiting in fit's later collectives."""
-    if jax.process_count() == 1:
-        return check()
-    from jax.experimental import multihost_utils
-
     try:
         result, error = check(), None
     except Exception as caught:  # raised below, once every process knows
         result, error = None, caught
-    failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
+    failed = process_flags(error is not None)
     if error is not None:
         raise error
     if failed.any():

@@ -47,14 +47,9 @@ class DeferredInterrupts:
         the flags, so that a Ctrl-C reaching one process stops all of them
         at the same point instead of leaving the others waiting in the next
         step's collectives.  With one process, ``check()``."""
-        import jax
+        from jdl.train.engine import process_flags
 
-        if jax.process_count() == 1:
-            return self.check()
-        import numpy as np
-        from jax.experimental import multihost_utils
-
-        if np.asarray(multihost_utils.process_allgather(np.int32(self.pending))).any():
+        if process_flags(self.pending).any():
             self.pending = False
             raise KeyboardInterrupt
 
