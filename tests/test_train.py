@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -421,7 +422,6 @@ def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path):
 def _sigint_after_step(at: int, times: int = 1):
     """An ``EpochRunner._compiled_step`` that sends this process ``times``
     SIGINTs right after the ``at``-th step of the run returns."""
-    import signal
 
     compiled_step, calls = sys.modules["jdl.train.runner"].EpochRunner._compiled_step, []
 
@@ -448,7 +448,6 @@ def test_ctrl_c_landing_while_a_step_holds_the_carry_waits_for_the_step(tmp_path
     and a checkpoint, and the resumed run ends on the uninterrupted run's
     parameters.  Python's own handling would raise inside the call and lose
     the parameters (about half of real Ctrl-Cs, found by review)."""
-    import signal
 
     runner_module = sys.modules["jdl.train.runner"]
 
@@ -494,7 +493,6 @@ def test_a_second_ctrl_c_stops_at_once_and_names_the_last_checkpoint(tmp_path, m
     """Two SIGINTs before fit reaches a consistent point: the second raises
     at once (the step under way is lost), the error says so and names the
     checkpoint of the last finished epoch, and Python's handler is back."""
-    import signal
 
     runner_module = sys.modules["jdl.train.runner"]
     steps = len(_loader(batch_size=500))
@@ -516,7 +514,6 @@ def test_a_second_ctrl_c_right_after_a_scan_epoch_saves_where_training_stands(tm
     steps done as they agree (the epoch done, not the carry after it with
     the epoch's steps undone), and resuming from it ends where an
     uninterrupted run does."""
-    import signal
 
     runner_module = sys.modules["jdl.train.runner"]
     placed_order, calls = runner_module.EpochRunner._placed_order, []
@@ -1025,6 +1022,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# a process that hangs shows where: _results asks for every thread's stack before it kills
+_DUMP_STACKS_ON_SIGUSR1 = "import faulthandler, signal; faulthandler.register(signal.SIGUSR1, all_threads=True)\n"
+
+
 def _launch(script: str, args: tuple, devices: int) -> subprocess.Popen:
     """``python -c script *args`` on ``devices`` CPU devices, its output into
     temporary files (a pipe nobody reads while another process is awaited
@@ -1033,6 +1034,7 @@ def _launch(script: str, args: tuple, devices: int) -> subprocess.Popen:
 
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
     out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    script = _DUMP_STACKS_ON_SIGUSR1 + script
     process = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], env=env, stdout=out, stderr=err,
                                text=True)  # fmt: skip
     process.out, process.err = out, err
@@ -1057,8 +1059,12 @@ def _results(processes: list, timeout: float = 150) -> list:
             if failed:
                 break
             if time.monotonic() > deadline:
+                for process in processes:
+                    if process.poll() is None:
+                        process.send_signal(signal.SIGUSR1)  # its threads' stacks, into its stderr
+                time.sleep(2)
                 pytest.fail(f"the processes did not finish in {timeout} s:\n"
-                            + "\n".join(output(process, "err")[-2000:] for process in processes))  # fmt: skip
+                            + "\n".join(output(process, "err")[-4000:] for process in processes))  # fmt: skip
             time.sleep(0.05)
         failed = [process for process in processes if process.poll() not in (None, 0)]
         assert not failed, f"a process failed:\n{output(failed[0], 'err')[-3000:]}"
@@ -1124,8 +1130,11 @@ def test_a_scan_run_resumed_mid_epoch_on_two_devices_ends_as_the_uninterrupted_o
 
 def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(tmp_path):
     """Two hosts simulated on the CPU: two processes joined by
-    ``jax.distributed.initialize`` (gloo collectives), two devices each, one
-    mesh over the four.  Each process trains with the same loader and places
+    ``jax.distributed.initialize`` (gloo collectives), one device each, one
+    mesh over the two (with two devices a process, XLA's CPU collectives may
+    hang with several steps in flight: CI lost this test to it once; the
+    feeding path for several local devices a process is checked in
+    test_data_prefetch.py).  Each process trains with the same loader and places
     its own devices' part of every batch; both end with the parameters of one
     process on one device (stream and scan engines), the first process alone
     writes the checkpoint, and processes holding different data, or asked to
@@ -1179,12 +1188,12 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
         print(json.dumps(out))
     """)
     port = _free_port()
-    first, second = _results([_launch(script, (process, port, tmp_path / "two"), 2) for process in (0, 1)])
+    first, second = _results([_launch(script, (process, port, tmp_path / "two"), 1) for process in (0, 1)])
     (alone,) = _results([_launch(script, (0, "none", tmp_path / "one"), 1)])
-    assert (first["devices"], first["local"], alone["devices"]) == (4, 2, 1)
+    assert (first["devices"], first["local"], alone["devices"]) == (2, 1, 1)
     for mode in ("stream", "scan"):
-        # one computation over the four devices (not each process training alone on its two)
-        assert first[mode + "_devices"] == second[mode + "_devices"] == 4
+        # one computation over the two devices (not each process training alone on its own)
+        assert first[mode + "_devices"] == second[mode + "_devices"] == 2
         assert first[mode] == second[mode]  # every process holding its result
         for name in alone[mode]:
             np.testing.assert_allclose(first[mode][name], alone[mode][name], rtol=1e-4, atol=1e-5)
