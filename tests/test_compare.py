@@ -61,6 +61,10 @@ def test_full_batch_steps_sum_their_gradient_in_chunks_of_at_most_a_thousand(mon
     # no divisor from 250 to 1,000: chunks of about one size (73,257 = 73 x 990 + 987; 1,009 = 505 + 504)
     sizes = [jdl.compare.full_batch_chunk(n) for n in (1000, 60000, 51000, 73257, 1009)]
     assert sizes == [None, 1000, 1000, 990, 505]
+    # past ~500,000 examples too, no last chunk under half the others' size (1,000,001 was 1,000 x 1,000 and 1)
+    for n in (1_000_001, 2_000_003, *range(400_001, 3_000_000, 99_991)):
+        size = jdl.compare.full_batch_chunk(n)
+        assert 250 <= size <= 1000 and (n % size == 0 or n % size >= size / 2), (n, size, n % size)
 
 
 def test_a_batch_larger_than_what_trains_is_refused_in_the_comparisons_terms():

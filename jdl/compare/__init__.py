@@ -120,15 +120,24 @@ def full_batch_chunk(n: int) -> int | None:
     the fewest chunks of at most ``FULL_BATCH_CHUNK`` made about equal (73
     of 990 and a last one of 987, where chunks of 1,000 would leave 257, and
     1,009 examples 505 and 504, not 1,000 and 9: a model's batch statistics
-    come from chunks of like size); None (one pass over all ``n``) when ``n``
-    is no larger than a chunk."""
+    come from chunks of like size); past about 500,000 examples, where that
+    could leave a last chunk of a few examples, the largest chunk down to
+    half of ``FULL_BATCH_CHUNK`` whose last one is at least half as large
+    (1,000,001: 1,023 chunks of 977 and a last one of 530); None (one pass
+    over all ``n``) when ``n`` is no larger than a chunk."""
     if n <= FULL_BATCH_CHUNK:
         return None
     divisor = largest_divisor(n, FULL_BATCH_CHUNK // 4, FULL_BATCH_CHUNK)
     if divisor is not None:
         return divisor
     chunks = -(-n // FULL_BATCH_CHUNK)
-    return -(-n // chunks)
+    size = -(-n // chunks)
+    if n - (chunks - 1) * size >= size / 2:
+        return size
+    # more chunks than half a chunk (n past ~500,000: 1,000,001 would be 1,000 x 1,000 and 1): the largest
+    # chunk from a whole FULL_BATCH_CHUNK down to half of it that leaves a last chunk of at least half its size
+    sizes = range(FULL_BATCH_CHUNK, FULL_BATCH_CHUNK // 2 - 1, -1)
+    return next((c for c in sizes if n % c >= c / 2), max(sizes, key=lambda c: n % c / c))
 
 
 def _train(model, loss_fn, configs, images, labels, eval_images, eval_labels, permutation, epochs, batch_size,
