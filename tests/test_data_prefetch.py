@@ -337,11 +337,15 @@ def test_the_feeding_path_for_several_processes_places_what_the_one_process_path
                             assert x.sharding == y.sharding and x.dtype == y.dtype, (x.sharding, y.sharding)
                             assert np.array_equal(np.asarray(x), np.asarray(y))
                             checked += 1
-        two_axes = NamedSharding(Mesh(np.array(devices).reshape(2, 2), ("a", "b")), P(None, "a", "b"))
-        try:  # what the feeder asks of a sharding over several processes as it starts
-            prefetch._split_axis(two_axes)
+        # a sharding over two axes, as if over several processes, is refused as the feeder starts, in the
+        # terms the user gave it (not those of the chunks' sharding, one axis further on)
+        NamedSharding.is_fully_addressable = property(lambda self: False)
+        two_axes = NamedSharding(Mesh(np.array(devices).reshape(2, 2), ("a", "b")), P("a", "b"))
+        try:
+            prefetch.prefetch_to_device(sources[0](), sharding=two_axes, stack=True)
         except ValueError as error:
-            assert "splits batches along one axis" in str(error), error
+            assert "splits batches along one axis; got a sharding that splits axes [0, 1]: P('a', 'b')" in (
+                str(error)), error
         else:
             raise AssertionError("a sharding over two axes was not refused")
         print("ok", checked)

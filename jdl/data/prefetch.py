@@ -327,7 +327,7 @@ class _Feeder:
         # over several processes' devices: no program from this thread may span them (_apply_locally)
         self._across_processes = stacked is not None and not stacked.is_fully_addressable
         if self._across_processes:  # a sharding this cannot split: refused before any batch is taken
-            _split_axis(stacked), _split_axis(sharding)
+            _split_axis(sharding), _split_axis(stacked)  # the user's sharding first: the error names it
 
     def _check(self, tree) -> None:
         if self._num_shards == 1:
