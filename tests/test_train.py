@@ -422,7 +422,6 @@ def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path):
 def _sigint_after_step(at: int, times: int = 1):
     """An ``EpochRunner._compiled_step`` that sends this process ``times``
     SIGINTs right after the ``at``-th step of the run returns."""
-
     compiled_step, calls = sys.modules["jdl.train.runner"].EpochRunner._compiled_step, []
 
     def interrupting(self, batch, stacked=False):
@@ -448,7 +447,6 @@ def test_ctrl_c_landing_while_a_step_holds_the_carry_waits_for_the_step(tmp_path
     and a checkpoint, and the resumed run ends on the uninterrupted run's
     parameters.  Python's own handling would raise inside the call and lose
     the parameters (about half of real Ctrl-Cs, found by review)."""
-
     runner_module = sys.modules["jdl.train.runner"]
 
     def fit(**kwargs):
@@ -493,7 +491,6 @@ def test_a_second_ctrl_c_stops_at_once_and_names_the_last_checkpoint(tmp_path, m
     """Two SIGINTs before fit reaches a consistent point: the second raises
     at once (the step under way is lost), the error says so and names the
     checkpoint of the last finished epoch, and Python's handler is back."""
-
     runner_module = sys.modules["jdl.train.runner"]
     steps = len(_loader(batch_size=500))
     # twice, in the second epoch
@@ -514,7 +511,6 @@ def test_a_second_ctrl_c_right_after_a_scan_epoch_saves_where_training_stands(tm
     steps done as they agree (the epoch done, not the carry after it with
     the epoch's steps undone), and resuming from it ends where an
     uninterrupted run does."""
-
     runner_module = sys.modules["jdl.train.runner"]
     placed_order, calls = runner_module.EpochRunner._placed_order, []
 
