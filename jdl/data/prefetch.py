@@ -326,8 +326,10 @@ class _Feeder:
         self._queue, self._stop, self._stack = out, stop, stack
         # over several processes' devices: no program from this thread may span them (_apply_locally)
         self._across_processes = stacked is not None and not stacked.is_fully_addressable
-        if self._across_processes:  # a sharding this cannot split: refused before any batch is taken
-            _split_axis(sharding), _split_axis(stacked)  # the user's sharding first: the error names it
+        # a sharding this cannot split is refused before any batch is taken, in the user's terms (the
+        # stacked sharding splits the same axes, one further on)
+        if self._across_processes:
+            _split_axis(sharding)
 
     def _check(self, tree) -> None:
         if self._num_shards == 1:
