@@ -1135,8 +1135,8 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
     process on one device (stream and scan engines), the first process alone
     writes the checkpoint, and processes holding different data, or asked to
     train separately (``data_parallel=False``), are refused; an error that
-    one process meets before training (its own checkpoint folder) stops
-    both."""
+    one process meets before training (its own checkpoint folder, an
+    argument it alone rejects) stops both."""
     script = textwrap.dedent("""
         import json, sys
         import jax, numpy as np
@@ -1173,6 +1173,11 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
                           progress=False, data_parallel=False if process == 0 else "auto")
             except ValueError as error:
                 out["disagree"] = str(error)
+            try:  # an argument that one process alone rejects (a typo) stops both
+                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
+                          progress=False, data_parallel="Auto" if process == 1 else "auto")
+            except Exception as error:
+                out["typo"] = f"{type(error).__name__}: {error}"
             own = f"{folder}/own{process}"  # a folder each host sees its own way: the second's is taken
             if process == 1:
                 train.checkpoint.save(own, {"params": {"w": np.zeros(3, np.float32)}})
@@ -1203,6 +1208,8 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
         assert "the same fit arguments" in out["disagree"] and "resume, data_parallel)" in out["disagree"]
         assert "[[0, 64, 4000, 1, 1," in out["refused"] and "[1, 64, 4000, 1, 1," in out["refused"]
     # an error in one process before training stops the other too, instead of leaving it waiting
+    assert first["typo"].startswith("RuntimeError: fit: process 1 of 2 stopped before training")
+    assert second["typo"] == "ValueError: fit: data_parallel must be True, False or 'auto'; got 'Auto'"
     assert first["own_folder"].startswith("RuntimeError: fit: process 1 of 2 stopped before training")
     assert second["own_folder"].startswith("ValueError: fit: checkpoint_dir") and "not written by fit" in (
         second["own_folder"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import math
 import os
@@ -353,32 +354,35 @@ def fit(
             _check_checkpoint_dir(checkpoint_dir, resume)
         return _check_resumable(resume_from, seed, loader, epochs) if resume else None
 
-    raw_checkpoint = _checked_everywhere(check_checkpoints)  # each process reads its own filesystem
-    placement = Placement(loader.batch_size, data_parallel)
-    start_program, start_args, shapes, image_shape = _start_program(model, loss_fn, optimizer, loader, seed,
-                                                                    params, state)  # fmt: skip
-    # The shapes, placed: the epoch and evaluation programs are lowered from
-    # these, to compile side by side with the start program.
-    key_shape, *shapes = jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=placement.replicated),
-        (*shapes, jax.ShapeDtypeStruct((), jnp.int32)))  # fmt: skip
-    carry_shapes = Carry(*shapes)
-    run = with_device_transform(train_step(model, loss_fn, optimizer, guard=False), device_transform)
-    guarded_step = jax.jit(with_device_transform(train_step(model, loss_fn, optimizer), device_transform))
-    image_shape = (1, *image_shape)  # as the model sees them: after the loader's transform
-    data_bytes = loader.num_examples * int(np.prod(image_shape)) * 4  # float32 on the device
-    mode = choose_mode(mode, has_conv=uses_convolution(model, carry_shapes.params, carry_shapes.state, image_shape),
-                       has_host_transform=loader.transform is not None, data_bytes=data_bytes)  # fmt: skip
-    # On an accelerator the start program may run on the host (``RUN_ONCE_ON_HOST``);
-    # parameters given by the caller stay where they are.
-    host = run_once_placement() if params is None and state is None else None
-    lowered_start = lower_once(start_program, *start_args, **({"out_shardings": host} if host else {}))
-    lowered_eval = None
-    if eval_data is not None:
-        eval_arrays = _evaluation_arrays(model, loss_fn, carry_shapes.params, carry_shapes.state, eval_data,
-                                         eval_batch_size)  # fmt: skip
-        eval_images, eval_labels = placement.replicate(eval_arrays)  # host arrays: no program
-        lowered_eval = _lowered_evaluation(model, loss_fn, carry_shapes, eval_images, eval_labels, eval_batch_size)
+    # Errors may differ between processes here (each reads its own filesystem, its own arguments):
+    # an error in any of them stops every one, before the first collective.
+    with _stopping_together():
+        raw_checkpoint = check_checkpoints()
+        placement = Placement(loader.batch_size, data_parallel)
+        start_program, start_args, shapes, image_shape = _start_program(model, loss_fn, optimizer, loader, seed,
+                                                                        params, state)  # fmt: skip
+        # The shapes, placed: the epoch and evaluation programs are lowered from
+        # these, to compile side by side with the start program.
+        key_shape, *shapes = jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=placement.replicated),
+            (*shapes, jax.ShapeDtypeStruct((), jnp.int32)))  # fmt: skip
+        carry_shapes = Carry(*shapes)
+        run = with_device_transform(train_step(model, loss_fn, optimizer, guard=False), device_transform)
+        guarded_step = jax.jit(with_device_transform(train_step(model, loss_fn, optimizer), device_transform))
+        image_shape = (1, *image_shape)  # as the model sees them: after the loader's transform
+        data_bytes = loader.num_examples * int(np.prod(image_shape)) * 4  # float32 on the device
+        mode = choose_mode(mode, has_conv=uses_convolution(model, carry_shapes.params, carry_shapes.state, image_shape),
+                           has_host_transform=loader.transform is not None, data_bytes=data_bytes)  # fmt: skip
+        # On an accelerator the start program may run on the host (``RUN_ONCE_ON_HOST``);
+        # parameters given by the caller stay where they are.
+        host = run_once_placement() if params is None and state is None else None
+        lowered_start = lower_once(start_program, *start_args, **({"out_shardings": host} if host else {}))
+        lowered_eval = None
+        if eval_data is not None:
+            eval_arrays = _evaluation_arrays(model, loss_fn, carry_shapes.params, carry_shapes.state, eval_data,
+                                             eval_batch_size)  # fmt: skip
+            eval_images, eval_labels = placement.replicate(eval_arrays)  # host arrays: no program
+            lowered_eval = _lowered_evaluation(model, loss_fn, carry_shapes, eval_images, eval_labels, eval_batch_size)
     _check_same_data_everywhere(loader, eval_arrays if eval_data is not None else (),
                                 (seed, epochs, ("auto", "stream", "scan").index(mode), bool(resume),
                                  (False, True, "auto").index(data_parallel)))  # fmt: skip
@@ -629,22 +633,22 @@ def _check_restored(directory, like: dict, restored: dict) -> None:
                                  f"{path} is {found.get(path, 'missing')} there, {expected.get(path, 'absent')} here")
 
 
-def _checked_everywhere(check: Callable[[], Any]) -> Any:
-    """``check()``, whose errors may differ between processes (a filesystem
-    each host sees its own way): with several processes an error in any of
-    them raises in every one, after one gather, instead of leaving the
+@contextlib.contextmanager
+def _stopping_together():
+    """Fit's preparation, whose errors may differ between processes (a
+    filesystem each host sees its own way, an argument one process alone
+    rejects): with several processes an error in any of them, a Ctrl-C
+    included, raises in every one after one gather, instead of leaving the
     others waiting in fit's later collectives."""
     try:
-        result, error = check(), None
-    except Exception as caught:  # raised below, once every process knows
-        result, error = None, caught
-    failed = process_flags(error is not None)
-    if error is not None:
-        raise error
+        yield
+    except BaseException:
+        process_flags(True)  # then raised, once every process knows
+        raise
+    failed = process_flags(False)
     if failed.any():
         raise RuntimeError(f"fit: process {', '.join(map(str, np.flatnonzero(failed)))} of {jax.process_count()} "
                            "stopped before training (its output says why), so this one stops too")  # fmt: skip
-    return result
 
 
 def _check_same_data_everywhere(loader, eval_arrays: tuple, arguments: tuple) -> None:
