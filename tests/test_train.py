@@ -1173,6 +1173,18 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
                           progress=False, data_parallel=False if process == 0 else "auto")
             except ValueError as error:
                 out["disagree"] = str(error)
+            try:  # evaluation data in one process only
+                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
+                          progress=False, eval_data=test if process == 0 else None)
+            except ValueError as error:
+                out["eval_in_one"] = str(error)
+            model = models.mlp(hidden=(32,))
+            params, state = model.init(jax.random.key(process), (1, 28, 28, 1))
+            try:  # start parameters that differ between processes
+                train.fit(model, losses.cross_entropy, optim.adam(1e-3), loader, epochs=1, progress=False,
+                          params=params, state=state)
+            except ValueError as error:
+                out["own_params"] = str(error)
             try:  # an argument that one process alone rejects (a typo) stops both
                 train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
                           progress=False, data_parallel="Auto" if process == 1 else "auto")
@@ -1207,6 +1219,8 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
         assert "each must hold the same training and evaluation data" in out["refused"]
         assert "the same fit arguments" in out["disagree"] and "resume, data_parallel)" in out["disagree"]
         assert "[[0, 64, 4000, 1, 1," in out["refused"] and "[1, 64, 4000, 1, 1," in out["refused"]
+        for case in ("eval_in_one", "own_params"):  # the same data and arguments otherwise
+            assert "each must hold the same training and evaluation data" in out[case], out[case]
     # an error in one process before training stops the other too, instead of leaving it waiting
     assert first["typo"].startswith("RuntimeError: fit: process 1 of 2 stopped before training")
     assert second["typo"] == "ValueError: fit: data_parallel must be True, False or 'auto'; got 'Auto'"

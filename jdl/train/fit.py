@@ -319,8 +319,8 @@ def fit(
     call ``jax.distributed.initialize()`` in every process and run the same
     script with the same loader in each: the mesh spans every process's
     devices, each process places its own devices' part of each batch (a
-    ValueError before training unless the processes hold the same data and
-    loader; a batch size not divisible by the device count, or
+    ValueError before training unless the processes hold the same data,
+    loader and start parameters, if given; a batch size not divisible by the device count, or
     ``data_parallel=False``, is an error there), and the first process
     writes the checkpoints and shows the progress bar
     (put ``checkpoint_dir`` on a filesystem every host sees, for ``resume``;
@@ -383,7 +383,7 @@ def fit(
                                              eval_batch_size)  # fmt: skip
             eval_images, eval_labels = placement.replicate(eval_arrays)  # host arrays: no program
             lowered_eval = _lowered_evaluation(model, loss_fn, carry_shapes, eval_images, eval_labels, eval_batch_size)
-    _check_same_data_everywhere(loader, eval_arrays if eval_data is not None else (),
+    _check_same_data_everywhere(loader, eval_arrays if eval_data is not None else (), (params, state),
                                 (seed, epochs, ("auto", "stream", "scan").index(mode), bool(resume),
                                  (False, True, "auto").index(data_parallel)))  # fmt: skip
     check_one_model_over_processes(data_parallel)
@@ -651,32 +651,44 @@ def _stopping_together():
                            "stopped before training (its output says why), so this one stops too")  # fmt: skip
 
 
-def _check_same_data_everywhere(loader, eval_arrays: tuple, arguments: tuple) -> None:
+def _check_same_data_everywhere(loader, eval_arrays: tuple, given: Any, arguments: tuple) -> None:
     """With several processes (``jax.distributed``): a ValueError unless every
     process holds the same training and evaluation data and loader (seed,
-    batch size, ...) and passed the same ``arguments`` (fit's seed, epochs,
-    mode, resume: a process that stopped sooner would leave the others
-    waiting).  Each process places only its own devices' part of every
-    batch, so different data would train on a mixture, silently.  One gather
-    of a few numbers: the loader's identity, a CRC-32 of each array, the
-    arguments."""
+    batch size, ...), the same ``given`` start parameters and state (or none)
+    and passed the same ``arguments`` (fit's seed, epochs, mode, resume: a
+    process that stopped sooner would leave the others waiting).  Each
+    process places only its own devices' part of every batch, so different
+    data would train on a mixture, silently; different start parameters
+    would make one replicated array of disagreeing copies.  One gather of
+    15 numbers whatever each process holds: the loader's identity, a CRC-32
+    of each group of arrays, the arguments."""
     if jax.process_count() == 1:
         return
     from jax.experimental import multihost_utils
 
-    arrays = (*loader.stored(), *eval_arrays)
-    fingerprint = [*_loader_identity(loader).values(), *(zlib.crc32(np.ascontiguousarray(a).data) for a in arrays),
-                   *(int(a) for a in arguments)]
+    given = [a for a in jax.tree_util.tree_leaves(given) if getattr(a, "is_fully_addressable", True)]
+    fingerprint = [*_loader_identity(loader).values(),
+                   *(_crc32(group) for group in (loader.stored(), eval_arrays, given)),
+                   *(int(a) for a in arguments)]  # fmt: skip
     gathered = np.asarray(multihost_utils.process_allgather(np.asarray(fingerprint, np.uint32)))  # all < 2**32
     if not (gathered == gathered[0]).all():
         raise ValueError(
             f"fit: with {jax.process_count()} processes, each must hold the same training and evaluation data, "
-            "the same loader (seed, batch size, shuffling) and the same fit arguments: each places its own "
-            "devices' part of every batch. "
+            "the same loader (seed, batch size, shuffling), the same start parameters and the same fit "
+            "arguments: each places its own devices' part of every batch. "
             f"Process {jax.process_index()} holds {fingerprint}, the processes' (seed, batch_size, num_examples, "
-            "shuffle, drop_remainder, CRC-32 of each array, fit's seed, epochs, mode, resume, data_parallel) "
-            f"are {gathered.tolist()}"
+            "shuffle, drop_remainder, CRC-32 of the training data, of the evaluation data, of the given params "
+            f"and state, fit's seed, epochs, mode, resume, data_parallel) are {gathered.tolist()}"
         )
+
+
+def _crc32(arrays) -> int:
+    """A CRC-32 of the arrays' shapes, dtypes and bytes, in order (0 for none)."""
+    crc = 0
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        crc = zlib.crc32(a.data, zlib.crc32(f"{a.shape} {a.dtype}".encode(), crc))
+    return crc
 
 
 def _loader_identity(loader) -> dict[str, int]:
