@@ -1136,7 +1136,8 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
     writes the checkpoint, and processes holding different data, or asked to
     train separately (``data_parallel=False``), are refused; an error that
     one process meets before training (its own checkpoint folder, an
-    argument it alone rejects) stops both."""
+    argument it alone rejects) stops both, and so does a ``stop_when``
+    that one process alone has, or that fails in one."""
     script = textwrap.dedent("""
         import json, sys
         import jax, numpy as np
@@ -1185,6 +1186,15 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
                           params=params, state=state)
             except ValueError as error:
                 out["own_params"] = str(error)
+            # stop_when in one process only ends both, where they agree (after the first of 3 epochs)
+            result = train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=3,
+                               progress=False, stop_when=(lambda record: True) if process == 0 else None)
+            out["stopped_after"] = len(result.history)
+            try:  # a stop_when that fails in one process stops both
+                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=3,
+                          progress=False, stop_when=lambda record: 1 / process > 0)
+            except Exception as error:
+                out["stop_failed"] = f"{type(error).__name__}: {error}"
             try:  # an argument that one process alone rejects (a typo) stops both
                 train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
                           progress=False, data_parallel="Auto" if process == 1 else "auto")
@@ -1222,6 +1232,9 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
         for case in ("eval_in_one", "own_params"):  # the same data and arguments otherwise
             assert "each must hold the same training and evaluation data" in out[case], out[case]
     # an error in one process before training stops the other too, instead of leaving it waiting
+    assert first["stopped_after"] == second["stopped_after"] == 1
+    assert first["stop_failed"] == "ZeroDivisionError: division by zero"
+    assert second["stop_failed"].startswith("RuntimeError: fit: process 0 of 2 stopped in stop_when after epoch 1")
     assert first["typo"].startswith("RuntimeError: fit: process 1 of 2 stopped before training")
     assert second["typo"] == "ValueError: fit: data_parallel must be True, False or 'auto'; got 'Auto'"
     assert first["own_folder"].startswith("RuntimeError: fit: process 1 of 2 stopped before training")

@@ -333,7 +333,8 @@ def fit(
     collectives hung with several steps in flight, as a plain jitted loop's
     do).
     ``stop_when(record)`` is asked after each epoch's record (e.g.
-    ``lambda r: r['test_accuracy'] >= 0.92``) and ends training early when true.
+    ``lambda r: r['test_accuracy'] >= 0.92``) and ends training early when true
+    (with several processes, when true in any of them).
     """
     if not is_int(epochs) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int; got {epochs!r}")
@@ -356,7 +357,7 @@ def fit(
 
     # Errors may differ between processes here (each reads its own filesystem, its own arguments):
     # an error in any of them stops every one, before the first collective.
-    with _stopping_together():
+    with _stopping_together("before training"):
         raw_checkpoint = check_checkpoints()
         placement = Placement(loader.batch_size, data_parallel)
         start_program, start_args, shapes, image_shape = _start_program(model, loss_fn, optimizer, loader, seed,
@@ -449,7 +450,9 @@ def fit(
                 save(epoch + 1, 0, runner.carry, partial)
                 _show(bar, record)
                 interrupts.check_everywhere()
-                if stop_when is not None and stop_when(record):
+                with _stopping_together(f"in stop_when after epoch {epoch + 1}"):
+                    stop = stop_when is not None and bool(stop_when(record))
+                if process_flags(stop).any():  # several processes: one asking stops all, where they agree
                     break
     except KeyboardInterrupt as interrupt:
         if not runner.carry_alive():  # a second Ctrl-C landed while a step held the carry
@@ -634,12 +637,12 @@ def _check_restored(directory, like: dict, restored: dict) -> None:
 
 
 @contextlib.contextmanager
-def _stopping_together():
-    """Fit's preparation, whose errors may differ between processes (a
-    filesystem each host sees its own way, an argument one process alone
-    rejects): with several processes an error in any of them, a Ctrl-C
-    included, raises in every one after one gather, instead of leaving the
-    others waiting in fit's later collectives."""
+def _stopping_together(where: str):
+    """A block whose errors may differ between processes (fit's preparation:
+    a filesystem each host sees its own way, an argument one process alone
+    rejects; a user's ``stop_when``): with several processes an error in any
+    of them, a Ctrl-C included, raises in every one after one gather,
+    instead of leaving the others waiting in fit's later collectives."""
     try:
         yield
     except BaseException:
@@ -648,7 +651,7 @@ def _stopping_together():
     failed = process_flags(False)
     if failed.any():
         raise RuntimeError(f"fit: process {', '.join(map(str, np.flatnonzero(failed)))} of {jax.process_count()} "
-                           "stopped before training (its output says why), so this one stops too")  # fmt: skip
+                           f"stopped {where} (its output says why), so this one stops too")  # fmt: skip
 
 
 def _check_same_data_everywhere(loader, eval_arrays: tuple, given: Any, arguments: tuple) -> None:
