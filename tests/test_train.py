@@ -1136,8 +1136,9 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
     writes the checkpoint, and processes holding different data, or asked to
     train separately (``data_parallel=False``), are refused; an error that
     one process meets before training (its own checkpoint folder, an
-    argument it alone rejects) stops both, and so does a ``stop_when``
-    that one process alone has, or that fails in one."""
+    argument it alone rejects) stops both, and so do a ``stop_when``
+    that one process alone has, or that fails in one, and a checkpoint the
+    first process fails to write."""
     script = textwrap.dedent("""
         import json, sys
         import jax, numpy as np
@@ -1195,6 +1196,16 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
                           progress=False, stop_when=lambda record: 1 / process > 0)
             except Exception as error:
                 out["stop_failed"] = f"{type(error).__name__}: {error}"
+            def no_space(*args):
+                raise OSError("no space left")
+
+            saving, train.checkpoint.save = train.checkpoint.save, no_space if process == 0 else train.checkpoint.save
+            try:  # the first process, which writes the checkpoints, fails to: both stop
+                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=3,
+                          progress=False, checkpoint_dir=f"{folder}/full")
+            except Exception as error:
+                out["write_failed"] = f"{type(error).__name__}: {error}"
+            train.checkpoint.save = saving
             try:  # an argument that one process alone rejects (a typo) stops both
                 train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
                           progress=False, data_parallel="Auto" if process == 1 else "auto")
@@ -1234,7 +1245,9 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
     # an error in one process before training stops the other too, instead of leaving it waiting
     assert first["stopped_after"] == second["stopped_after"] == 1
     assert first["stop_failed"] == "ZeroDivisionError: division by zero"
-    assert second["stop_failed"].startswith("RuntimeError: fit: process 0 of 2 stopped in stop_when after epoch 1")
+    assert second["stop_failed"].startswith("RuntimeError: fit: process 0 of 2 stopped after epoch 1")
+    assert first["write_failed"] == "OSError: no space left" and second["write_failed"].startswith(
+        "RuntimeError: fit: process 0 of 2 stopped after epoch 1")
     assert first["typo"].startswith("RuntimeError: fit: process 1 of 2 stopped before training")
     assert second["typo"] == "ValueError: fit: data_parallel must be True, False or 'auto'; got 'Auto'"
     assert first["own_folder"].startswith("RuntimeError: fit: process 1 of 2 stopped before training")

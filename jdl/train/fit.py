@@ -447,11 +447,11 @@ def fit(
                     record["test_loss"], record["test_accuracy"] = scores["loss"], scores["accuracy"]
                 history.append(record)
                 partial, runner.position = _no_steps(), runner.position._replace(done=0)
-                save(epoch + 1, 0, runner.carry, partial)
-                _show(bar, record)
-                interrupts.check_everywhere()
-                with _stopping_together(f"in stop_when after epoch {epoch + 1}"):
+                with _stopping_together(f"after epoch {epoch + 1}"):  # e.g. the first's write failed
+                    save(epoch + 1, 0, runner.carry, partial)
+                    _show(bar, record)
                     stop = stop_when is not None and bool(stop_when(record))
+                interrupts.check_everywhere()
                 if process_flags(stop).any():  # several processes: one asking stops all, where they agree
                     break
     except KeyboardInterrupt as interrupt:
@@ -640,7 +640,8 @@ def _check_restored(directory, like: dict, restored: dict) -> None:
 def _stopping_together(where: str):
     """A block whose errors may differ between processes (fit's preparation:
     a filesystem each host sees its own way, an argument one process alone
-    rejects; a user's ``stop_when``): with several processes an error in any
+    rejects; the first's checkpoint writing, a user's ``stop_when``): with
+    several processes an error in any
     of them, a Ctrl-C included, raises in every one after one gather,
     instead of leaving the others waiting in fit's later collectives."""
     try:
