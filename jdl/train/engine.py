@@ -92,29 +92,6 @@ def choose_mode(mode: str, *, has_conv: bool, has_host_transform: bool, data_byt
     return "scan" if data_bytes < limit // 4 else "stream"
 
 
-def process_flags(flag: bool) -> np.ndarray:
-    """Every process's ``flag`` (``jax.distributed``), in process order, from
-    one gather; ``[flag]`` with one process."""
-    if jax.process_count() == 1:
-        return np.array([flag])
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(np.int32(flag))).astype(bool)
-
-
-def check_one_model_over_processes(data_parallel: bool | str) -> None:
-    """A ValueError for ``data_parallel=False`` with several processes: each
-    would train its own copy (``fit`` asks after its cross-process check, so
-    that every process raises, also where they disagree)."""
-    processes = jax.process_count()
-    if data_parallel is False and processes > 1:
-        raise ValueError(
-            f"fit: data_parallel=False with {processes} processes (jax.distributed) would train {processes} "
-            "separate copies, of which the first process alone writes checkpoints: use data_parallel=True "
-            "or 'auto' to train one model over every process's devices, or run one process"
-        )
-
-
 class Placement:
     """Where arrays live: one device, or a data-parallel mesh over all devices
     (batch sharded along its first axis, everything else replicated): the

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import math
 import os
 import time
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,19 +23,24 @@ from jdl.optim import GradientTransformation
 from jdl.train import checkpoint as ckpt
 from jdl.train.engine import (
     Placement,
-    check_one_model_over_processes,
     choose_mode,
     compile_lowered,
     compile_once,
     evaluate_arrays,
     lower_once,
-    process_flags,
     run_once,
     run_once_placement,
     uses_convolution,
     with_device_transform,
 )
 from jdl.train.interrupts import DeferredInterrupts
+from jdl.train.processes import (
+    check_one_model_over_processes,
+    check_same_data_everywhere,
+    loader_identity,
+    process_flags,
+    stopping_together,
+)
 from jdl.train.runner import EpochRunner, Position, timed
 from jdl.train.step import Carry, LossFn, eval_step, run_keys, train_step
 
@@ -357,7 +360,7 @@ def fit(
 
     # Errors may differ between processes here (each reads its own filesystem, its own arguments):
     # an error in any of them stops every one, before the first collective.
-    with _stopping_together("before training"):
+    with stopping_together("before training"):
         raw_checkpoint = check_checkpoints()
         placement = Placement(loader.batch_size, data_parallel)
         start_program, start_args, shapes, image_shape = _start_program(model, loss_fn, optimizer, loader, seed,
@@ -384,7 +387,7 @@ def fit(
                                              eval_batch_size)  # fmt: skip
             eval_images, eval_labels = placement.replicate(eval_arrays)  # host arrays: no program
             lowered_eval = _lowered_evaluation(model, loss_fn, carry_shapes, eval_images, eval_labels, eval_batch_size)
-    _check_same_data_everywhere(loader, eval_arrays if eval_data is not None else (), (params, state),
+    check_same_data_everywhere(loader, eval_arrays if eval_data is not None else (), (params, state),
                                 (seed, epochs, ("auto", "stream", "scan").index(mode), bool(resume),
                                  (False, True, "auto").index(data_parallel)))  # fmt: skip
     check_one_model_over_processes(data_parallel)
@@ -447,7 +450,7 @@ def fit(
                     record["test_loss"], record["test_accuracy"] = scores["loss"], scores["accuracy"]
                 history.append(record)
                 partial, runner.position = _no_steps(), runner.position._replace(done=0)
-                with _stopping_together(f"after epoch {epoch + 1}"):  # e.g. the first's write failed
+                with stopping_together(f"after epoch {epoch + 1}"):  # e.g. the first's write failed
                     save(epoch + 1, 0, runner.carry, partial)
                     _show(bar, record)
                     stop = stop_when is not None and bool(stop_when(record))
@@ -597,7 +600,7 @@ def _check_resumable(directory, seed: int, loader, epochs: int) -> dict:
     if int(raw["epoch"]) > epochs:
         raise ValueError(f"fit: the checkpoint in {directory} is at the end of epoch {int(raw['epoch'])}, beyond "
                          f"epochs={epochs}: resume with epochs >= {int(raw['epoch'])}, or start afresh without resume")
-    here = _loader_identity(loader)
+    here = loader_identity(loader)
     for key, value in raw["loader"].items():
         if key in here and int(value) != here[key]:
             raise ValueError(f"fit: the checkpoint in {directory} was made with a loader of {key}={int(value)}, "
@@ -636,72 +639,6 @@ def _check_restored(directory, like: dict, restored: dict) -> None:
                                  f"{path} is {found.get(path, 'missing')} there, {expected.get(path, 'absent')} here")
 
 
-@contextlib.contextmanager
-def _stopping_together(where: str):
-    """A block whose errors may differ between processes (fit's preparation:
-    a filesystem each host sees its own way, an argument one process alone
-    rejects; the first's checkpoint writing, a user's ``stop_when``): with
-    several processes an error in any
-    of them, a Ctrl-C included, raises in every one after one gather,
-    instead of leaving the others waiting in fit's later collectives."""
-    try:
-        yield
-    except BaseException:
-        process_flags(True)  # then raised, once every process knows
-        raise
-    failed = process_flags(False)
-    if failed.any():
-        raise RuntimeError(f"fit: process {', '.join(map(str, np.flatnonzero(failed)))} of {jax.process_count()} "
-                           f"stopped {where} (its output says why), so this one stops too")  # fmt: skip
-
-
-def _check_same_data_everywhere(loader, eval_arrays: tuple, given: Any, arguments: tuple) -> None:
-    """With several processes (``jax.distributed``): a ValueError unless every
-    process holds the same training and evaluation data and loader (seed,
-    batch size, ...), the same ``given`` start parameters and state (or none)
-    and passed the same ``arguments`` (fit's seed, epochs, mode, resume: a
-    process that stopped sooner would leave the others waiting).  Each
-    process places only its own devices' part of every batch, so different
-    data would train on a mixture, silently; different start parameters
-    would make one replicated array of disagreeing copies.  One gather of
-    15 numbers whatever each process holds: the loader's identity, a CRC-32
-    of each group of arrays, the arguments."""
-    if jax.process_count() == 1:
-        return
-    from jax.experimental import multihost_utils
-
-    given = [a for a in jax.tree_util.tree_leaves(given) if getattr(a, "is_fully_addressable", True)]
-    fingerprint = [*_loader_identity(loader).values(),
-                   *(_crc32(group) for group in (loader.stored(), eval_arrays, given)),
-                   *(int(a) for a in arguments)]  # fmt: skip
-    gathered = np.asarray(multihost_utils.process_allgather(np.asarray(fingerprint, np.uint32)))  # all < 2**32
-    if not (gathered == gathered[0]).all():
-        raise ValueError(
-            f"fit: with {jax.process_count()} processes, each must hold the same training and evaluation data, "
-            "the same loader (seed, batch size, shuffling), the same start parameters and the same fit "
-            "arguments: each places its own devices' part of every batch. "
-            f"Process {jax.process_index()} holds {fingerprint}, the processes' (seed, batch_size, num_examples, "
-            "shuffle, drop_remainder, CRC-32 of the training data, of the evaluation data, of the given params "
-            f"and state, fit's seed, epochs, mode, resume, data_parallel) are {gathered.tolist()}"
-        )
-
-
-def _crc32(arrays) -> int:
-    """A CRC-32 of the arrays' shapes, dtypes and bytes, in order (0 for none)."""
-    crc = 0
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        crc = zlib.crc32(a.data, zlib.crc32(f"{a.shape} {a.dtype}".encode(), crc))
-    return crc
-
-
-def _loader_identity(loader) -> dict[str, int]:
-    """What fixes a loader's batches: its seed, batch size, number of
-    examples, shuffling and whether it drops the last partial batch."""
-    return {"seed": int(loader.seed), "batch_size": int(loader.batch_size), "num_examples": int(loader.num_examples),
-            "shuffle": int(bool(loader.shuffle)), "drop_remainder": int(bool(loader.drop_remainder))}  # fmt: skip
-
-
 def _payload(carry: Carry, epoch: int, step: int, seed: int, loader, history: list, partial: dict) -> dict:
     """A checkpoint's contents: the carry, where training stands, and the
     history (JSON in bytes: msgpack keeps arrays, not nested lists of dicts)."""
@@ -709,7 +646,7 @@ def _payload(carry: Carry, epoch: int, step: int, seed: int, loader, history: li
         "params": carry.params, "state": carry.state, "opt_state": carry.opt_state,
         "epoch": np.int64(epoch), "step": np.int64(step), "seed": np.int64(seed),
         "rng": jax.random.key_data(jax.random.key(seed)),
-        "loader": {k: np.int64(v) for k, v in {"epoch": epoch, "step": step, **_loader_identity(loader)}.items()},
+        "loader": {k: np.int64(v) for k, v in {"epoch": epoch, "step": step, **loader_identity(loader)}.items()},
         "history": np.frombuffer(json.dumps(history).encode(), np.uint8),
         "partial": np.frombuffer(json.dumps(partial).encode(), np.uint8),
     }  # fmt: skip

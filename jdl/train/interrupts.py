@@ -47,7 +47,7 @@ class DeferredInterrupts:
         the flags, so that a Ctrl-C reaching one process stops all of them
         at the same point instead of leaving the others waiting in the next
         step's collectives.  With one process, ``check()``."""
-        from jdl.train.engine import process_flags
+        from jdl.train.processes import process_flags
 
         if process_flags(self.pending).any():
             self.pending = False
