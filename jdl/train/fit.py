@@ -323,13 +323,15 @@ def fit(
     script with the same loader in each: the mesh spans every process's
     devices, each process places its own devices' part of each batch (a
     ValueError before training unless the processes hold the same data,
-    loader and start parameters, if given; a batch size not divisible by the device count, or
-    ``data_parallel=False``, is an error there), and the first process
-    writes the checkpoints and shows the progress bar
-    (put ``checkpoint_dir`` on a filesystem every host sees, for ``resume``;
-    a checkpoint folder that one process refuses stops every process).
-    A Ctrl-C reaching any of the processes stops all of them at the end of
-    the epoch, where they agree (one gather an epoch), with one checkpoint.
+    loader and start parameters, if given; a batch size not divisible by
+    the device count, or ``data_parallel=False``, is an error there), and
+    the first process writes the checkpoints and shows the progress bar
+    (put ``checkpoint_dir`` on a filesystem every host sees, for ``resume``).
+    An error in one process before training (a checkpoint folder it alone
+    refuses) or at an epoch's end (a checkpoint the first fails to write, a
+    ``stop_when`` that fails) stops every process.  A Ctrl-C reaching any
+    of the processes stops all of them at the end of the epoch, where they
+    agree (a few gathers of one number an epoch), with one checkpoint.
     The accelerator stream engine's prefetching thread starts no program
     over several processes (``jax.thread_guard(True)`` lets ``fit`` run);
     on the CPU it is tested with one device a process (with two, XLA's CPU
