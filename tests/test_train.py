@@ -1206,6 +1206,14 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
             except Exception as error:
                 out["write_failed"] = f"{type(error).__name__}: {error}"
             train.checkpoint.save = saving
+            for epochs in (1, 2):  # checkpoints after the first and the second epoch (the first process writes)
+                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=epochs,
+                          progress=False, checkpoint_dir=f"{folder}/after{epochs}")
+            try:  # each resumes from another checkpoint (a host's own copy): refused, not trained apart
+                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=3,
+                          progress=False, resume=f"{folder}/after{process + 1}")
+            except ValueError as error:
+                out["own_checkpoint"] = str(error)
             try:  # an argument that one process alone rejects (a typo) stops both
                 train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
                           progress=False, data_parallel="Auto" if process == 1 else "auto")
@@ -1240,7 +1248,7 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
         assert "each must hold the same training and evaluation data" in out["refused"]
         assert "the same fit arguments" in out["disagree"] and "resume, data_parallel)" in out["disagree"]
         assert "[[0, 64, 4000, 1, 1," in out["refused"] and "[1, 64, 4000, 1, 1," in out["refused"]
-        for case in ("eval_in_one", "own_params"):  # the same data and arguments otherwise
+        for case in ("eval_in_one", "own_params", "own_checkpoint"):  # the same data and arguments otherwise
             assert "each must hold the same training and evaluation data" in out[case], out[case]
     # an error in one process before training stops the other too, instead of leaving it waiting
     assert first["stopped_after"] == second["stopped_after"] == 1

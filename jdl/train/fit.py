@@ -323,9 +323,10 @@ def fit(
     script with the same loader in each: the mesh spans every process's
     devices, each process places its own devices' part of each batch (a
     ValueError before training unless the processes hold the same data,
-    loader and start parameters, if given; a batch size not divisible by
-    the device count, or ``data_parallel=False``, is an error there), and
-    the first process writes the checkpoints and shows the progress bar
+    loader, start parameters and checkpoint to resume from, if given; a
+    batch size not divisible by the device count, or
+    ``data_parallel=False``, is an error there), and the first process
+    writes the checkpoints and shows the progress bar
     (put ``checkpoint_dir`` on a filesystem every host sees, for ``resume``).
     An error in one process before training (a checkpoint folder it alone
     refuses) or at an epoch's end (a checkpoint the first fails to write, a
@@ -389,7 +390,7 @@ def fit(
                                              eval_batch_size)  # fmt: skip
             eval_images, eval_labels = placement.replicate(eval_arrays)  # host arrays: no program
             lowered_eval = _lowered_evaluation(model, loss_fn, carry_shapes, eval_images, eval_labels, eval_batch_size)
-    check_same_data_everywhere(loader, eval_arrays if eval_data is not None else (), (params, state),
+    check_same_data_everywhere(loader, eval_arrays if eval_data is not None else (), (params, state, raw_checkpoint),
                                 (seed, epochs, ("auto", "stream", "scan").index(mode), bool(resume),
                                  (False, True, "auto").index(data_parallel)))  # fmt: skip
     check_one_model_over_processes(data_parallel)
