@@ -1175,6 +1175,11 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
                           progress=False, data_parallel=False if process == 0 else "auto")
             except ValueError as error:
                 out["disagree"] = str(error)
+            try:  # evaluation in windows of another size
+                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
+                          progress=False, eval_data=test, eval_batch_size=100 if process == 0 else 50)
+            except ValueError as error:
+                out["eval_windows"] = str(error)
             try:  # evaluation data in one process only
                 train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
                           progress=False, eval_data=test if process == 0 else None)
@@ -1246,9 +1251,10 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
         assert "fit: data_parallel=False with 2 processes (jax.distributed) would train 2 separate copies" in (
             out["separate"])
         assert "each must hold the same training and evaluation data" in out["refused"]
-        assert "the same fit arguments" in out["disagree"] and "resume, data_parallel)" in out["disagree"]
+        assert "the same fit arguments" in out["disagree"]
+        assert "resume, data_parallel, eval_batch_size," in out["disagree"]
         assert "[[0, 64, 4000, 1, 1," in out["refused"] and "[1, 64, 4000, 1, 1," in out["refused"]
-        for case in ("eval_in_one", "own_params", "own_checkpoint"):  # the same data and arguments otherwise
+        for case in ("eval_windows", "eval_in_one", "own_params", "own_checkpoint"):  # the rest the same
             assert "each must hold the same training and evaluation data" in out[case], out[case]
     # an error in one process before training stops the other too, instead of leaving it waiting
     assert first["stopped_after"] == second["stopped_after"] == 1

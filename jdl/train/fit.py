@@ -392,7 +392,8 @@ def fit(
             lowered_eval = _lowered_evaluation(model, loss_fn, carry_shapes, eval_images, eval_labels, eval_batch_size)
     check_same_data_everywhere(loader, eval_arrays if eval_data is not None else (), (params, state, raw_checkpoint),
                                 (seed, epochs, ("auto", "stream", "scan").index(mode), bool(resume),
-                                 (False, True, "auto").index(data_parallel)))  # fmt: skip
+                                 (False, True, "auto").index(data_parallel), eval_batch_size,
+                                 device_transform is not None))  # fmt: skip
     check_one_model_over_processes(data_parallel)
     runner = EpochRunner(run, loader, placement, mode, carry_shapes, key_shape)  # the scan epoch lowered
     compile_began = time.perf_counter()

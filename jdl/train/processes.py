@@ -67,11 +67,12 @@ def check_same_data_everywhere(loader, eval_arrays: tuple, start: Any, arguments
     process holds the same training and evaluation data and loader (seed,
     batch size, ...), the same ``start`` (the params and state given, the
     checkpoint's contents resumed from, or none) and passed the same
-    ``arguments`` (fit's seed, epochs, mode, resume: a process that stopped
-    sooner would leave the others waiting).  Each process places only its
-    own devices' part of every batch, so different data would train on a
-    mixture, silently; different start parameters would make one replicated
-    array of disagreeing copies.  One gather of 15 numbers whatever each
+    ``arguments`` (fit's seed, epochs, mode, resume, ...: a process that
+    stopped sooner, or ran another program, would leave the others
+    waiting).  Each process places only its own devices' part of every
+    batch, so different data would train on a mixture, silently; different
+    start parameters would make one replicated array of disagreeing
+    copies.  One gather of 17 numbers whatever each
     process holds: the loader's identity, a CRC-32 of each group of arrays,
     the arguments."""
     if jax.process_count() == 1:
@@ -90,7 +91,8 @@ def check_same_data_everywhere(loader, eval_arrays: tuple, start: Any, arguments
             "and the same fit arguments: each places its own devices' part of every batch. "
             f"Process {jax.process_index()} holds {fingerprint}, the processes' (seed, batch_size, num_examples, "
             "shuffle, drop_remainder, CRC-32 of the training data, of the evaluation data, of the start (given "
-            f"params and state, checkpoint), fit's seed, epochs, mode, resume, data_parallel) are {gathered.tolist()}"
+            "params and state, checkpoint), fit's seed, epochs, mode, resume, data_parallel, eval_batch_size, "
+            f"whether a device_transform is given) are {gathered.tolist()}"
         )
 
 
