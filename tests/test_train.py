@@ -1133,12 +1133,11 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
     test_data_prefetch.py).  Each process trains with the same loader and places
     its own devices' part of every batch; both end with the parameters of one
     process on one device (stream and scan engines), the first process alone
-    writes the checkpoint, and processes holding different data, or asked to
-    train separately (``data_parallel=False``), are refused; an error that
-    one process meets before training (its own checkpoint folder, an
-    argument it alone rejects) stops both, and so do a ``stop_when``
-    that one process alone has, or that fails in one, and a checkpoint the
-    first process fails to write."""
+    writes the checkpoint, and processes that would not run the same
+    programs on the same data are refused in both, before training: other
+    data, other evaluation data or none, other start parameters or
+    checkpoints, other arguments, or asked to train separately
+    (``data_parallel=False``)."""
     script = textwrap.dedent("""
         import json, sys
         import jax, numpy as np
@@ -1158,80 +1157,27 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
             out[mode]["test_loss"] = result.history[-1]["test_loss"]
             out[mode + "_devices"] = len(result.params["dense_1"]["w"].sharding.device_set)  # trained on
         if port != "none":
-            loader = jdl.data.load("mnist_sample", split="train", batch_size=64, shuffle=True, seed=process)
-            try:
-                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
-                          progress=False)
-            except ValueError as error:
-                out["refused"] = str(error)
-            loader = jdl.data.load("mnist_sample", split="train", batch_size=64, shuffle=True, seed=0)
-            try:
-                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
-                          progress=False, data_parallel=False)
-            except ValueError as error:
-                out["separate"] = str(error)
-            try:  # processes that disagree all raise (the first alone would leave the other waiting)
-                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
-                          progress=False, data_parallel=False if process == 0 else "auto")
-            except ValueError as error:
-                out["disagree"] = str(error)
-            try:  # evaluation in windows of another size
-                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
-                          progress=False, eval_data=test, eval_batch_size=100 if process == 0 else 50)
-            except ValueError as error:
-                out["eval_windows"] = str(error)
-            try:  # evaluation data in one process only
-                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
-                          progress=False, eval_data=test if process == 0 else None)
-            except ValueError as error:
-                out["eval_in_one"] = str(error)
-            model = models.mlp(hidden=(32,))
-            params, state = model.init(jax.random.key(process), (1, 28, 28, 1))
-            try:  # start parameters that differ between processes
-                train.fit(model, losses.cross_entropy, optim.adam(1e-3), loader, epochs=1, progress=False,
-                          params=params, state=state)
-            except ValueError as error:
-                out["own_params"] = str(error)
-            # stop_when in one process only ends both, where they agree (after the first of 3 epochs)
-            result = train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=3,
-                               progress=False, stop_when=(lambda record: True) if process == 0 else None)
-            out["stopped_after"] = len(result.history)
-            try:  # a stop_when that fails in one process stops both
-                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=3,
-                          progress=False, stop_when=lambda record: 1 / process > 0)
-            except Exception as error:
-                out["stop_failed"] = f"{type(error).__name__}: {error}"
-            def no_space(*args):
-                raise OSError("no space left")
+            def refusal(loader, epochs=1, **arguments):  # the ValueError fit raises
+                try:
+                    train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=epochs,
+                              progress=False, **arguments)
+                except ValueError as error:
+                    return str(error)
 
-            saving, train.checkpoint.save = train.checkpoint.save, no_space if process == 0 else train.checkpoint.save
-            try:  # the first process, which writes the checkpoints, fails to: both stop
-                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=3,
-                          progress=False, checkpoint_dir=f"{folder}/full")
-            except Exception as error:
-                out["write_failed"] = f"{type(error).__name__}: {error}"
-            train.checkpoint.save = saving
+            other = jdl.data.load("mnist_sample", split="train", batch_size=64, shuffle=True, seed=process)
+            out["refused"] = refusal(other)
+            out["separate"] = refusal(loader, data_parallel=False)
+            # processes that disagree all raise (the first alone would leave the other waiting)
+            out["disagree"] = refusal(loader, data_parallel=False if process == 0 else "auto")
+            out["eval_windows"] = refusal(loader, eval_data=test, eval_batch_size=100 if process == 0 else 50)
+            out["eval_in_one"] = refusal(loader, eval_data=test if process == 0 else None)
+            params, state = models.mlp(hidden=(32,)).init(jax.random.key(process), (1, 28, 28, 1))
+            out["own_params"] = refusal(loader, params=params, state=state)
             for epochs in (1, 2):  # checkpoints after the first and the second epoch (the first process writes)
                 train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=epochs,
                           progress=False, checkpoint_dir=f"{folder}/after{epochs}")
-            try:  # each resumes from another checkpoint (a host's own copy): refused, not trained apart
-                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=3,
-                          progress=False, resume=f"{folder}/after{process + 1}")
-            except ValueError as error:
-                out["own_checkpoint"] = str(error)
-            try:  # an argument that one process alone rejects (a typo) stops both
-                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
-                          progress=False, data_parallel="Auto" if process == 1 else "auto")
-            except Exception as error:
-                out["typo"] = f"{type(error).__name__}: {error}"
-            own = f"{folder}/own{process}"  # a folder each host sees its own way: the second's is taken
-            if process == 1:
-                train.checkpoint.save(own, {"params": {"w": np.zeros(3, np.float32)}})
-            try:
-                train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader, epochs=1,
-                          progress=False, checkpoint_dir=own)
-            except Exception as error:
-                out["own_folder"] = f"{type(error).__name__}: {error}"
+            # each resumes from another checkpoint (a host's own copy): refused, not trained apart
+            out["own_checkpoint"] = refusal(loader, epochs=3, resume=f"{folder}/after{process + 1}")
         print(json.dumps(out))
     """)
     port = _free_port()
@@ -1256,17 +1202,61 @@ def test_two_processes_train_data_parallel_to_the_same_parameters_as_one_device(
         assert "[[0, 64, 4000, 1, 1," in out["refused"] and "[1, 64, 4000, 1, 1," in out["refused"]
         for case in ("eval_windows", "eval_in_one", "own_params", "own_checkpoint"):  # the rest the same
             assert "each must hold the same training and evaluation data" in out[case], out[case]
-    # an error in one process before training stops the other too, instead of leaving it waiting
-    assert first["stopped_after"] == second["stopped_after"] == 1
-    assert first["stop_failed"] == "ZeroDivisionError: division by zero"
-    assert second["stop_failed"].startswith("RuntimeError: fit: process 0 of 2 stopped after epoch 1")
-    assert first["write_failed"] == "OSError: no space left" and second["write_failed"].startswith(
-        "RuntimeError: fit: process 0 of 2 stopped after epoch 1")
+
+
+def test_an_error_in_one_of_two_processes_stops_both(tmp_path):
+    """Two processes of one CPU device each (gloo): where one process
+    raises or stops alone, before training or at an epoch's end, the other
+    stops there too (a RuntimeError naming the process) instead of waiting
+    in the next collective for good (or gloo aborting both on a mismatched
+    one): an argument one alone rejects, its own checkpoint folder, a
+    ``stop_when`` that one alone has (both stop) or that fails in one, a
+    checkpoint the first fails to write."""
+    script = textwrap.dedent("""
+        import json, sys
+        import jax, numpy as np
+        process, port, folder = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=process)
+        import jdl.data
+        from jdl import losses, models, optim, train
+        loader = jdl.data.load("mnist_sample", split="train", batch_size=64, shuffle=True, seed=0)
+
+        def outcome(**arguments):
+            try:
+                result = train.fit(models.mlp(hidden=(32,)), losses.cross_entropy, optim.adam(1e-3), loader,
+                                   progress=False, **arguments)
+            except Exception as error:
+                return f"{type(error).__name__}: {error}"
+            return f"{len(result.history)} epochs"
+
+        def no_space(*args):
+            raise OSError("no space left")
+
+        out = {"typo": outcome(epochs=1, data_parallel="Auto" if process == 1 else "auto")}
+        own = f"{folder}/own{process}"  # a folder each host sees its own way: the second's is taken
+        if process == 1:
+            train.checkpoint.save(own, {"params": {"w": np.zeros(3, np.float32)}})
+        out["own_folder"] = outcome(epochs=1, checkpoint_dir=own)
+        out["stop_in_one"] = outcome(epochs=3, stop_when=(lambda record: True) if process == 0 else None)
+        out["stop_failed"] = outcome(epochs=3, stop_when=lambda record: 1 / process > 0)
+        if process == 0:
+            train.checkpoint.save = no_space
+        out["write_failed"] = outcome(epochs=3, checkpoint_dir=f"{folder}/full")
+        print(json.dumps(out))
+    """)
+    port = _free_port()
+    first, second = _results([_launch(script, (process, port, tmp_path), 1) for process in (0, 1)])
     assert first["typo"].startswith("RuntimeError: fit: process 1 of 2 stopped before training")
     assert second["typo"] == "ValueError: fit: data_parallel must be True, False or 'auto'; got 'Auto'"
     assert first["own_folder"].startswith("RuntimeError: fit: process 1 of 2 stopped before training")
     assert second["own_folder"].startswith("ValueError: fit: checkpoint_dir") and "not written by fit" in (
         second["own_folder"])
+    assert first["stop_in_one"] == second["stop_in_one"] == "1 epochs"  # of 3
+    assert first["stop_failed"] == "ZeroDivisionError: division by zero"
+    assert second["stop_failed"].startswith("RuntimeError: fit: process 0 of 2 stopped after epoch 1")
+    assert first["write_failed"] == "OSError: no space left"
+    assert second["write_failed"].startswith("RuntimeError: fit: process 0 of 2 stopped after epoch 1")
 
 
 def test_ctrl_c_reaching_one_of_two_processes_stops_both_at_the_epochs_end(tmp_path):
