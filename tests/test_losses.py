@@ -626,9 +626,11 @@ def test_kl_divergence_of_a_masked_class_with_target_zero_is_finite():
 
 
 def test_kl_divergence_takes_a_half_precision_distribution_whose_sum_rounds_above_one():
-    e = jnp.array([[36032.0, 1.0, 1.0, 0.5]], jnp.float16)
-    log_p = jnp.log(e / e.sum(-1, keepdims=True))  # jnp's division is a product with the sum's reciprocal,
-    assert float(log_p[0, 0]) > 1e-4  # rounded: p[0] = 1.00098 in float16, log p = +9.8e-4
+    # A float16 softmax can round a probability above 1 (in jax 0.10, jnp's division of
+    # [36032, 1, 1, 0.5] by its sum is a product with the sum's reciprocal: p[0] = 1 + 2**-10).
+    p = jnp.array([[1 + 2**-10, 1 / 36032, 1 / 36032, 0.5 / 36032]], jnp.float16)
+    log_p = jnp.log(p)
+    assert float(log_p[0, 0]) > 1e-4  # log p = +9.8e-4
     q = np.array([[0.7, 0.1, 0.1, 0.1]], np.float64)
     expected = np.sum(q * (np.log(q) - np.asarray(log_p, np.float64)))  # float64 by hand from the same log p
     np.testing.assert_allclose(L.kl_divergence(log_p, q.astype(np.float32)), expected, rtol=1e-3)

@@ -206,12 +206,9 @@ def _local_program(fn, mesh, num_args: int, num_local: int, in_axis: int, out_ax
     arguments split along ``in_axis``, the next ``num_local`` whole, its
     outputs split along ``out_axis``."""
     import jax
+    from jax import shard_map
     from jax.sharding import PartitionSpec
 
-    try:
-        from jax import shard_map
-    except ImportError:  # jax before 0.6
-        from jax.experimental.shard_map import shard_map
     in_specs = (_split_spec(in_axis),) * num_args + (PartitionSpec(),) * num_local
     return jax.jit(shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=_split_spec(out_axis)))
 
