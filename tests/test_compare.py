@@ -315,6 +315,8 @@ def test_results_hold_null_for_non_finite_numpy_values_and_plots_of_diverged_run
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        # not the plots' warnings: matplotlib before 3.10.7 calls pyparsing 3.3's deprecated names
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"'\w+' (argument is )?deprecated")
         jdl.compare.Comparison("d", "m", runs[:1], target_accuracy=0.9).plot(tmp_path / "diverged")
 
 
