@@ -324,9 +324,9 @@ def fit(
     devices, each process places its own devices' part of each batch (a
     ValueError before training unless the processes hold the same data,
     loader, start parameters and checkpoint to resume from, if given; a
-    batch size not divisible by the device count, or
-    ``data_parallel=False``, is an error there), and the first process
-    writes the checkpoints and shows the progress bar
+    batch size not divisible by the device count, or ``data_parallel=False``,
+    is an error there), and the first process writes the checkpoints and
+    shows the progress bar
     (put ``checkpoint_dir`` on a filesystem every host sees, for ``resume``).
     An error in one process before training (a checkpoint folder it alone
     refuses) or at an epoch's end (a checkpoint the first fails to write, a
@@ -355,16 +355,13 @@ def fit(
     loader = train_data
     resume_from = (checkpoint_dir if resume is True else resume) if resume else None
 
-    def check_checkpoints() -> dict | None:
-        """The checkpoint's raw contents, checked against the seed, loader and epochs before anything compiles."""
-        if checkpoint_dir is not None:
-            _check_checkpoint_dir(checkpoint_dir, resume)
-        return _check_resumable(resume_from, seed, loader, epochs) if resume else None
-
     # Errors may differ between processes here (each reads its own filesystem, its own arguments):
     # an error in any of them stops every one, before the first collective.
     with stopping_together("before training"):
-        raw_checkpoint = check_checkpoints()
+        if checkpoint_dir is not None:
+            _check_checkpoint_dir(checkpoint_dir, resume)
+        # the checkpoint's raw contents, checked against the seed, loader and epochs before anything compiles
+        raw_checkpoint = _check_resumable(resume_from, seed, loader, epochs) if resume else None
         placement = Placement(loader.batch_size, data_parallel)
         start_program, start_args, shapes, image_shape = _start_program(model, loss_fn, optimizer, loader, seed,
                                                                         params, state)  # fmt: skip
@@ -391,9 +388,10 @@ def fit(
             eval_images, eval_labels = placement.replicate(eval_arrays)  # host arrays: no program
             lowered_eval = _lowered_evaluation(model, loss_fn, carry_shapes, eval_images, eval_labels, eval_batch_size)
     check_same_data_everywhere(loader, eval_arrays if eval_data is not None else (), (params, state, raw_checkpoint),
-                                (seed, epochs, ("auto", "stream", "scan").index(mode), bool(resume),
-                                 (False, True, "auto").index(data_parallel), eval_batch_size,
-                                 device_transform is not None))  # fmt: skip
+                               {"seed": seed, "epochs": epochs, "mode": ("auto", "stream", "scan").index(mode),
+                                "resume": bool(resume), "data_parallel": (False, True, "auto").index(data_parallel),
+                                "eval_batch_size": eval_batch_size,
+                                "whether a device_transform is given": device_transform is not None})  # fmt: skip
     check_one_model_over_processes(data_parallel)
     runner = EpochRunner(run, loader, placement, mode, carry_shapes, key_shape)  # the scan epoch lowered
     compile_began = time.perf_counter()

@@ -62,37 +62,36 @@ def stopping_together(where: str):
                            f"stopped {where} (its output says why), so this one stops too")  # fmt: skip
 
 
-def check_same_data_everywhere(loader, eval_arrays: tuple, start: Any, arguments: tuple) -> None:
+def check_same_data_everywhere(loader, eval_arrays: tuple, start: Any, arguments: dict[str, int]) -> None:
     """With several processes (``jax.distributed``): a ValueError unless every
     process holds the same training and evaluation data and loader (seed,
     batch size, ...), the same ``start`` (the params and state given, the
     checkpoint's contents resumed from, or none) and passed the same
-    ``arguments`` (fit's seed, epochs, mode, resume, ...: a process that
-    stopped sooner, or ran another program, would leave the others
+    ``arguments`` (fit's seed, epochs, mode, resume, ... by name: a process
+    that stopped sooner, or ran another program, would leave the others
     waiting).  Each process places only its own devices' part of every
     batch, so different data would train on a mixture, silently; different
-    start parameters would make one replicated array of disagreeing
-    copies.  One gather of 17 numbers whatever each
-    process holds: the loader's identity, a CRC-32 of each group of arrays,
-    the arguments."""
+    start parameters would make one replicated array of disagreeing copies.
+    One gather of as many numbers in every process, whatever each holds:
+    the loader's identity, a CRC-32 of each group of arrays, the
+    arguments."""
     if jax.process_count() == 1:
         return
     from jax.experimental import multihost_utils
 
     start = [a for a in jax.tree_util.tree_leaves(start) if getattr(a, "is_fully_addressable", True)]
-    fingerprint = [*loader_identity(loader).values(),
-                   *(_crc32(group) for group in (loader.stored(), eval_arrays, start)),
-                   *(int(a) for a in arguments)]  # fmt: skip
+    identity = loader_identity(loader)
+    fingerprint = [*identity.values(), *(_crc32(group) for group in (loader.stored(), eval_arrays, start)),
+                   *(int(a) for a in arguments.values())]  # fmt: skip
     gathered = np.asarray(multihost_utils.process_allgather(np.asarray(fingerprint, np.uint32)))  # all < 2**32
     if not (gathered == gathered[0]).all():
         raise ValueError(
             f"fit: with {jax.process_count()} processes, each must hold the same training and evaluation data, "
             "the same loader (seed, batch size, shuffling), the same start (params given, checkpoint resumed) "
             "and the same fit arguments: each places its own devices' part of every batch. "
-            f"Process {jax.process_index()} holds {fingerprint}, the processes' (seed, batch_size, num_examples, "
-            "shuffle, drop_remainder, CRC-32 of the training data, of the evaluation data, of the start (given "
-            "params and state, checkpoint), fit's seed, epochs, mode, resume, data_parallel, eval_batch_size, "
-            f"whether a device_transform is given) are {gathered.tolist()}"
+            f"Process {jax.process_index()} holds {fingerprint}, the processes' ({', '.join(identity)}, "
+            "CRC-32 of the training data, of the evaluation data, of the start (given params and state, "
+            f"checkpoint), fit's {', '.join(arguments)}) are {gathered.tolist()}"
         )
 
 
