@@ -10,8 +10,6 @@ folder to test the preparation from scratch.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -126,7 +124,7 @@ def test_saved_position_resumes_exactly(data_dir):
         assert np.array_equal(w, g)
 
 
-def test_prepared_fashion_mnist_loads_without_tensorflow_quickly(data_dir):
+def test_prepared_fashion_mnist_loads_without_tensorflow_quickly(data_dir, run_python):
     code = textwrap.dedent(f"""
         import sys, time
         start = time.perf_counter()
@@ -138,6 +136,5 @@ def test_prepared_fashion_mnist_loads_without_tensorflow_quickly(data_dir):
         assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'
         print('ok', elapsed)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60)
+    out = run_python(code, timeout=60)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import ml_dtypes
@@ -313,7 +311,7 @@ def test_batch_larger_than_split_without_drop_remainder_is_one_batch():
     assert batch["image"].shape[0] == 1000
 
 
-def test_mnist_sample_loads_offline_without_tensorflow():
+def test_mnist_sample_loads_offline_without_tensorflow(run_python):
     code = textwrap.dedent("""
         import socket, sys
         def refuse(*a, **k):
@@ -332,5 +330,5 @@ def test_mnist_sample_loads_offline_without_tensorflow():
         assert 'tensorflow' not in sys.modules
         print('ok')
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = run_python(code, timeout=60)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -252,7 +250,7 @@ def test_size_must_be_positive():
         jd.prefetch_to_device([], size=0)
 
 
-def test_batches_are_sharded_over_several_devices():
+def test_batches_are_sharded_over_several_devices(run_python):
     code = textwrap.dedent("""
         import numpy as np, jax
         import jdl.data as jd
@@ -282,12 +280,11 @@ def test_batches_are_sharded_over_several_devices():
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, env=env)
+    out = run_python(code, timeout=120, env=env)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
 
 
-def test_the_feeding_path_for_several_processes_places_what_the_one_process_path_does():
+def test_the_feeding_path_for_several_processes_places_what_the_one_process_path_does(run_python):
     """Across processes the feeding thread runs one program over its own
     process's devices and builds the global arrays from their parts
     (``_apply_locally``).  Forced in one process of 4 CPU devices, it hands
@@ -351,5 +348,5 @@ def test_the_feeding_path_for_several_processes_places_what_the_one_process_path
         print("ok", checked)
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    out = run_python(code, timeout=300, env=env)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import subprocess
 import sys
 import textwrap
 import time
@@ -365,7 +364,7 @@ def test_import_tensorflow_hides_gpus_first(monkeypatch):
     assert calls == [([], "GPU")]
 
 
-def test_reading_prepared_data_needs_no_tensorflow(prepared_sample):
+def test_reading_prepared_data_needs_no_tensorflow(prepared_sample, run_python):
     data_dir, data = prepared_sample
     cache = data_dir / "mnist_sample" / "1.0.0" / "jdl-test.npz"
     cache.unlink()  # first from the array_record files, then from the cache
@@ -385,15 +384,14 @@ def test_reading_prepared_data_needs_no_tensorflow(prepared_sample):
         print('ok')
     """)
     out_file = data_dir / "rows.npy"
-    out = subprocess.run([sys.executable, "-c", code, str(out_file)], capture_output=True,
-                         text=True, timeout=60)
+    out = run_python(code, out_file, timeout=60)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
     assert cache.is_file()
     rows = np.load(out_file)
     assert np.array_equal(as_rows(rows[:, :-1], rows[:, -1]), as_rows(data.images, data.labels))
 
 
-def test_tfrecord_prepared_dataset_is_read_with_tensorflow(tmp_path, prepared_sample):
+def test_tfrecord_prepared_dataset_is_read_with_tensorflow(tmp_path, prepared_sample, run_python):
     builder = tfds.builder("mnist_sample", data_dir=os.fspath(tmp_path))
     builder.download_and_prepare(file_format="tfrecord", download_config=tfds.download.
                                  DownloadConfig(try_download_gcs=False))
@@ -423,7 +421,7 @@ def test_tfrecord_prepared_dataset_is_read_with_tensorflow(tmp_path, prepared_sa
             print(error)
             print(error.in_words(data_dir='--data-dir FOLDER'))  # as the command line says it
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = run_python(code, timeout=120)
     assert "is prepared in" in out.stdout and "as tfrecord files, which only TensorFlow reads" in out.stdout, (
         out.stdout + out.stderr[-2000:])
     library, command = out.stdout.splitlines()[-2:]

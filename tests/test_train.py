@@ -981,7 +981,7 @@ def test_a_batch_not_divisible_by_the_devices_trains_on_one_with_a_warning(monke
             Placement(96, wrong)
 
 
-def test_eight_cpu_devices_train_to_the_same_parameters_as_one():
+def test_eight_cpu_devices_train_to_the_same_parameters_as_one(run_python):
     script = textwrap.dedent("""
         import json, sys, jax, numpy as np
         import jdl.data
@@ -1000,8 +1000,8 @@ def test_eight_cpu_devices_train_to_the_same_parameters_as_one():
 
     def run(devices):
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-        out = subprocess.run([sys.executable, "-c", script, str(devices)], env=env, capture_output=True, text=True,
-                             check=True, timeout=300)
+        out = run_python(script, devices, timeout=300, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     one, eight = run(1), run(8)
